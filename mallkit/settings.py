@@ -1,0 +1,65 @@
+"""Settings from the environment, validated at start.
+
+``PlatformSettings`` holds what every process shares (``MALL_*``): the
+environment name, the token secret, where the other services listen. Each
+service adds its own ``<SERVICE>_*`` settings in its ``config.py`` by
+subclassing :class:`ServiceSettings`.
+
+Outside development the processes refuse to start with the default secrets.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_TOKEN_SECRET = "dev-only-token-secret-change-me"
+
+
+class PlatformSettings(BaseSettings):
+    """Shared settings, ``MALL_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="MALL_", extra="ignore")
+
+    env: str = Field("development", description="development | test | production")
+    token_secret: SecretStr = Field(
+        SecretStr(DEV_TOKEN_SECRET), description="HMAC key of session, service and page tokens"
+    )
+    brand_timezone: str = Field("Asia/Shanghai", description="Time zone of calendar days")
+    members_addr: str = Field("127.0.0.1:50051", description="host:port of the members service")
+    points_addr: str = Field("127.0.0.1:50052", description="host:port of the points service")
+    orders_addr: str = Field("127.0.0.1:50053", description="host:port of the orders service")
+    community_addr: str = Field("127.0.0.1:50054", description="host:port of the community service")
+    call_timeout_seconds: float = Field(5.0, description="Deadline of service-to-service calls")
+    log_level: str = Field("INFO", description="Log level")
+    log_format: str = Field("json", description="json | text")
+
+    @property
+    def is_development(self) -> bool:
+        return self.env in ("development", "test")
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> PlatformSettings:
+        if not self.is_development and self.token_secret.get_secret_value() == DEV_TOKEN_SECRET:
+            raise ValueError("MALL_TOKEN_SECRET must be set outside development")
+        if len(self.token_secret.get_secret_value()) < 16:
+            raise ValueError("MALL_TOKEN_SECRET must be at least 16 characters")
+        return self
+
+    def addr_of(self, service: str) -> str:
+        return getattr(self, f"{service}_addr")
+
+
+class ServiceSettings(BaseSettings):
+    """Base of a service's own settings; subclasses set ``env_prefix``."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Interface the gRPC server binds")
+    port: int = Field(0, description="gRPC port (0: the default of the service)")
+    database_url: str = Field("", description="SQLAlchemy URL (sqlite+aiosqlite or mysql+aiomysql)")
+    db_pool_size: int = Field(10, description="Database connection pool size")
+    metrics_port: int = Field(0, description="Prometheus /metrics port (0: off)")
+    grace_seconds: float = Field(10.0, description="Drain time on SIGTERM")
+    outbox_poll_seconds: float = Field(0.5, description="Outbox relay poll interval")
+    platform: PlatformSettings = Field(default_factory=PlatformSettings)

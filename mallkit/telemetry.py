@@ -1,0 +1,138 @@
+"""OpenTelemetry tracing, JSON logs with trace ids, and Prometheus metrics.
+
+Configured from the standard ``OTEL_*`` variables:
+
+* ``OTEL_EXPORTER_OTLP_ENDPOINT`` set: spans are exported over OTLP/gRPC;
+* ``OTEL_TRACES_EXPORTER=console``: spans are printed (local debugging);
+* otherwise spans are created (trace ids in logs and ``traceparent`` headers)
+  but not exported.
+
+Instrumentation is explicit: the gRPC server and client interceptors, the
+SQLAlchemy engine of each service and the gateway's ASGI app. Health checks are
+not traced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.grpc import filters as grpc_filters
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from prometheus_client import Counter, Histogram
+
+_HEALTH = grpc_filters.negate(grpc_filters.service_prefix("grpc."))
+
+RPC_DURATION = Histogram(
+    "mall_rpc_server_duration_seconds",
+    "Time to serve an RPC.",
+    ["service", "method", "code"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+RPC_ERRORS = Counter(
+    "mall_rpc_server_errors_total", "RPCs that ended with an error.", ["service", "method", "code"]
+)
+
+
+def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> trace.TracerProvider:
+    """Install the global tracer provider once per process and return it.
+
+    A provider already installed (by a test, or by another component in the
+    same process) is kept, so every component reports into the same one.
+    """
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        if exporter is not None:
+            current.add_span_processor(BatchSpanProcessor(exporter))
+        return current
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
+    )
+    if exporter is None:
+        if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            exporter = OTLPSpanExporter()
+        elif os.environ.get("OTEL_TRACES_EXPORTER") == "console":
+            exporter = ConsoleSpanExporter(out=sys.stderr)
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return trace.get_tracer_provider()
+
+
+def grpc_server_interceptor():
+    """Server-side span per RPC (health and reflection excluded)."""
+    return aio_server_interceptor(filter_=_HEALTH)
+
+
+def grpc_client_interceptors():
+    """Client-side span per outgoing RPC, carrying W3C trace context."""
+    return aio_client_interceptors(filter_=_HEALTH)
+
+
+def instrument_engine(engine) -> None:
+    """Trace every SQL statement of an async SQLAlchemy engine."""
+    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+
+    if getattr(engine.sync_engine, "_mall_traced", False):
+        return
+    tracer = trace.get_tracer("mallkit.sqlalchemy")
+    EngineTracer(tracer, engine.sync_engine, connections_usage=None)
+    engine.sync_engine._mall_traced = True
+
+
+def current_trace_id() -> str:
+    """Hex trace id of the current span, or "" outside a trace."""
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the trace and span ids of the record."""
+
+    def __init__(self, service: str):
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        ctx = trace.get_current_span().get_span_context()
+        out = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "service": self.service,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if ctx.is_valid:
+            out["trace_id"] = format(ctx.trace_id, "032x")
+            out["span_id"] = format(ctx.span_id, "016x")
+        for key in ("method", "code", "event_id", "event_type", "peer"):
+            if hasattr(record, key):
+                out[key] = getattr(record, key)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(service: str, level: str = "INFO", json_logs: bool = True) -> None:
+    """Log to stderr, as JSON lines (production) or plain text (``LOG_FORMAT=text``)."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_mall", False):
+            root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._mall = True  # type: ignore[attr-defined]
+    if json_logs:
+        handler.setFormatter(JsonFormatter(service))
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
