@@ -24,7 +24,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 install: $(VENV)/.installed ## Create .venv and install the pinned dependencies
 
-$(GEN)/.stamp: $(VENV)/.installed $(PROTOS)
+$(GEN)/.stamp: $(VENV)/.installed $(PROTOS) Makefile
 	rm -rf $(GEN) && mkdir -p $(GEN)
 	$(PY) -m grpc_tools.protoc -I protos -I "$(SITE)" --python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) $(PROTOS)
 	$(PY) -m grpc_tools.protoc -I protos -I "$(SITE)" --include_imports --include_source_info --descriptor_set_out=$(GEN)/mall/descriptors.binpb $(PROTOS)
