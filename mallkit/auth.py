@@ -74,8 +74,8 @@ class TokenCodec:
     """Issues and verifies signed, expiring tokens."""
 
     def __init__(self, secret: str, *, member_ttl: int = 7 * 86400, staff_ttl: int = 12 * 3600):
-        if len(secret) < 16:
-            raise ValueError("token secret must be at least 16 characters")
+        if len(secret) < 32:
+            raise ValueError("token secret must be at least 32 characters")
         self._secret = secret
         self.member_ttl = member_ttl
         self.staff_ttl = staff_ttl

@@ -196,14 +196,14 @@ def error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None:
 
 
 async def status_of(err: grpc.aio.AioRpcError) -> status_pb2.Status:
-    """The rich status a server sent, or a bare one built from code and details."""
-    from grpc_status import rpc_status
-
-    try:
-        st = await rpc_status.aio.from_call(err)  # type: ignore[arg-type]
-    except ValueError:
-        st = None
-    if st is None:
-        code = err.code()
-        st = status_from_code(code, err.details() or code.name)
-    return st
+    """The rich status a server sent (grpc-status-details-bin), or a bare one."""
+    for key, value in err.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            try:
+                st = status_pb2.Status.FromString(value)
+            except Exception:
+                break
+            if st.code == err.code().value[0]:
+                return st
+    code = err.code()
+    return status_from_code(code, err.details() or code.name)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEV_TOKEN_SECRET = "dev-only-token-secret-change-me"
+DEV_TOKEN_SECRET = "dev-only-token-secret-change-me-please"
 
 
 class PlatformSettings(BaseSettings):
@@ -42,8 +42,8 @@ class PlatformSettings(BaseSettings):
     def _refuse_default_secrets(self) -> PlatformSettings:
         if not self.is_development and self.token_secret.get_secret_value() == DEV_TOKEN_SECRET:
             raise ValueError("MALL_TOKEN_SECRET must be set outside development")
-        if len(self.token_secret.get_secret_value()) < 16:
-            raise ValueError("MALL_TOKEN_SECRET must be at least 16 characters")
+        if len(self.token_secret.get_secret_value()) < 32:
+            raise ValueError("MALL_TOKEN_SECRET must be at least 32 characters")
         return self
 
     def addr_of(self, service: str) -> str:

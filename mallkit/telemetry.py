@@ -84,8 +84,13 @@ def instrument_engine(engine) -> None:
 
     if getattr(engine.sync_engine, "_mall_traced", False):
         return
+    from opentelemetry import metrics
+
     tracer = trace.get_tracer("mallkit.sqlalchemy")
-    EngineTracer(tracer, engine.sync_engine, connections_usage=None)
+    usage = metrics.get_meter("mallkit.sqlalchemy").create_up_down_counter(
+        "db.client.connections.usage", unit="connections", description="Connections in use or idle"
+    )
+    EngineTracer(tracer, engine.sync_engine, connections_usage=usage)
     engine.sync_engine._mall_traced = True
 
 

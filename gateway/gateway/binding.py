@@ -1,0 +1,423 @@
+"""HTTP request -> request message, and response message -> JSON.
+
+Binding follows ``google/api/http.proto`` and grpc-gateway:
+
+* ``body: "*"``: the JSON body is the request message (minus path fields);
+  query parameters are refused, every field is in the body;
+* ``body: "field"``: the JSON body is that field; other fields come from the
+  query string;
+* no body: every field comes from the query string;
+* path variables are set last and override the body and the query.
+
+Query keys are field paths with lowerCamelCase or snake_case names
+(``pageSize``, ``page_size``, ``member.region.city``); a repeated field takes
+the key once per value. JSON follows the proto3 JSON mapping
+(:mod:`google.protobuf.json_format`).
+
+On PATCH with ``body: "<resource>"`` and no ``update_mask`` given, the mask is
+the top-level keys of the body (fields bound by the path excluded), like
+grpc-gateway: ``{"nickname": "x", "region": {...}}`` -> ``nickname,region``.
+Send an explicit ``updateMask`` in the query for anything finer.
+
+Bad input raises :class:`~gateway.errors.InvalidField` (or
+:class:`~gateway.errors.InvalidJson` for a body that is not JSON) naming each
+bad field by its proto path, such as ``member.gender`` or ``tags[2]``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
+
+from gateway.errors import InvalidField, InvalidJson
+from gateway.routing import Route
+from mallkit.errors import FieldViolation
+
+_FD = FieldDescriptor
+INT32_TYPES = {_FD.TYPE_INT32, _FD.TYPE_SINT32, _FD.TYPE_SFIXED32}
+UINT32_TYPES = {_FD.TYPE_UINT32, _FD.TYPE_FIXED32}
+INT64_TYPES = {_FD.TYPE_INT64, _FD.TYPE_SINT64, _FD.TYPE_SFIXED64}
+UINT64_TYPES = {_FD.TYPE_UINT64, _FD.TYPE_FIXED64}
+
+#: Well-known messages whose JSON form is not an object of their fields.
+SPECIAL_JSON = {
+    "google.protobuf.Any",
+    "google.protobuf.Duration",
+    "google.protobuf.FieldMask",
+    "google.protobuf.ListValue",
+    "google.protobuf.Struct",
+    "google.protobuf.Timestamp",
+    "google.protobuf.Value",
+    "google.protobuf.BoolValue",
+    "google.protobuf.BytesValue",
+    "google.protobuf.DoubleValue",
+    "google.protobuf.FloatValue",
+    "google.protobuf.Int32Value",
+    "google.protobuf.Int64Value",
+    "google.protobuf.StringValue",
+    "google.protobuf.UInt32Value",
+    "google.protobuf.UInt64Value",
+}
+_QUERYABLE_MESSAGES = SPECIAL_JSON - {
+    "google.protobuf.Any",
+    "google.protobuf.ListValue",
+    "google.protobuf.Struct",
+    "google.protobuf.Value",
+}
+_MAX_VIOLATIONS = 20
+_MAX_DEPTH = 32
+
+
+# -- helpers on descriptors ---------------------------------------------------
+def is_repeated(f: FieldDescriptor) -> bool:
+    return f.label == _FD.LABEL_REPEATED
+
+
+def is_map(f: FieldDescriptor) -> bool:
+    return (
+        f.type == _FD.TYPE_MESSAGE
+        and f.message_type.GetOptions().map_entry
+        and is_repeated(f)
+    )
+
+
+def is_plain_message(f: FieldDescriptor) -> bool:
+    """A message field whose JSON is an object of its fields."""
+    return f.type == _FD.TYPE_MESSAGE and not is_map(f) and f.message_type.full_name not in SPECIAL_JSON
+
+
+def field_by_json_key(desc: Descriptor, key: str) -> FieldDescriptor | None:
+    """A field by its JSON name (``avatarUrl``) or proto name (``avatar_url``)."""
+    f = desc.fields_by_name.get(key)
+    if f is not None:
+        return f
+    for f in desc.fields:
+        if f.json_name == key:
+            return f
+    return None
+
+
+def expected(f: FieldDescriptor) -> str:
+    """What a field's JSON value must look like, for error messages."""
+    t = f.type
+    if t == _FD.TYPE_ENUM:
+        names = [v.name for v in f.enum_type.values]
+        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+        return f"must be one of {shown}"
+    if t == _FD.TYPE_MESSAGE:
+        name = f.message_type.full_name
+        return {
+            "google.protobuf.Timestamp": 'must be an RFC 3339 time such as "2024-05-01T08:00:00Z"',
+            "google.protobuf.Duration": 'must be a duration in seconds such as "1.5s"',
+            "google.protobuf.FieldMask": 'must be a comma-separated list of field names such as "nickname,region"',
+            "google.protobuf.Struct": "must be a JSON object",
+            "google.protobuf.ListValue": "must be a JSON array",
+            "google.protobuf.Any": 'must be a JSON object with "@type"',
+            "google.protobuf.Value": "must be a JSON value",
+        }.get(name) or (
+            expected(f.message_type.fields_by_name["value"])
+            if name in SPECIAL_JSON
+            else "must be a JSON object"
+        )
+    if t in INT32_TYPES:
+        return "must be a 32-bit integer"
+    if t in UINT32_TYPES:
+        return "must be a non-negative 32-bit integer"
+    if t in INT64_TYPES:
+        return "must be a 64-bit integer (a number or a decimal string)"
+    if t in UINT64_TYPES:
+        return "must be a non-negative 64-bit integer (a number or a decimal string)"
+    if t in (_FD.TYPE_DOUBLE, _FD.TYPE_FLOAT):
+        return "must be a number"
+    if t == _FD.TYPE_BOOL:
+        return "must be true or false"
+    if t == _FD.TYPE_BYTES:
+        return "must be base64-encoded bytes"
+    return "must be a string"
+
+
+# -- JSON body -----------------------------------------------------------------
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(body: bytes) -> object:
+    """The JSON value of a body; None for an empty body."""
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise InvalidJson("must be UTF-8 encoded JSON") from None
+    except RecursionError:
+        raise InvalidJson("is nested too deeply") from None
+    except ValueError as exc:
+        raise InvalidJson(f"is not valid JSON ({exc})") from None
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def locate_errors(desc: Descriptor, value: object, path: str = "", depth: int = 0) -> list[FieldViolation]:
+    """The bad fields of a JSON object meant for ``desc``, by proto path.
+
+    json_format only says that parsing failed somewhere; this walks the value
+    field by field (trying each leaf on its own) to say where and why.
+    """
+    if not isinstance(value, dict):
+        return [FieldViolation(path or "body", "must be a JSON object")]
+    if depth > _MAX_DEPTH:
+        return [FieldViolation(path or "body", "is nested too deeply")]
+    out: list[FieldViolation] = []
+    seen: set[str] = set()
+    oneofs: dict[str, str] = {}
+    cls = GetMessageClass(desc)
+
+    def leaf_ok(f: FieldDescriptor, v: object) -> bool:
+        try:
+            json_format.ParseDict({f.name: v}, cls())
+        except Exception:  # noqa: BLE001 - any failure means this value is bad
+            return False
+        return True
+
+    for key, v in value.items():
+        f = field_by_json_key(desc, key)
+        if f is None:
+            out.append(FieldViolation(_join(path, key), "is not a field of this request"))
+            continue
+        fpath = _join(path, f.name)
+        if f.name in seen:
+            out.append(FieldViolation(fpath, "is given twice (as camelCase and snake_case)"))
+            continue
+        seen.add(f.name)
+        oneof = f.containing_oneof
+        if oneof is not None and v is not None:
+            if oneof.name in oneofs:
+                out.append(FieldViolation(fpath, f"cannot be set together with {oneofs[oneof.name]}"))
+                continue
+            oneofs[oneof.name] = f.name
+        if v is None:
+            continue  # null: the default value
+        if is_map(f):
+            if not isinstance(v, dict):
+                out.append(FieldViolation(fpath, "must be a JSON object"))
+                continue
+            value_field = f.message_type.fields_by_name["value"]
+            for k, item in v.items():
+                ipath = f"{fpath}[{json.dumps(k, ensure_ascii=False)}]"
+                if is_plain_message(value_field):
+                    out += locate_errors(value_field.message_type, item, ipath, depth + 1)
+                elif not leaf_ok(f, {k: item}):
+                    out.append(FieldViolation(ipath, expected(value_field)))
+        elif is_repeated(f):
+            if not isinstance(v, list):
+                out.append(FieldViolation(fpath, "must be a JSON array"))
+                continue
+            for i, item in enumerate(v):
+                ipath = f"{fpath}[{i}]"
+                if is_plain_message(f):
+                    out += locate_errors(f.message_type, item, ipath, depth + 1)
+                elif not leaf_ok(f, [item]):
+                    out.append(FieldViolation(ipath, expected(f)))
+        elif is_plain_message(f):
+            out += locate_errors(f.message_type, v, fpath, depth + 1)
+        elif not leaf_ok(f, v):
+            out.append(FieldViolation(fpath, expected(f)))
+        if len(out) >= _MAX_VIOLATIONS:
+            break
+    return out[:_MAX_VIOLATIONS]
+
+
+def _parse_into(data: dict, msg: Message) -> None:
+    try:
+        json_format.ParseDict(data, msg)
+    except Exception as exc:  # noqa: BLE001 - never a 500 for bad input
+        violations = locate_errors(msg.DESCRIPTOR, data)
+        if not violations:
+            violations = [FieldViolation("body", f"could not be parsed ({type(exc).__name__})")]
+        raise InvalidField(violations) from None
+
+
+# -- query string --------------------------------------------------------------
+def _resolve_query_key(desc: Descriptor, key: str) -> list[FieldDescriptor] | str:
+    """The fields along a query key, or a description of why it is not one."""
+    fields: list[FieldDescriptor] = []
+    for i, part in enumerate(key.split(".")):
+        f = field_by_json_key(desc, part)
+        if f is None:
+            return "is not a field of this request"
+        fields.append(f)
+        last = i == len(key.split(".")) - 1
+        if last:
+            break
+        if not is_plain_message(f) or is_repeated(f):
+            return "is not a field of this request"
+        desc = f.message_type
+    leaf = fields[-1]
+    if is_map(leaf) or (
+        leaf.type == _FD.TYPE_MESSAGE and leaf.message_type.full_name not in _QUERYABLE_MESSAGES
+    ):
+        return "cannot be set in the query string"
+    return fields
+
+
+def _query_value(f: FieldDescriptor, raw: str) -> object:
+    if f.type == _FD.TYPE_BOOL or (
+        f.type == _FD.TYPE_MESSAGE and f.message_type.full_name == "google.protobuf.BoolValue"
+    ):
+        lowered = raw.lower()
+        if lowered in ("true", "1"):
+            return True
+        if lowered in ("false", "0"):
+            return False
+        return raw  # json_format will refuse it with the right message
+    if f.type == _FD.TYPE_MESSAGE and f.message_type.full_name == "google.protobuf.FieldMask":
+        # Accept snake_case paths too ("avatar_url"); the JSON form is camelCase.
+        return ",".join(_lower_camel(p.strip()) for p in raw.split(",") if p.strip())
+    return raw
+
+
+def _lower_camel(path: str) -> str:
+    return ".".join(
+        part.split("_")[0] + "".join(w[:1].upper() + w[1:] for w in part.split("_")[1:])
+        for part in path.split(".")
+    )
+
+
+def bind_query(route: Route, msg: Message, items: Iterable[tuple[str, str]]) -> None:
+    grouped: dict[str, list[str]] = {}
+    for key, value in items:
+        grouped.setdefault(key, []).append(value)
+    violations: list[FieldViolation] = []
+    for key, values in grouped.items():
+        fields = _resolve_query_key(msg.DESCRIPTOR, key)
+        if isinstance(fields, str):
+            violations.append(FieldViolation(key, fields))
+            continue
+        path = ".".join(f.name for f in fields)
+        if route.body == "*":
+            violations.append(FieldViolation(path, "must be sent in the JSON body, not the query string"))
+            continue
+        if route.body and fields[0].name == route.body:
+            violations.append(FieldViolation(path, "must be sent in the JSON body"))
+            continue
+        leaf = fields[-1]
+        if not is_repeated(leaf) and len(values) > 1:
+            violations.append(FieldViolation(path, "is given more than once"))
+            continue
+        converted = [_query_value(leaf, v) for v in values]
+        data: object = converted if is_repeated(leaf) else converted[0]
+        for f in reversed(fields):
+            data = {f.name: data}
+        part = type(msg)()
+        try:
+            json_format.ParseDict(data, part)
+        except Exception:  # noqa: BLE001
+            violations.append(FieldViolation(path, expected(leaf)))
+            continue
+        msg.MergeFrom(part)
+    if violations:
+        raise InvalidField(violations)
+
+
+# -- path ----------------------------------------------------------------------
+def _path_scalar(f: FieldDescriptor, raw: str, name: str) -> object:
+    try:
+        if f.type == _FD.TYPE_STRING:
+            return raw
+        if f.type == _FD.TYPE_BOOL:
+            return {"true": True, "false": False}[raw]
+        if f.type == _FD.TYPE_ENUM:
+            value = f.enum_type.values_by_name.get(raw)
+            return value.number if value is not None else f.enum_type.values_by_number[int(raw)].number
+        if f.type in (_FD.TYPE_DOUBLE, _FD.TYPE_FLOAT):
+            return float(raw)
+        if f.type == _FD.TYPE_BYTES:
+            return raw.encode()
+        return int(raw)
+    except (KeyError, ValueError):
+        raise InvalidField.one(name, expected(f)) from None
+
+
+def bind_path(msg: Message, values: dict[tuple[str, ...], str]) -> None:
+    for field_path, raw in values.items():
+        target = msg
+        for name in field_path[:-1]:
+            target = getattr(target, name)
+        f = target.DESCRIPTOR.fields_by_name[field_path[-1]]
+        value = _path_scalar(f, raw, ".".join(field_path))
+        try:
+            setattr(target, f.name, value)
+        except (TypeError, ValueError):  # out of range for the field's type
+            raise InvalidField.one(".".join(field_path), expected(f)) from None
+
+
+# -- the whole request -----------------------------------------------------------
+def bind_request(
+    route: Route,
+    http_method: str,
+    path_values: dict[tuple[str, ...], str],
+    query: Iterable[tuple[str, str]],
+    body: bytes,
+    idempotency_key: str | None = None,
+) -> Message:
+    """The request message of an HTTP request; InvalidField/InvalidJson on bad input."""
+    msg = route.request_class()
+    desc = msg.DESCRIPTOR
+    body_json = parse_json(body) if route.body else None
+    if body_json is not None:
+        if route.body == "*":
+            if not isinstance(body_json, dict):
+                raise InvalidField.one("body", "must be a JSON object")
+            _parse_into(body_json, msg)
+        else:
+            f = desc.fields_by_name[route.body]
+            if is_plain_message(f) and not isinstance(body_json, dict):
+                raise InvalidField.one("body", f"must be a JSON object (the {f.name})")
+            _parse_into({f.name: body_json}, msg)
+    bind_query(route, msg, query)
+    bind_path(msg, path_values)
+    if http_method == "PATCH" and route.body not in ("", "*"):
+        _derive_update_mask(route, msg, body_json)
+    if idempotency_key:
+        rid = desc.fields_by_name.get("request_id")
+        if rid is not None and rid.type == _FD.TYPE_STRING and not msg.request_id:
+            msg.request_id = idempotency_key
+    return msg
+
+
+def _derive_update_mask(route: Route, msg: Message, body_json: object) -> None:
+    mask_field = msg.DESCRIPTOR.fields_by_name.get("update_mask")
+    if (
+        mask_field is None
+        or mask_field.message_type is None
+        or mask_field.message_type.full_name != "google.protobuf.FieldMask"
+        or msg.HasField("update_mask")
+        or not isinstance(body_json, dict)
+    ):
+        return
+    resource = msg.DESCRIPTOR.fields_by_name[route.body].message_type
+    if resource is None:
+        return
+    in_path = {p[1] for p in route.path_fields if len(p) == 2 and p[0] == route.body}
+    paths = []
+    for key in body_json:
+        f = field_by_json_key(resource, key)
+        if f is not None and f.name not in in_path and f.name not in paths:
+            paths.append(f.name)
+    msg.update_mask.paths.extend(paths)
+
+
+# -- responses -------------------------------------------------------------------
+def response_json(route: Route, msg: Message) -> object:
+    """The proto3 JSON of a response: lowerCamelCase, int64 as strings, defaults included."""
+    data = json_format.MessageToDict(msg, always_print_fields_with_no_presence=True)
+    if route.response_body:
+        return data.get(msg.DESCRIPTOR.fields_by_name[route.response_body].json_name)
+    return data

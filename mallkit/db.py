@@ -1,0 +1,147 @@
+"""The async database engine, one per service, for MySQL/MariaDB or SQLite.
+
+* ``mysql+aiomysql://user:pass@host/db`` in production (READ COMMITTED,
+  utf8mb4, pre-ping, recycle);
+* ``sqlite+aiosqlite:///var/members.db`` for the zero-setup default (WAL,
+  ``BEGIN IMMEDIATE`` so that writers queue instead of failing, foreign keys).
+
+Timestamps are stored as naive UTC (``DATETIME(6)`` on MySQL) and come back as
+aware UTC datetimes through :class:`UTCDateTime`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import DateTime, MetaData, event, text
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.types import TypeDecorator
+
+from mallkit.telemetry import instrument_engine
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def new_metadata() -> MetaData:
+    """A service's own MetaData with the shared constraint naming convention."""
+    return MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes in, aware UTC datetimes out; naive UTC in the database."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime())
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to UTCDateTime")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if isinstance(value, str):  # SQLite may hand back text
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC)
+
+
+def is_sqlite(engine_or_url) -> bool:
+    url = engine_or_url.url if hasattr(engine_or_url, "url") else make_url(str(engine_or_url))
+    return url.get_backend_name() == "sqlite"
+
+
+def create_engine(url: str, *, pool_size: int = 10, trace: bool = True) -> AsyncEngine:
+    """The engine of one service's database, traced."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        engine = create_async_engine(u, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_connection, _record):
+            dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+            cur = dbapi_connection.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn):
+            # One writer at a time, queued by busy_timeout, instead of
+            # SQLITE_BUSY when a reader later tries to write.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    else:
+        if u.get_backend_name() in ("mysql", "mariadb") and "charset" not in u.query:
+            u = u.update_query_dict({"charset": "utf8mb4"})
+        engine = create_async_engine(
+            u,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+            pool_timeout=10,
+            isolation_level="READ COMMITTED",
+        )
+    if trace:
+        instrument_engine(engine)
+    return engine
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def ping(engine: AsyncEngine) -> bool:
+    """True when the database answers ``SELECT 1``."""
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+
+
+def is_duplicate_key(exc: Exception) -> bool:
+    """True when an IntegrityError is a unique-key violation (MySQL or SQLite)."""
+    orig = getattr(exc, "orig", None)
+    args = getattr(orig, "args", ())
+    if args and args[0] == 1062:  # MySQL ER_DUP_ENTRY
+        return True
+    return "UNIQUE constraint failed" in str(orig)
+
+
+async def insert_ignore(session: AsyncSession, table, rows: list[dict]) -> None:
+    """INSERT rows, skipping those that hit a unique key (MySQL or SQLite)."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(table).on_conflict_do_nothing()
+    else:
+        from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+        stmt = mysql_insert(table).prefix_with("IGNORE")
+    await session.execute(stmt, rows)

@@ -1,0 +1,176 @@
+"""The grpc.aio server bootstrap shared by every service.
+
+:class:`ServiceHost` builds the server with, in order, the OpenTelemetry
+interceptor and :class:`PlatformInterceptor` (authentication and the access
+policy of the proto, context variables, typed errors -> google.rpc.Status,
+metrics); registers the gRPC health service, whose readiness follows the
+database, and reflection; runs background tasks (outbox relay, schedulers);
+and on SIGTERM/SIGINT flips health to NOT_SERVING, stops the background tasks
+and drains in-flight calls for ``grace`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from mallkit.auth import TokenCodec, access_policy, authorize, bearer, current_principal
+from mallkit.errors import MallError, internal_status
+from mallkit.idempotency import current_method
+from mallkit.telemetry import RPC_DURATION, RPC_ERRORS, current_trace_id, grpc_server_interceptor
+
+log = logging.getLogger("mallkit.server")
+
+BackgroundTask = Callable[[asyncio.Event], Awaitable[None]]
+
+
+class PlatformInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates, authorizes and maps errors for the RPCs of our services."""
+
+    def __init__(self, service: str, domain: str, codec: TokenCodec, descriptors: Iterable[ServiceDescriptor]):
+        self.service = service
+        self.domain = domain
+        self.codec = codec
+        self.policies = {
+            f"/{sd.full_name}/{m.name}": access_policy(m) for sd in descriptors for m in sd.methods
+        }
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method not in self.policies or not handler.unary_unary:
+            return handler  # health, reflection: no auth
+        policy = self.policies[method]
+        inner = handler.unary_unary
+
+        async def behaviour(request, context: grpc.aio.ServicerContext):
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            t1 = current_principal.set(None)
+            t2 = current_method.set(method)
+            try:
+                token = bearer(dict(context.invocation_metadata() or ()))
+                principal = self.codec.verify(token) if token else None
+                current_principal.set(principal)
+                authorize(policy, principal)
+                return await inner(request, context)
+            except MallError as err:
+                code = err.code
+                await context.abort_with_status(rpc_status.to_status(err.to_status(self.domain)))
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                code = context.code() or grpc.StatusCode.CANCELLED  # type: ignore[assignment]
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("unhandled error in %s trace_id=%s", method, current_trace_id(), extra={"method": method})
+                await context.abort_with_status(rpc_status.to_status(internal_status(self.domain)))
+            finally:
+                current_principal.reset(t1)
+                current_method.reset(t2)
+                name = method.rsplit("/", 1)[-1]
+                RPC_DURATION.labels(self.service, name, code.name).observe(time.perf_counter() - start)
+                if code != grpc.StatusCode.OK:
+                    RPC_ERRORS.labels(self.service, name, code.name).inc()
+
+        return grpc.unary_unary_rpc_method_handler(
+            behaviour,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class ServiceHost:
+    """One service's gRPC server, health, reflection and background tasks."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        domain: str,
+        codec: TokenCodec,
+        descriptors: list[ServiceDescriptor],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        readiness: Callable[[], Awaitable[bool]] | None = None,
+        background: Iterable[BackgroundTask] = (),
+        readiness_interval: float = 5.0,
+    ):
+        self.service = service
+        self.descriptors = descriptors
+        self.readiness = readiness
+        self.readiness_interval = readiness_interval
+        self.background = list(background)
+        self.server = grpc.aio.server(
+            interceptors=[grpc_server_interceptor(), PlatformInterceptor(service, domain, codec, descriptors)],
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)],
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [sd.full_name for sd in descriptors]
+        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        self.bind = f"{host}:{port}"
+        self.port = 0
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    def add(self, register: Callable[[object, grpc.aio.Server], None], servicer: object) -> None:
+        """Mount a servicer: ``host.add(add_XServicer_to_server, servicer)``."""
+        register(servicer, self.server)
+
+    async def _set_all(self, status) -> None:
+        for sd in self.descriptors:
+            await self.health.set(sd.full_name, status)
+
+    async def _watch_readiness(self) -> None:
+        while not self._stop.is_set():
+            ok = True if self.readiness is None else await self.readiness()
+            await self._set_all(
+                health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.readiness_interval)
+            except TimeoutError:
+                pass
+
+    async def start(self) -> int:
+        """Bind, start serving, start background tasks; returns the bound port."""
+        self.port = self.server.add_insecure_port(self.bind)
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.server.start()
+        self._tasks = [asyncio.create_task(self._watch_readiness())]
+        self._tasks += [asyncio.create_task(task(self._stop)) for task in self.background]
+        return self.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Drain: NOT_SERVING first, stop background work, then stop the server."""
+        await self.health.enter_graceful_shutdown()
+        self._stop.set()
+        for t in self._tasks:
+            try:
+                await asyncio.wait_for(t, timeout=grace)
+            except (TimeoutError, asyncio.CancelledError):
+                t.cancel()
+            except Exception:
+                log.exception("background task failed while stopping")
+        await self.server.stop(grace)
+
+    async def run_until_signalled(self, grace: float) -> None:
+        """Serve until SIGTERM or SIGINT, then drain."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("%s draining (grace %.0fs)", self.service, grace)
+        await self.stop(grace)
+        log.info("%s stopped", self.service)

@@ -1,0 +1,90 @@
+"""Helpers for tests of any service: databases, in-process HTTP servers, traces.
+
+Test databases are real: a fresh MariaDB/MySQL database per service per test
+run (dropped afterwards), or a SQLite file where no MariaDB answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from mallkit import migrations
+from mallkit.db import create_engine
+
+MYSQL_ADMIN_URL = os.environ.get("MALL_TEST_MYSQL_URL", "mysql+aiomysql://root@127.0.0.1:3306/")
+
+
+async def mysql_available(url: str = MYSQL_ADMIN_URL) -> bool:
+    engine = create_async_engine(url)
+    try:
+        async with asyncio.timeout(5):
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+    finally:
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def service_database(service: str, backend: str, tmp_dir: Path, service_dir: Path) -> AsyncIterator[tuple[str, AsyncEngine]]:
+    """A migrated database of one service: ``(url, engine)``; dropped afterwards."""
+    name = f"mall_test_{service}_{uuid.uuid4().hex[:8]}"
+    if backend == "mariadb":
+        admin = create_async_engine(MYSQL_ADMIN_URL)
+        async with admin.begin() as conn:
+            await conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"))
+        url = str(make_url(MYSQL_ADMIN_URL).set(database=name))
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_dir / (name + '.db')}"
+    engine = create_engine(url, pool_size=20)
+    try:
+        await migrations.upgrade(engine, service_dir)
+        yield url, engine
+    finally:
+        await engine.dispose()
+        if backend == "mariadb":
+            async with admin.begin() as conn:
+                await conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+            await admin.dispose()
+
+
+class HttpServer:
+    """A uvicorn server for an ASGI app on 127.0.0.1 and a free port."""
+
+    def __init__(self, app, port: int = 0):
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> int:
+        self._task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
+        return self.port
+
+    @property
+    def port(self) -> int:
+        return self.server.servers[0].sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._task:
+            await self._task

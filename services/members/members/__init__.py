@@ -1,0 +1,1 @@
+"""The members service (会员): identity, portrait, channels, referral, tiers, tags, staff, reach."""

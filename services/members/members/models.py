@@ -1,0 +1,229 @@
+"""Tables of the members service (its own database)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from mallkit import idempotency, outbox
+from mallkit.db import UTCDateTime, new_metadata
+
+# BIGINT on MySQL, INTEGER on SQLite (so that it is SQLite's rowid alias).
+ID = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = new_metadata()
+
+
+IdempotencyKeys = idempotency.define_table(Base.metadata)
+OutboxEvents, InboxEvents = outbox.define_tables(Base.metadata)
+
+
+class Store(Base):
+    __tablename__ = "stores"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    display_name: Mapped[str] = mapped_column(String(64))
+    province: Mapped[str] = mapped_column(String(32), default="")
+    city: Mapped[str] = mapped_column(String(32), default="")
+    address: Mapped[str] = mapped_column(String(256), default="")
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Staff(Base):
+    __tablename__ = "staff"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(32), unique=True)
+    display_name: Mapped[str] = mapped_column(String(32))
+    role: Mapped[int] = mapped_column(SmallInteger)
+    store_id: Mapped[int | None] = mapped_column(ForeignKey("stores.id"), nullable=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Tier(Base):
+    __tablename__ = "tiers"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    display_name: Mapped[str] = mapped_column(String(32))
+    growth_threshold: Mapped[int] = mapped_column(BigInteger, unique=True)
+    points_multiplier_percent: Mapped[int] = mapped_column(Integer, default=100)
+    discount_percent: Mapped[int] = mapped_column(Integer, default=100)
+    flags: Mapped[str] = mapped_column(String(255), default="")  # comma separated
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Member(Base):
+    __tablename__ = "members"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    openid: Mapped[str] = mapped_column(String(64), unique=True)
+    unionid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    nickname: Mapped[str] = mapped_column(String(32), default="")
+    avatar_url: Mapped[str] = mapped_column(String(512), default="")
+    gender: Mapped[int] = mapped_column(SmallInteger, default=0)
+    birthday: Mapped[date | None] = mapped_column(Date, nullable=True)
+    province: Mapped[str] = mapped_column(String(32), default="")
+    city: Mapped[str] = mapped_column(String(32), default="")
+    occupation: Mapped[str] = mapped_column(String(32), default="")
+    phone: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    phone_consent: Mapped[bool] = mapped_column(Boolean, default=False)
+    invite_code: Mapped[str] = mapped_column(String(16), unique=True)
+    inviter_id: Mapped[int | None] = mapped_column(ForeignKey("members.id"), nullable=True, index=True)
+    tier_id: Mapped[int | None] = mapped_column(ForeignKey("tiers.id"), nullable=True, index=True)
+    growth_value: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_touch_channel_id: Mapped[int | None] = mapped_column(
+        ForeignKey("channel_codes.id"), nullable=True, index=True
+    )
+    first_touch_channel_type: Mapped[int] = mapped_column(SmallInteger, default=0)
+    guide_id: Mapped[int | None] = mapped_column(ForeignKey("staff.id"), nullable=True, index=True)
+    store_id: Mapped[int | None] = mapped_column(ForeignKey("stores.id"), nullable=True)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    update_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AttributeDefinition(Base):
+    __tablename__ = "attribute_definitions"
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(32))
+    type: Mapped[int] = mapped_column(SmallInteger)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class MemberAttribute(Base):
+    __tablename__ = "member_attributes"
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(ForeignKey("attribute_definitions.key"), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
+
+
+class ChannelCode(Base):
+    __tablename__ = "channel_codes"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    display_name: Mapped[str] = mapped_column(String(64))
+    channel_type: Mapped[int] = mapped_column(SmallInteger)
+    store_id: Mapped[int | None] = mapped_column(ForeignKey("stores.id"), nullable=True)
+    guide_id: Mapped[int | None] = mapped_column(ForeignKey("staff.id"), nullable=True)
+    scene: Mapped[str] = mapped_column(String(32), unique=True)
+    arrival_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ChannelCodeTag(Base):
+    __tablename__ = "channel_code_tags"
+    channel_code_id: Mapped[int] = mapped_column(ForeignKey("channel_codes.id"), primary_key=True)
+    tag_id: Mapped[int] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True)
+
+
+class Touchpoint(Base):
+    __tablename__ = "touchpoints"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"))
+    channel_code_id: Mapped[int] = mapped_column(ForeignKey("channel_codes.id"), index=True)
+    channel_type: Mapped[int] = mapped_column(SmallInteger)
+    scene: Mapped[str] = mapped_column(String(32))
+    first_touch: Mapped[bool] = mapped_column(Boolean, default=False)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    __table_args__ = (Index("ix_touchpoints_member_id_id", "member_id", "id"),)
+
+
+class TierChange(Base):
+    __tablename__ = "tier_changes"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"))
+    from_tier_id: Mapped[int | None] = mapped_column(ForeignKey("tiers.id"), nullable=True)
+    to_tier_id: Mapped[int] = mapped_column(ForeignKey("tiers.id"))
+    growth_value: Mapped[int] = mapped_column(BigInteger)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    __table_args__ = (Index("ix_tier_changes_member_id_id", "member_id", "id"),)
+
+
+class GrowthEntry(Base):
+    """Append-only record of growth added to a member."""
+
+    __tablename__ = "growth_entries"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    source: Mapped[str] = mapped_column(String(32))
+    source_ref: Mapped[str] = mapped_column(String(128), default="")
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class TagGroup(Base):
+    __tablename__ = "tag_groups"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    display_name: Mapped[str] = mapped_column(String(32), unique=True)
+    selection: Mapped[int] = mapped_column(SmallInteger)
+    description: Mapped[str] = mapped_column(String(256), default="")
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Tag(Base):
+    __tablename__ = "tags"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("tag_groups.id"))
+    display_name: Mapped[str] = mapped_column(String(32))
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    __table_args__ = (UniqueConstraint("group_id", "display_name"),)
+
+
+class MemberTag(Base):
+    """A tag on a member. ``single_group_id`` is the group id when the group is
+    single-select (NULL otherwise): its unique key with the member enforces
+    "at most one tag of a single-select group" even under concurrency."""
+
+    __tablename__ = "member_tags"
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"), primary_key=True)
+    tag_id: Mapped[int] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True, index=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("tag_groups.id"))
+    single_group_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    source: Mapped[int] = mapped_column(SmallInteger)
+    source_ref: Mapped[str] = mapped_column(String(128), default="")
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    __table_args__ = (UniqueConstraint("member_id", "single_group_id"),)
+
+
+class Subscription(Base):
+    """Remaining subscribe-message sends a member allowed for a template."""
+
+    __tablename__ = "subscriptions"
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"), primary_key=True)
+    template_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    remaining: Mapped[int] = mapped_column(Integer, default=0)
+    update_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ReachCounter(Base):
+    """Messages sent to a member on one brand-calendar day (frequency cap)."""
+
+    __tablename__ = "reach_counters"
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    sent: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Touch(Base):
+    """One reach attempt, sent or skipped with the reason."""
+
+    __tablename__ = "touches"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"))
+    template_id: Mapped[str] = mapped_column(String(64))
+    purpose: Mapped[str] = mapped_column(String(64))
+    state: Mapped[int] = mapped_column(SmallInteger)
+    skip_reason: Mapped[int] = mapped_column(SmallInteger, default=0)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    __table_args__ = (Index("ix_touches_member_id_id", "member_id", "id"),)

@@ -1,0 +1,4 @@
+from members.models import Base
+from mallkit.migrations import run_env
+
+run_env(Base.metadata)
