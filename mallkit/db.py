@@ -145,3 +145,37 @@ async def insert_ignore(session: AsyncSession, table, rows: list[dict]) -> None:
 
         stmt = mysql_insert(table).prefix_with("IGNORE")
     await session.execute(stmt, rows)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A deadlock or lock timeout (MySQL 1213/1205) or a busy SQLite: retry the transaction."""
+    orig = getattr(exc, "orig", None)
+    args = getattr(orig, "args", ())
+    if args and args[0] in (1213, 1205):
+        return True
+    return "database is locked" in str(orig)
+
+
+async def run_transaction(sessions, fn, *, attempts: int = 5):
+    """Run ``fn(session)`` in one transaction, retried whole on deadlocks.
+
+    Raises ABORTED when the database keeps refusing (the caller may retry).
+    """
+    import asyncio
+    import random
+
+    from sqlalchemy.exc import DBAPIError
+
+    from mallkit.errors import Aborted
+
+    for attempt in range(attempts):
+        try:
+            async with sessions() as s, s.begin():
+                return await fn(s)
+        except DBAPIError as exc:
+            if not is_transient(exc):
+                raise
+            if attempt == attempts - 1:
+                raise Aborted("transaction conflicted repeatedly, retry", reason="TRANSACTION_CONFLICT")
+            await asyncio.sleep(random.uniform(0.005, 0.05 * (attempt + 1)))
+    raise AssertionError("unreachable")

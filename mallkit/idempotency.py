@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mallkit.auth import current_principal
-from mallkit.db import UTCDateTime, is_duplicate_key, utcnow
+from mallkit.db import UTCDateTime, is_duplicate_key, run_transaction, utcnow
 from mallkit.errors import FieldViolation, InvalidArgument
 
 M = TypeVar("M", bound=Message)
@@ -85,34 +85,37 @@ class Idempotency:
         if not rid:
             if required:
                 raise InvalidArgument.field("request_id", "is required for this method")
-            async with self.sessions() as s, s.begin():
-                return await use_case(s)
+            return await run_transaction(self.sessions, use_case)
         if not REQUEST_ID.match(rid):
             raise InvalidArgument.field("request_id", "must be 8 to 64 letters, digits, '-' or '_' (a UUID)")
         scope, digest = self.scope(), request_hash(request)
         t = self.table
+
+        async def first_time(s: AsyncSession):
+            found = await self._stored(s, scope, rid)
+            if found is not None:
+                return found
+            await s.execute(insert(t).values(scope=scope, request_id=rid, request_hash=digest, create_time=utcnow()))
+            response = await use_case(s)
+            await s.execute(
+                update(t)
+                .where(t.c.scope == scope, t.c.request_id == rid)
+                .values(response=response.SerializeToString(deterministic=True))
+            )
+            return response
+
         try:
-            async with self.sessions() as s, s.begin():
-                found = await self._stored(s, scope, rid)
-                if found is None:
-                    await s.execute(
-                        insert(t).values(scope=scope, request_id=rid, request_hash=digest, create_time=utcnow())
-                    )
-                    response = await use_case(s)
-                    await s.execute(
-                        update(t)
-                        .where(t.c.scope == scope, t.c.request_id == rid)
-                        .values(response=response.SerializeToString(deterministic=True))
-                    )
-                    return response
+            outcome = await run_transaction(self.sessions, first_time)
         except IntegrityError as exc:
             if not is_duplicate_key(exc):
                 raise
             async with self.sessions() as s, s.begin():
-                found = await self._stored(s, scope, rid)
-            if found is None:  # the duplicate was in the use case's own tables
+                outcome = await self._stored(s, scope, rid)
+            if outcome is None:  # the duplicate was in the use case's own tables
                 raise
-        return self._replay(found, digest, response_type)
+        if isinstance(outcome, Message):
+            return outcome  # type: ignore[return-value]
+        return self._replay(outcome, digest, response_type)
 
     async def _stored(self, s: AsyncSession, scope: str, rid: str):
         t = self.table

@@ -151,7 +151,7 @@ class OutboxRelay:
         async with self.sessions() as s, s.begin():
             rows = (
                 await s.execute(
-                    select(t.c.id)
+                    select(t.c.id, t.c.destination)
                     .where(
                         t.c.delivered_time.is_(None),
                         t.c.next_attempt_time <= now,
@@ -160,13 +160,20 @@ class OutboxRelay:
                     .order_by(t.c.id)
                     .limit(self.batch)
                 )
-            ).scalars().all()
+            ).all()
         delivered = 0
-        for row_id in rows:
-            delivered += await self._deliver_one(row_id)
+        down: set[str] = set()  # a subscriber that failed once is not tried again this pass
+        for row_id, destination in rows:
+            if destination in down:
+                continue
+            ok = await self._deliver_one(row_id)
+            if ok is False:
+                down.add(destination)
+            delivered += bool(ok)
         return delivered
 
-    async def _deliver_one(self, row_id: int) -> int:
+    async def _deliver_one(self, row_id: int) -> bool | None:
+        """True: delivered; False: failed (retry later); None: another replica has it."""
         t = self.table
         now = utcnow()
         async with self.sessions() as s, s.begin():
@@ -180,7 +187,7 @@ class OutboxRelay:
                 .values(lease_until=now + self.lease)
             )
             if claimed.rowcount != 1:
-                return 0  # another replica has it
+                return None
             row = (await s.execute(select(t).where(t.c.id == row_id))).one()
         event = events_pb2.Event.FromString(row.payload)
         parent = propagate.extract(dict(event.trace_context))
@@ -210,14 +217,14 @@ class OutboxRelay:
                             last_error=_short_error(exc),
                         )
                     )
-                return 0
+                return False
         async with self.sessions() as s, s.begin():
             await s.execute(
                 update(t)
                 .where(t.c.id == row_id)
                 .values(delivered_time=utcnow(), lease_until=None, attempts=t.c.attempts + 1, last_error=None)
             )
-        return 1
+        return True
 
     async def pending(self) -> int:
         """Rows not yet delivered (for metrics and tests)."""

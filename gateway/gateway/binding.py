@@ -19,8 +19,8 @@ the top-level keys of the body (fields bound by the path excluded), like
 grpc-gateway: ``{"nickname": "x", "region": {...}}`` -> ``nickname,region``.
 Send an explicit ``updateMask`` in the query for anything finer.
 
-Bad input raises :class:`~gateway.errors.InvalidField` (or
-:class:`~gateway.errors.InvalidJson` for a body that is not JSON) naming each
+Bad input raises :class:`~gateway.errors.InvalidFieldError` (or
+:class:`~gateway.errors.InvalidJsonError` for a body that is not JSON) naming each
 bad field by its proto path, such as ``member.gender`` or ``tags[2]``.
 """
 
@@ -34,7 +34,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
-from gateway.errors import InvalidField, InvalidJson
+from gateway.errors import InvalidFieldError, InvalidJsonError
 from gateway.routing import Route
 from mallkit.errors import FieldViolation
 
@@ -75,7 +75,7 @@ _MAX_DEPTH = 32
 
 # -- helpers on descriptors ---------------------------------------------------
 def is_repeated(f: FieldDescriptor) -> bool:
-    return f.label == _FD.LABEL_REPEATED
+    return f.is_repeated
 
 
 def is_map(f: FieldDescriptor) -> bool:
@@ -151,13 +151,19 @@ def parse_json(body: bytes) -> object:
     if not body.strip():
         return None
     try:
-        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        # "\ud800" parses into a str that is not valid Unicode: refuse it here,
+        # before it reaches the protobuf runtime.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeDecodeError:
-        raise InvalidJson("must be UTF-8 encoded JSON") from None
+        raise InvalidJsonError("must be UTF-8 encoded JSON") from None
+    except UnicodeEncodeError:
+        raise InvalidJsonError("contains an unpaired surrogate escape such as \\ud800") from None
     except RecursionError:
-        raise InvalidJson("is nested too deeply") from None
+        raise InvalidJsonError("is nested too deeply") from None
     except ValueError as exc:
-        raise InvalidJson(f"is not valid JSON ({exc})") from None
+        raise InvalidJsonError(f"is not valid JSON ({exc})") from None
+    return value
 
 
 def _join(path: str, name: str) -> str:
@@ -241,7 +247,7 @@ def _parse_into(data: dict, msg: Message) -> None:
         violations = locate_errors(msg.DESCRIPTOR, data)
         if not violations:
             violations = [FieldViolation("body", f"could not be parsed ({type(exc).__name__})")]
-        raise InvalidField(violations) from None
+        raise InvalidFieldError(violations) from None
 
 
 # -- query string --------------------------------------------------------------
@@ -323,7 +329,7 @@ def bind_query(route: Route, msg: Message, items: Iterable[tuple[str, str]]) -> 
             continue
         msg.MergeFrom(part)
     if violations:
-        raise InvalidField(violations)
+        raise InvalidFieldError(violations)
 
 
 # -- path ----------------------------------------------------------------------
@@ -342,7 +348,7 @@ def _path_scalar(f: FieldDescriptor, raw: str, name: str) -> object:
             return raw.encode()
         return int(raw)
     except (KeyError, ValueError):
-        raise InvalidField.one(name, expected(f)) from None
+        raise InvalidFieldError.one(name, expected(f)) from None
 
 
 def bind_path(msg: Message, values: dict[tuple[str, ...], str]) -> None:
@@ -355,7 +361,7 @@ def bind_path(msg: Message, values: dict[tuple[str, ...], str]) -> None:
         try:
             setattr(target, f.name, value)
         except (TypeError, ValueError):  # out of range for the field's type
-            raise InvalidField.one(".".join(field_path), expected(f)) from None
+            raise InvalidFieldError.one(".".join(field_path), expected(f)) from None
 
 
 # -- the whole request -----------------------------------------------------------
@@ -367,19 +373,19 @@ def bind_request(
     body: bytes,
     idempotency_key: str | None = None,
 ) -> Message:
-    """The request message of an HTTP request; InvalidField/InvalidJson on bad input."""
+    """The request message of an HTTP request; InvalidFieldError/InvalidJsonError on bad input."""
     msg = route.request_class()
     desc = msg.DESCRIPTOR
     body_json = parse_json(body) if route.body else None
     if body_json is not None:
         if route.body == "*":
             if not isinstance(body_json, dict):
-                raise InvalidField.one("body", "must be a JSON object")
+                raise InvalidFieldError.one("body", "must be a JSON object")
             _parse_into(body_json, msg)
         else:
             f = desc.fields_by_name[route.body]
             if is_plain_message(f) and not isinstance(body_json, dict):
-                raise InvalidField.one("body", f"must be a JSON object (the {f.name})")
+                raise InvalidFieldError.one("body", f"must be a JSON object (the {f.name})")
             _parse_into({f.name: body_json}, msg)
     bind_query(route, msg, query)
     bind_path(msg, path_values)

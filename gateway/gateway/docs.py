@@ -135,7 +135,7 @@ def render_docs(doc: dict) -> str:
         '<a href="/openapi.json">openapi.json</a></span></header><main>',
         f"<p class=desc>{escape(doc['info'].get('description', ''))}</p><nav><ul>",
     ]
-    for tag, ops in by_tag.items():
+    for ops in by_tag.values():
         for path, method, op in ops:
             out.append(
                 f'<li><a href="#op-{escape(op["operationId"])}">{escape(op["operationId"])}</a> '

@@ -48,12 +48,12 @@ class GatewayError(MallError):
         return {}
 
 
-class RouteNotFound(GatewayError, NotFound):
+class RouteNotFoundError(GatewayError, NotFound):
     default_reason = "ROUTE_NOT_FOUND"
     default_zh = "请求的接口不存在"
 
 
-class MethodNotAllowed(GatewayError):
+class MethodNotAllowedError(GatewayError):
     code = grpc.StatusCode.UNIMPLEMENTED
     default_reason = "METHOD_NOT_ALLOWED"
     default_zh = "不支持该请求方式"
@@ -70,7 +70,7 @@ class MethodNotAllowed(GatewayError):
         return {"Allow": ", ".join(self.allowed)}
 
 
-class InvalidJson(GatewayError, InvalidArgument):
+class InvalidJsonError(GatewayError, InvalidArgument):
     default_reason = "INVALID_JSON"
     default_zh = "请求格式有误"
 
@@ -82,7 +82,7 @@ class InvalidJson(GatewayError, InvalidArgument):
         )
 
 
-class InvalidField(GatewayError, InvalidArgument):
+class InvalidFieldError(GatewayError, InvalidArgument):
     default_reason = "INVALID_FIELD"
     default_zh = "请求参数有误"
 
@@ -97,11 +97,11 @@ class InvalidField(GatewayError, InvalidArgument):
         )
 
     @classmethod
-    def one(cls, field: str, description: str) -> InvalidField:
+    def one(cls, field: str, description: str) -> InvalidFieldError:
         return cls([FieldViolation(field, description)])
 
 
-class BodyTooLarge(GatewayError, InvalidArgument):
+class BodyTooLargeError(GatewayError, InvalidArgument):
     default_reason = "BODY_TOO_LARGE"
     default_zh = "请求内容过大"
     http_status = 413
@@ -115,7 +115,7 @@ class BodyTooLarge(GatewayError, InvalidArgument):
         )
 
 
-class RateLimited(GatewayError, ResourceExhausted):
+class RateLimitedError(GatewayError, ResourceExhausted):
     """429 with ``Retry-After``, ``RetryInfo`` and ``QuotaFailure``."""
 
     default_reason = "RATE_LIMITED"
@@ -148,7 +148,7 @@ class RateLimited(GatewayError, ResourceExhausted):
         return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
 
-class UpstreamFailure(GatewayError):
+class UpstreamError(GatewayError):
     """A status produced by gRPC itself (no details): keep the code, hide the text."""
 
     _REASONS = {
@@ -189,7 +189,7 @@ def upstream_status(status: status_pb2.Status, service: str) -> status_pb2.Statu
     message = status.message
     if code in _OPAQUE_CODES:
         message = f"upstream {service}: {code.name.lower().replace('_', ' ')}"
-    return UpstreamFailure(code, service, message).to_status(DOMAIN)
+    return UpstreamError(code, service, message).to_status(DOMAIN)
 
 
 def http_status_of(code: int) -> int:

@@ -22,16 +22,16 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from google.rpc import code_pb2
 
 from gateway.binding import (
-    SPECIAL_JSON,
     INT32_TYPES,
     INT64_TYPES,
+    SPECIAL_JSON,
     UINT32_TYPES,
     UINT64_TYPES,
     is_map,
     is_plain_message,
     is_repeated,
 )
-from gateway.routing import DEEP, LITERAL, WILDCARD, Route, Variable
+from gateway.routing import LITERAL, WILDCARD, Route, Variable
 
 log = logging.getLogger(__name__)
 _FD = FieldDescriptor
@@ -69,7 +69,7 @@ def load_comments(path: Path | None = None) -> dict[str, str]:
     for file in fds.file:
         where = {tuple(loc.path): loc.leading_comments for loc in file.source_code_info.location}
 
-        def put(name: str, loc: tuple[int, ...]) -> None:
+        def put(name: str, loc: tuple[int, ...], where: dict = where) -> None:
             if where.get(loc):
                 out[name] = _clean(where[loc])
 

@@ -155,7 +155,7 @@ class PathTemplate:
                 return None
         elif len(parts) != len(segs):
             return None
-        for seg, part in zip(segs, parts):
+        for seg, part in zip(segs, parts, strict=False):  # parts may be longer after **
             if seg.kind == DEEP:
                 break
             if seg.kind == LITERAL:
@@ -252,13 +252,13 @@ def _validate(route: Route) -> None:
     request = route.method.input_type
     if route.body not in ("", "*"):
         f = request.fields_by_name.get(route.body)
-        if f is None or _is_repeated(f):
+        if f is None or f.is_repeated:
             raise TemplateError(f"{where}: body {route.body!r} is not a singular field of the request")
     for var in route.template.variables:
         desc = request
         for i, name in enumerate(var.field_path):
             f = desc.fields_by_name.get(name) if desc is not None else None
-            if f is None or _is_repeated(f):
+            if f is None or f.is_repeated:
                 raise TemplateError(f"{where}: path field {var.name!r} is not a singular field")
             last = i == len(var.field_path) - 1
             if last and f.type == FieldDescriptor.TYPE_MESSAGE:
@@ -266,10 +266,6 @@ def _validate(route: Route) -> None:
             desc = f.message_type
     if route.response_body and route.response_body not in route.method.output_type.fields_by_name:
         raise TemplateError(f"{where}: response_body {route.response_body!r} is not a field")
-
-
-def _is_repeated(f: FieldDescriptor) -> bool:
-    return f.label == FieldDescriptor.LABEL_REPEATED
 
 
 def build_routes(services: Iterable[tuple[str, ServiceDescriptor]]) -> list[Route]:
@@ -283,11 +279,11 @@ def build_routes(services: Iterable[tuple[str, ServiceDescriptor]]) -> list[Rout
     return routes
 
 
-class NoRoute(Exception):
+class NoRouteError(Exception):
     """No route has this path (404)."""
 
 
-class WrongMethod(Exception):
+class WrongMethodError(Exception):
     """Routes have this path, but not for this HTTP method (405)."""
 
     def __init__(self, allowed: list[str]):
@@ -311,9 +307,9 @@ class RouteTable:
         return iter(self.routes)
 
     def match(self, http_method: str, raw_path: str) -> tuple[Route, dict[tuple[str, ...], str]]:
-        """The most specific route and its path values; NoRoute or WrongMethod otherwise."""
+        """The most specific route and its path values; NoRouteError or WrongMethodError otherwise."""
         if not raw_path.startswith("/"):
-            raise NoRoute(raw_path)
+            raise NoRouteError(raw_path)
         parts = raw_path[1:].split("/")
         last = parts[-1]
         allowed: list[str] = []
@@ -333,12 +329,12 @@ class RouteTable:
             if route.http_method not in allowed:
                 allowed.append(route.http_method)
         if allowed:
-            raise WrongMethod(allowed)
-        raise NoRoute(raw_path)
+            raise WrongMethodError(allowed)
+        raise NoRouteError(raw_path)
 
     def template_of(self, http_method: str, raw_path: str) -> str | None:
         """The template a request would be routed to (for span names), or None."""
         try:
             return self.match(http_method, raw_path)[0].template.text
-        except (NoRoute, WrongMethod):
+        except (NoRouteError, WrongMethodError):
             return None

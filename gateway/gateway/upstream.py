@@ -115,4 +115,4 @@ class Upstreams:
 
         names = list(self._channels)
         results = await asyncio.gather(*(check(n) for n in names))
-        return dict(zip(names, results))
+        return dict(zip(names, results, strict=True))

@@ -21,7 +21,7 @@ ADMIN = ("test-admin", "test-admin-password")
 
 def members_settings(url: str, wechat_url: str, **overrides) -> MembersSettings:
     return MembersSettings(
-        port=0, database_url=url, wechat_base_url=wechat_url, outbox_poll_seconds=0.05,
+        port=0, database_url=url, wechat_base_url=wechat_url, outbox_poll_seconds=0.05, outbox_max_backoff_seconds=1.0,
         platform=PlatformSettings(env="test"), **overrides,
     )
 

@@ -75,7 +75,8 @@ def build(settings: MembersSettings, engine: AsyncEngine | None = None) -> Membe
                              reach_daily_cap=settings.reach_daily_cap)
     servicer = MembersServicer(service, sessions, Idempotency(sessions, IdempotencyKeys), codec, PageTokens(secret), wechat)
     peers = Peers(settings.platform.addr_of, codec=codec, caller="members", timeout=settings.platform.call_timeout_seconds)
-    relay = OutboxRelay(sessions, OutboxEvents, GrpcEventDelivery(peers.channel, settings.platform.call_timeout_seconds))
+    relay = OutboxRelay(sessions, OutboxEvents, GrpcEventDelivery(peers.channel, settings.platform.call_timeout_seconds),
+                        max_backoff=settings.outbox_max_backoff_seconds)
 
     async def run_relay(stop):
         await relay.run(stop, settings.outbox_poll_seconds)

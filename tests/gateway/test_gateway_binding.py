@@ -1,0 +1,250 @@
+"""HTTP -> request message: path, query and body, PATCH masks, and bad input (via a real upstream)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from google.api import http_pb2
+
+from gateway.binding import bind_request
+from gateway.config import SERVICES
+from gateway.errors import InvalidFieldError
+from gateway.routing import routes_of_rule
+from mall.members.v1 import members_service_pb2 as pb
+from tests.gateway.conftest import ADMIN, GUIDE, bearer, error_of, violations
+
+
+async def test_get_binds_the_path_and_answers_proto3_json(gw, upstream, member_auth):
+    r = await gw.get("/v1/members/me", headers=member_auth)
+    assert r.status_code == 200, r.text
+    assert upstream.servicer.last("GetMember").request.name == "members/me"
+    body = r.json()
+    assert body["name"] == "members/me"
+    assert body["nickname"] == "小明"
+    assert body["gender"] == "GENDER_FEMALE"
+    assert body["growthValue"] == "1234"  # int64 as a string
+    assert body["createTime"] == "2023-11-14T22:13:20Z"
+    # Fields left at their defaults are still there, so the mini-program sees every field.
+    assert body["phoneConsent"] is False and body["occupation"] == "" and body["attributes"] == {}
+
+
+async def test_query_parameters_in_camel_or_snake_case(gw, upstream, admin_auth):
+    r = await gw.get(
+        "/v1/members?pageSize=5&page_token=abc&tier=tiers/2&firstTouchChannelCode=channelCodes/9",
+        headers=admin_auth,
+    )
+    assert r.status_code == 200, r.text
+    req = upstream.servicer.last("ListMembers").request
+    assert (req.page_size, req.page_token, req.tier, req.first_touch_channel_code) == (
+        5, "abc", "tiers/2", "channelCodes/9",
+    )
+    assert r.json() == {"members": [pb_member_json("members/1")], "nextPageToken": "next"}
+
+
+def pb_member_json(name: str) -> dict:
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(pb.Member(name=name), always_print_fields_with_no_presence=True)
+
+
+async def test_body_star_with_repeated_fields(gw, upstream):
+    r = await gw.post(
+        "/v1/members:applyTags",
+        json={"members": ["members/1", "members/2"], "tags": ["tagGroups/g/tags/t"], "source": "TAG_SOURCE_RULE"},
+        headers=bearer(GUIDE),
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == {"appliedCount": 2}
+    req = upstream.servicer.last("ApplyTags").request
+    assert list(req.members) == ["members/1", "members/2"] and req.source == pb.TAG_SOURCE_RULE
+
+
+async def test_path_variables_override_the_body(gw, upstream, member_auth):
+    r = await gw.post(
+        "/v1/members/me/subscriptions:record",
+        json={"parent": "members/99", "acceptedTemplateIds": ["tpl_a", "tpl_b"]},
+        headers=member_auth,
+    )
+    assert r.status_code == 200, r.text
+    req = upstream.servicer.last("RecordSubscriptions").request
+    assert req.parent == "members/me"
+    assert r.json() == {"remaining": {"tpl_a": 1, "tpl_b": 1}}
+
+
+async def test_multi_segment_path_variable(gw, upstream, admin_auth):
+    r = await gw.delete("/v1/tagGroups/life/tags/baby", headers=admin_auth)
+    assert r.status_code == 200 and r.json() == {}
+    assert upstream.servicer.last("DeleteTag").request.name == "tagGroups/life/tags/baby"
+    r = await gw.get("/v1/tagGroups/-/tags", headers=admin_auth)
+    assert upstream.servicer.last("ListTags").request.parent == "tagGroups/-"
+
+
+async def test_patch_derives_the_update_mask_from_the_body(gw, upstream, member_auth):
+    body = {"name": "members/7", "nickname": "小红", "region": {"province": "浙江省"}, "phoneConsent": False}
+    r = await gw.patch("/v1/members/me", json=body, headers=member_auth)
+    assert r.status_code == 200, r.text
+    req = upstream.servicer.last("UpdateMember").request
+    assert req.member.name == "members/me"  # from the path, not the body
+    assert list(req.update_mask.paths) == ["nickname", "region", "phone_consent"]  # the name is not an update
+    assert r.json()["nickname"] == "小红"
+
+
+async def test_post_with_method_override_is_a_patch(gw, upstream, member_auth):
+    r = await gw.post(
+        "/v1/members/me",
+        json={"avatarUrl": "https://img.example/a.png"},
+        headers={**member_auth, "X-HTTP-Method-Override": "PATCH"},
+    )
+    assert r.status_code == 200, r.text
+    req = upstream.servicer.last("UpdateMember").request
+    assert req.member.avatar_url == "https://img.example/a.png"
+    assert list(req.update_mask.paths) == ["avatar_url"]
+
+
+async def test_explicit_update_mask_is_kept(gw, upstream, member_auth):
+    r = await gw.patch(
+        "/v1/members/me?updateMask=nickname,avatar_url", json={"nickname": "a", "occupation": "b"}, headers=member_auth
+    )
+    assert r.status_code == 200, r.text
+    assert list(upstream.servicer.last("UpdateMember").request.update_mask.paths) == ["nickname", "avatar_url"]
+
+
+async def test_idempotency_key_header_becomes_the_request_id(gw, upstream):
+    r = await gw.post(
+        "/v1/tiers",
+        json={"displayName": "金卡会员", "growthThreshold": "1000"},
+        headers={**bearer(ADMIN), "Idempotency-Key": "6d0c3f3e-9a4e-4c1b-8a8e-1f2b3c4d5e6f"},
+    )
+    assert r.status_code == 200, r.text
+    req = upstream.servicer.last("CreateTier").request
+    assert req.request_id == "6d0c3f3e-9a4e-4c1b-8a8e-1f2b3c4d5e6f"
+    assert req.tier.growth_threshold == 1000
+    # A request id given in the request wins over the header.
+    await gw.post(
+        "/v1/tiers?requestId=from-query", json={"displayName": "x"}, headers={**bearer(ADMIN), "Idempotency-Key": "h"}
+    )
+    assert upstream.servicer.last("CreateTier").request.request_id == "from-query"
+
+
+# -- bad input: 400 naming the field, and the upstream never called -------------------------
+@pytest.mark.parametrize(
+    ("body", "field", "reason"),
+    [
+        (b'{"nickname": "x",', "body", "INVALID_JSON"),
+        (b"\xff\xfe", "body", "INVALID_JSON"),
+        (b'{"nickname": NaN}', "body", "INVALID_JSON"),
+        (b'["nickname"]', "body", "INVALID_FIELD"),
+        (b'"just a string"', "body", "INVALID_FIELD"),
+        (b'{"gender": {"x": 1}}', "member.gender", "INVALID_FIELD"),
+        (b'{"gender": "GENDER_UNKNOWN"}', "member.gender", "INVALID_FIELD"),
+        (b'{"nickname": {"a": 1}}', "member.nickname", "INVALID_FIELD"),
+        (b'{"nickname": 12}', "member.nickname", "INVALID_FIELD"),
+        (b'{"phoneConsent": "yes"}', "member.phone_consent", "INVALID_FIELD"),
+        (b'{"growthValue": "lots"}', "member.growth_value", "INVALID_FIELD"),
+        (b'{"growthValue": 1e30}', "member.growth_value", "INVALID_FIELD"),
+        (b'{"birthday": "2020-01-01"}', "member.birthday", "INVALID_FIELD"),
+        (b'{"birthday": {"year": "soon"}}', "member.birthday.year", "INVALID_FIELD"),
+        (b'{"region": {"city": ["a"]}}', "member.region.city", "INVALID_FIELD"),
+        (b'{"attributes": {"child": 3}}', 'member.attributes["child"]', "INVALID_FIELD"),
+        (b'{"createTime": "yesterday"}', "member.create_time", "INVALID_FIELD"),
+        (b'{"favouriteColour": "red"}', "member.favouriteColour", "INVALID_FIELD"),
+        (b'{"nickname": "a", "nick_name": "b", "avatarUrl": "x", "avatar_url": "y"}', "member.nick_name",
+         "INVALID_FIELD"),
+        (b"[" * 5000 + b"]" * 5000, "body", "INVALID_JSON"),
+    ],
+)
+async def test_bad_bodies_are_400_naming_the_field(gw, upstream, member_auth, body, field, reason):
+    r = await gw.patch("/v1/members/me", content=body, headers={**member_auth, "Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    err = error_of(r)
+    assert err["status"] == "INVALID_ARGUMENT"
+    assert err["by_type"]["ErrorInfo"]["reason"] == reason
+    assert err["by_type"]["ErrorInfo"]["domain"] == "gateway.mall"
+    assert err["by_type"]["LocalizedMessage"]["locale"] == "zh-CN"
+    assert field in violations(r)
+    assert upstream.servicer.calls == []
+
+
+async def test_every_bad_field_is_named(gw, upstream, member_auth):
+    r = await gw.patch(
+        "/v1/members/me", json={"gender": [1], "nickname": [], "foo": 1, "tags": [1]}, headers=member_auth
+    )
+    assert r.status_code == 400
+    assert set(violations(r)) == {"member.gender", "member.nickname", "member.foo", "member.tags"}
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("pageSize=abc", "page_size"),
+        ("pageSize=99999999999", "page_size"),
+        ("pageSize=1&pageSize=2", "page_size"),
+        ("colour=red", "colour"),
+        ("tier.name=x", "tier.name"),
+    ],
+)
+async def test_bad_query_parameters_are_400_naming_them(gw, upstream, admin_auth, query, field):
+    r = await gw.get(f"/v1/members?{query}", headers=admin_auth)
+    assert r.status_code == 400, r.text
+    assert field in violations(r)
+    assert upstream.servicer.calls == []
+
+
+async def test_query_parameters_are_refused_where_the_body_holds_everything(gw, upstream):
+    r = await gw.post("/v1/members:applyTags?members=members/1", json={"tags": ["t"]}, headers=bearer(ADMIN))
+    assert r.status_code == 400
+    assert "members" in violations(r)
+    r = await gw.patch("/v1/members/me?member.nickname=x", json={}, headers=bearer(ADMIN))
+    assert "member.nickname" in violations(r)
+    assert upstream.servicer.calls == []
+
+
+async def test_only_patch_may_override_post(gw, upstream, member_auth):
+    r = await gw.post("/v1/members/me", json={}, headers={**member_auth, "X-HTTP-Method-Override": "DELETE"})
+    assert r.status_code == 400
+    assert "X-HTTP-Method-Override" in violations(r)
+    assert upstream.servicer.calls == []
+
+
+# -- binding details that no members route exercises (a synthetic GET rule on real messages) --
+def _get_route(method: str, path: str):
+    rule = http_pb2.HttpRule(get=path)
+    return routes_of_rule("members", SERVICES["members"].descriptor().methods_by_name[method], rule)[0]
+
+
+def test_repeated_and_nested_query_parameters():
+    route = _get_route("ApplyTags", "/x")
+    msg = bind_request(
+        route, "GET", {}, [("members", "members/1"), ("members", "members/2"), ("source", "3")], b""
+    )
+    assert list(msg.members) == ["members/1", "members/2"] and msg.source == pb.TAG_SOURCE_RULE
+    route = _get_route("UpdateMember", "/x/{member.name=members/*}")
+    msg = bind_request(
+        route,
+        "GET",
+        {("member", "name"): "members/me"},
+        [("member.region.city", "杭州市"), ("member.phone_consent", "true"), ("member.birthday.year", "1990"),
+         ("updateMask", "region.city,phone_consent")],
+        b"",
+    )
+    assert msg.member.region.city == "杭州市" and msg.member.phone_consent is True
+    assert msg.member.birthday.year == 1990
+    assert list(msg.update_mask.paths) == ["region.city", "phone_consent"]
+    with pytest.raises(InvalidFieldError) as exc:
+        bind_request(route, "GET", {}, [("member.attributes", "x")], b"")
+    assert exc.value.field_violations[0].field == "member.attributes"
+
+
+def test_bad_json_never_escapes_as_an_exception():
+    route = _get_route("UpdateMember", "/x/{member.name=members/*}")
+    route = routes_of_rule(
+        "members", route.method, http_pb2.HttpRule(patch="/x/{member.name=members/*}", body="member")
+    )[0]
+    for body in [b'{"a":' * 3000, b"1" * 60000, json.dumps({"tags": [None] * 5}).encode(), b"{\"\\ud800\": 1}"]:
+        try:
+            bind_request(route, "PATCH", {}, [], body)
+        except InvalidFieldError:
+            pass
+        except Exception as exc:  # noqa: BLE001
+            assert type(exc).__name__ == "InvalidJsonError", exc
