@@ -2,8 +2,9 @@
 
 On a signal uvicorn stops accepting connections, lets requests in flight
 finish (up to ``GATEWAY_GRACE_SECONDS``), then the lifespan closes the
-channels to the services. A failed start (port taken, lifespan error) exits
-with status 3.
+channels to the services; uvicorn then re-raises the signal, so the exit
+status is the signal's (143 for SIGTERM), as for any process stopped by it.
+A failed start (port taken, lifespan error) exits with status 3.
 """
 
 from __future__ import annotations

@@ -166,6 +166,7 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
             yield
         finally:
             await upstreams.close(grace=1.0)
+            log.info("gateway stopped: upstream channels closed")
 
     untraced = "|".join(re.escape(p) for p in UNTRACED)
     app = Starlette(

@@ -1,0 +1,123 @@
+"""/openapi.json and /docs, generated from the protos."""
+
+from __future__ import annotations
+
+import re
+
+
+def _refs(node, out: set[str]) -> set[str]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "$ref":
+                out.add(v)
+            else:
+                _refs(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            _refs(v, out)
+    return out
+
+
+async def test_openapi_document_is_well_formed_31(gw):
+    r = await gw.get("/openapi.json")
+    assert r.status_code == 200
+    doc = r.json()
+    assert doc["openapi"] == "3.1.0"
+    assert doc["info"]["title"] and doc["info"]["version"]
+    schemas = doc["components"]["schemas"]
+    # Every reference resolves.
+    for ref in _refs(doc, set()):
+        assert ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[-1] in schemas, ref
+    op_ids = []
+    for path, item in doc["paths"].items():
+        assert path.startswith("/")
+        in_path = set(re.findall(r"{([^}]+)}", path))
+        for method, op in item.items():
+            assert method in {"get", "post", "put", "patch", "delete"}
+            op_ids.append(op["operationId"])
+            declared = {p["name"] for p in op["parameters"] if p["in"] == "path"}
+            assert declared == in_path, (path, method)
+            assert all(p["required"] for p in op["parameters"] if p["in"] == "path")
+            assert set(op["responses"]) == {"200", "default"}
+            assert op["responses"]["default"]["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/Error"
+            }
+            assert isinstance(op["security"], list) and "x-mall-access" in op
+    assert len(op_ids) == len(set(op_ids))
+
+
+async def test_openapi_has_the_member_routes_and_not_the_internal_ones(gw):
+    doc = (await gw.get("/openapi.json")).json()
+    ops = {op["operationId"]: (path, method, op) for path, item in doc["paths"].items() for method, op in item.items()}
+    assert "AddGrowth" not in ops and "SendReach" not in ops
+    assert "AddGrowthRequest" not in str(doc["components"]["schemas"].keys())
+
+    path, method, get_member = ops["GetMember"]
+    assert (path, method) == ("/v1/members/{member}", "get")
+    assert get_member["summary"] == "Gets a member."  # from the proto comment
+    assert get_member["security"] == [{"bearerAuth": []}]
+    assert get_member["x-mall-access"] == {
+        "public": False, "member": True, "staff_roles": ["admin", "operator", "guide"], "service": True,
+    }
+    assert get_member["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/mall.members.v1.Member"
+    }
+
+    path, method, login = ops["LoginWithWechat"]
+    assert (path, method) == ("/v1/members:loginWithWechat", "post")
+    assert login["security"] == [] and login["x-mall-access"]["public"] is True
+    body = login["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/mall.members.v1.LoginWithWechatRequest"}
+
+    path, method, record = ops["RecordSubscriptions"]
+    assert path == "/v1/members/{member}/subscriptions:record"
+    body = record["requestBody"]["content"]["application/json"]["schema"]
+    assert "parent" not in body["properties"] and "acceptedTemplateIds" in body["properties"]
+
+    _, _, list_members = ops["ListMembers"]
+    query = {p["name"]: p for p in list_members["parameters"] if p["in"] == "query"}
+    assert set(query) == {"pageSize", "pageToken", "tier", "tag", "firstTouchChannelCode"}
+    assert query["pageSize"]["schema"] == {"type": "integer", "format": "int32"}
+
+    _, _, update = ops["UpdateMember"]
+    assert update["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("Member")
+    assert "updateMask" in {p["name"] for p in update["parameters"]}
+    assert doc["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http", "scheme": "bearer", "bearerFormat": "JWT"
+    }
+
+
+async def test_schemas_follow_the_proto3_json_mapping(gw):
+    schemas = (await gw.get("/openapi.json")).json()["components"]["schemas"]
+    member = schemas["mall.members.v1.Member"]
+    props = member["properties"]
+    assert member["description"].startswith("A member")
+    assert props["growthValue"]["type"] == "string" and props["growthValue"]["format"] == "int64"
+    assert props["growthValue"]["readOnly"] is True  # OUTPUT_ONLY
+    assert props["createTime"]["type"] == "string" and props["createTime"]["format"] == "date-time"
+    assert props["gender"]["$ref"] == "#/components/schemas/mall.members.v1.Gender"
+    assert props["attributes"]["type"] == "object" and props["attributes"]["additionalProperties"] == {
+        "type": "string"
+    }
+    assert props["birthday"]["$ref"] == "#/components/schemas/google.type.Date"
+    assert set(schemas["google.type.Date"]["properties"]) == {"year", "month", "day"}
+    assert schemas["mall.members.v1.Gender"]["enum"] == ["GENDER_UNSPECIFIED", "GENDER_MALE", "GENDER_FEMALE"]
+    tier = schemas["mall.members.v1.Tier"]
+    assert set(tier["required"]) == {"displayName", "growthThreshold"}  # REQUIRED
+    assert schemas["mall.members.v1.ChannelCode"]["properties"]["tags"] == {
+        "type": "array", "items": {"type": "string"}, "description": schemas["mall.members.v1.ChannelCode"][
+            "properties"]["tags"]["description"],
+    }
+    assert schemas["mall.members.v1.Staff"]["properties"]["password"]["writeOnly"] is True
+    error = schemas["Error"]["properties"]["error"]
+    assert set(error["required"]) == {"code", "status", "message", "details"}
+
+
+async def test_docs_page_is_self_contained_html(gw):
+    r = await gw.get("/docs")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    html = r.text
+    assert "GetMember" in html and "/v1/members/{member}" in html and "Gets a member." in html
+    assert "staff: admin, operator, guide" in html and "public: no token" in html
+    assert "AddGrowth" not in html
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # nothing loaded from elsewhere
