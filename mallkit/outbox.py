@@ -157,7 +157,7 @@ class OutboxRelay:
                         t.c.next_attempt_time <= now,
                         or_(t.c.lease_until.is_(None), t.c.lease_until < now),
                     )
-                    .order_by(t.c.id)
+                    .order_by(t.c.next_attempt_time, t.c.id)  # retried rows queue behind fresh ones
                     .limit(self.batch)
                 )
             ).all()
@@ -197,7 +197,13 @@ class OutboxRelay:
             span.set_attribute("messaging.message.id", event.id)
             span.set_attribute("messaging.destination.name", row.destination)
             try:
-                await self.deliver(row.destination, event)
+                try:
+                    await self.deliver(row.destination, event)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # the relay itself is stopping
+                    raise ConnectionAbortedError("delivery call cancelled") from None  # e.g. channel closed
             except Exception as exc:  # any failure: retry later
                 delay = backoff(row.attempts, cap=self.max_backoff)
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
