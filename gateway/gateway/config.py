@@ -63,7 +63,7 @@ class GatewaySettings(BaseSettings):
         "127.0.0.1",
         description="Proxies trusted to set X-Forwarded-For (uvicorn's forwarded_allow_ips)",
     )
-    grace_seconds: float = Field(10.0, ge=0, description="Time given to requests in flight on SIGTERM")
+    grace_seconds: int = Field(10, ge=0, description="Time given to requests in flight on SIGTERM")
     platform: PlatformSettings = Field(default_factory=PlatformSettings)
 
     @field_validator("services", mode="before")

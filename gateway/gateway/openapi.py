@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from google.api import field_behavior_pb2
 from google.protobuf import descriptor_pb2
@@ -110,7 +111,7 @@ def _behaviors(f: FieldDescriptor) -> set[int]:
 
 
 # -- schemas ---------------------------------------------------------------------
-_WELL_KNOWN = {
+_WELL_KNOWN: dict[str, dict[str, Any]] = {
     "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
     "google.protobuf.Duration": {
         "type": "string",
@@ -209,7 +210,7 @@ class SchemaBuilder:
     def field(self, f: FieldDescriptor, comment_key: str | None = None) -> dict:
         if is_map(f):
             value = f.message_type.fields_by_name["value"]
-            schema = {"type": "object", "additionalProperties": self.scalar(value)}
+            schema: dict[str, Any] = {"type": "object", "additionalProperties": self.scalar(value)}
         elif is_repeated(f):
             schema = {"type": "array", "items": self.scalar(f)}
         else:
@@ -273,10 +274,12 @@ def openapi_path(route: Route) -> tuple[str, list[tuple[str, Variable | None, st
     """The OpenAPI path of a route and its parameters (name, variable, resource pattern)."""
     t = route.template
     owner: dict[int, Variable] = {}
-    for var in t.variables:
-        for i in range(var.start, var.end):
-            owner[i] = var
-    pieces, params, used = [], [], set()
+    for v in t.variables:
+        for i in range(v.start, v.end):
+            owner[i] = v
+    pieces: list[str] = []
+    params: list[tuple[str, Variable | None, str]] = []
+    used: set[str] = set()
     for i, seg in enumerate(t.segments):
         if seg.kind == LITERAL:
             pieces.append(seg.literal)

@@ -23,10 +23,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import unquote
 
 from google.api import annotations_pb2, http_pb2
 from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from mallkit.auth import access_policy
@@ -187,9 +189,9 @@ class Route:
     body: str  # "" (no body), "*" or a top-level field name
     response_body: str
     binding_index: int = 0  # 0: the main rule, then the additional bindings
-    policy: object = None  # mall.auth.v1.AccessPolicy or None (nobody may call)
-    request_class: type = field(init=False)
-    response_class: type = field(init=False)
+    policy: Any = None  # mall.auth.v1.AccessPolicy or None (nobody may call)
+    request_class: type[Message] = field(init=False)
+    response_class: type[Message] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "request_class", GetMessageClass(self.method.input_type))
