@@ -36,6 +36,39 @@ protos: $(GEN)/.stamp ## Generate the Python code of the protos into gen/python
 lint: protos ## Lint Python (ruff), type-check mallkit (mypy) and lint the protos (buf)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy mallkit
-	cd protos && npx --yes @bufbuild/buf@1.75.0 lint
+	rm -rf gen/buf-deps && mkdir -p gen/buf-deps/google/api gen/buf-deps/google/type
+	cp "$(SITE)"/google/api/{annotations,http,field_behavior}.proto gen/buf-deps/google/api/
+	cp "$(SITE)"/google/type/date.proto gen/buf-deps/google/type/
+	npx --yes @bufbuild/buf@1.75.0 lint
 
 .PHONY: help install protos lint
+
+run: protos ## Run everything (fake WeChat, services, gateway) on SQLite with demo data; Ctrl-C stops
+	$(PY) scripts/run_local.py
+
+reset: ## Delete the local SQLite databases (var/)
+	rm -rf var
+
+test: protos ## Run the whole test suite (MariaDB when it answers, else SQLite with a report)
+	$(PY) -m pytest
+
+test-sqlite: protos ## Run the suite on SQLite even where MariaDB answers
+	MALL_TEST_MYSQL_URL=mysql+aiomysql://nobody@127.0.0.1:1/ $(PY) -m pytest
+
+migrate: protos ## Apply migrations of SVC (default members) to its <SVC>_DATABASE_URL
+	$(PY) -m $(or $(SVC),members) migrate
+
+revision: protos ## New migration for SVC with MSG="..." (autogenerate against a scratch SQLite)
+	$(PY) scripts/new_revision.py $(or $(SVC),members) "$(MSG)"
+
+create-admin: protos ## Create the first admin: make create-admin USERNAME=admin PASSWORD=...
+	MEMBERS_ADMIN_PASSWORD="$(PASSWORD)" $(PY) -m members create-admin --username "$(or $(USERNAME),admin)"
+
+bench: protos ## Benchmarks (print figures and ratios against a baseline measured in the same run)
+	$(PY) bench/members_me.py
+
+clean: ## Remove generated code, caches and the venv
+	rm -rf $(GEN) $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+.PHONY: run reset test test-sqlite migrate revision create-admin bench clean

@@ -1,9 +1,10 @@
 """A fake of the WeChat server APIs the mall calls, speaking their protocol.
 
 * ``GET /sns/jscode2session`` (appid, secret, js_code, grant_type): a code
-  ``"<user>"`` or ``"<user>#<anything>"`` logs in as ``<user>``; each code
-  works once (errcode 40163 after), codes starting with ``invalid`` are
-  refused (40029), a wrong appid or secret too (40013 / 40125).
+  ``"<user>"`` or ``"<user>#<nonce>"`` logs in as ``<user>``. Like real codes,
+  a ``<user>#<nonce>`` code works once (errcode 40163 after); a bare
+  ``<user>`` code may be reused, for hand-typed demos. Codes starting with
+  ``invalid`` are refused (40029), a wrong appid or secret too (40013 / 40125).
 * ``GET /cgi-bin/token``: an access token valid 7200 s.
 * ``POST /cgi-bin/message/subscribe/send?access_token=``: records the message
   (the sink standing in for WeChat); users marked as refusing get 43101.
@@ -63,7 +64,7 @@ class FakeWechat:
         code = q.get("js_code", "")
         if q.get("grant_type") != "authorization_code" or not code or code.startswith("invalid"):
             return JSONResponse({"errcode": 40029, "errmsg": "invalid code"})
-        if code in self.used_codes:
+        if "#" in code and code in self.used_codes:
             return JSONResponse({"errcode": 40163, "errmsg": "code been used"})
         self.used_codes.add(code)
         self.logins += 1

@@ -121,8 +121,8 @@ class TokenCodec:
             raise Unauthenticated("token expired", reason="TOKEN_EXPIRED", zh="登录已过期,请重新登录")
         except jwt.PyJWTError:
             raise Unauthenticated("invalid token", reason="TOKEN_INVALID", zh="登录状态无效,请重新登录")
-        kind = claims.get("typ")
-        sub = claims.get("sub", "")
+        kind = str(claims.get("typ", ""))
+        sub = str(claims.get("sub", ""))
         expected_prefix = {MEMBER: "members/", STAFF: "staff/", SERVICE: "service/"}.get(kind)
         if expected_prefix is None or not sub.startswith(expected_prefix):
             raise Unauthenticated("invalid token", reason="TOKEN_INVALID", zh="登录状态无效,请重新登录")

@@ -136,15 +136,13 @@ async def insert_ignore(session: AsyncSession, table, rows: list[dict]) -> None:
     """INSERT rows, skipping those that hit a unique key (MySQL or SQLite)."""
     if not rows:
         return
+    from sqlalchemy.dialects.mysql import insert as mysql_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
     if session.get_bind().dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        stmt = sqlite_insert(table).on_conflict_do_nothing()
+        await session.execute(sqlite_insert(table).on_conflict_do_nothing(), rows)
     else:
-        from sqlalchemy.dialects.mysql import insert as mysql_insert
-
-        stmt = mysql_insert(table).prefix_with("IGNORE")
-    await session.execute(stmt, rows)
+        await session.execute(mysql_insert(table).prefix_with("IGNORE"), rows)
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -46,7 +46,7 @@ def run_env(metadata: MetaData) -> None:
         return
 
     async def run_async() -> None:
-        engine = create_async_engine(cfg.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool)
+        engine = create_async_engine(cfg.get_main_option("sqlalchemy.url") or "", poolclass=pool.NullPool)
         async with engine.begin() as conn:
             await conn.run_sync(migrate)
         await engine.dispose()

@@ -186,7 +186,7 @@ class OutboxRelay:
                 )
                 .values(lease_until=now + self.lease)
             )
-            if claimed.rowcount != 1:
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
                 return None
             row = (await s.execute(select(t).where(t.c.id == row_id))).one()
         event = events_pb2.Event.FromString(row.payload)

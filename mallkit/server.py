@@ -15,7 +15,8 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -30,7 +31,7 @@ from mallkit.telemetry import RPC_DURATION, RPC_ERRORS, current_trace_id, grpc_s
 
 log = logging.getLogger("mallkit.server")
 
-BackgroundTask = Callable[[asyncio.Event], Awaitable[None]]
+BackgroundTask = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
 class PlatformInterceptor(grpc.aio.ServerInterceptor):

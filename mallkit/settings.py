@@ -63,4 +63,4 @@ class ServiceSettings(BaseSettings):
     grace_seconds: float = Field(10.0, description="Drain time on SIGTERM")
     outbox_poll_seconds: float = Field(0.5, description="Outbox relay poll interval")
     outbox_max_backoff_seconds: float = Field(300.0, description="Longest wait between two delivery attempts")
-    platform: PlatformSettings = Field(default_factory=PlatformSettings)
+    platform: PlatformSettings = Field(default_factory=lambda: PlatformSettings())

@@ -22,6 +22,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from fakes.wechat import FakeWechat
 from mallkit.testing import HttpServer, mysql_available
 
+#: Fixtures of the running services (real servers on real databases).
+pytest_plugins = ["tests.services"]
+
 SPANS = InMemorySpanExporter()
 _provider = TracerProvider()
 _provider.add_span_processor(SimpleSpanProcessor(SPANS))

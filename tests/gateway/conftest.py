@@ -18,10 +18,10 @@ import httpx
 import jwt
 import pytest
 from google.protobuf import timestamp_pb2
-from mall.members.v1 import members_service_pb2 as pb
-from mall.members.v1 import members_service_pb2_grpc as pb_grpc
 
 from gateway import GatewaySettings, create_app
+from mall.members.v1 import members_service_pb2 as pb
+from mall.members.v1 import members_service_pb2_grpc as pb_grpc
 from mallkit.auth import MEMBER, SERVICE, STAFF, Principal, TokenCodec
 from mallkit.errors import FailedPrecondition, FieldViolation, NotFound
 from mallkit.server import ServiceHost

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from google.api import http_pb2
+
 from gateway.binding import bind_request
 from gateway.config import SERVICES
 from gateway.errors import InvalidFieldError
 from gateway.routing import routes_of_rule
-from google.api import http_pb2
 from mall.members.v1 import members_service_pb2 as pb
-
 from tests.gateway.conftest import ADMIN, GUIDE, bearer, error_of, violations
 
 

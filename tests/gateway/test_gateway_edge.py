@@ -6,9 +6,9 @@ import asyncio
 import re
 
 import httpx
-from gateway.ratelimit import TokenBuckets
 from opentelemetry.trace import SpanKind
 
+from gateway.ratelimit import TokenBuckets
 from tests.gateway.conftest import MEMBER_42, Principal, bearer, error_of, gateway_settings, running_gateway
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

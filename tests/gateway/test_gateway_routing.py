@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from gateway.config import SERVICES
 from gateway.routing import NoRouteError, PathTemplate, RouteTable, TemplateError, WrongMethodError, build_routes
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from fakes.wechat import openid_for
 from mall.members.v1 import members_service_pb2 as pb
-from tests.members.conftest import rid
+from tests.services import rid
 
 
 async def _send(members, member, template="tmpl_paid", purpose="orders.payment_success", key=None):
@@ -55,7 +53,7 @@ async def test_daily_cap_skips_without_spending_consent(members, fake_wechat):
     assert again.remaining["tmpl_care"] == 3  # cap+2+1 accepted, cap spent
 
 
-@pytest.mark.mariadb
+
 async def test_same_reach_sent_concurrently_goes_out_once(members, fake_wechat):
     user = f"once{rid()[:8]}"
     login, md = await members.login(user)

@@ -10,7 +10,7 @@ import pytest
 
 from mall.members.v1 import members_service_pb2 as pb
 from mallkit.errors import error_info, status_of
-from tests.members.conftest import rid
+from tests.services import rid
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ async def test_single_select_group_keeps_one_tag_and_multi_keeps_all(members, gr
     assert tags["奶粉"].name not in await _tags_of(members, b.member.name)
 
 
-@pytest.mark.mariadb
+
 async def test_concurrent_single_select_applications_leave_one_tag(members, groups):
     stage, likes, tags = groups
     staff = await members.staff()

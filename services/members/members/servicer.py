@@ -24,7 +24,19 @@ from mallkit.names import optional_id, parse_id, parse_ids
 from mallkit.pagination import PageTokens, next_token, page_size
 from mallkit.validation import IDENTIFIER, Validator
 
-from .models import AttributeDefinition, ChannelCode, Member, Staff, Store, Tag, TagGroup, Tier, TierChange, Touch, Touchpoint
+from .models import (
+    AttributeDefinition,
+    ChannelCode,
+    Member,
+    Staff,
+    Store,
+    Tag,
+    TagGroup,
+    Tier,
+    TierChange,
+    Touch,
+    Touchpoint,
+)
 from .service import ROLE_NAMES, MembersService
 from .wechat import WechatClient
 

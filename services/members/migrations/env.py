@@ -1,4 +1,4 @@
-from members.models import Base
 from mallkit.migrations import run_env
+from members.models import Base
 
 run_env(Base.metadata)

@@ -1,4 +1,4 @@
-"""A real members service (gRPC on 127.0.0.1, its own migrated database) for the tests."""
+"""The running system for tests: real services on 127.0.0.1 with their own migrated databases, and the gateway."""
 
 from __future__ import annotations
 
@@ -76,3 +76,22 @@ async def members(members_db, fake_wechat):
 
 def rid() -> str:
     return str(uuid.uuid4())
+
+
+@pytest.fixture(scope="session")
+async def gateway(members):
+    """The real HTTP gateway in front of the members service (over ASGI; real HTTP in tests that need it)."""
+    import httpx
+
+    from gateway.app import create_app
+    from gateway.config import GatewaySettings
+
+    settings = GatewaySettings(
+        services=["members"], rate_per_ip=10_000, burst_per_ip=10_000, rate_per_member=10_000, burst_per_member=10_000,
+        platform=PlatformSettings(env="test", members_addr=members.addr),
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://mall.test") as client:
+            client.app = app
+            yield client
