@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 PROTOS := $(shell find protos/mall -name '*.proto')
 GEN := gen/python
-SERVICES := members
+SERVICES := members points orders community
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help

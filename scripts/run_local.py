@@ -19,8 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
 PY = sys.executable
 
-#: (name, gRPC port). Adding a service = one line here.
-SERVICES = [("members", 50051)]
+#: (name, gRPC port) of every service that exists under services/ (a service
+#: appears here as soon as its folder has a __main__.py).
+PORTS = {"members": 50051, "points": 50052, "orders": 50053, "community": 50054}
+SERVICES = [(n, p) for n, p in PORTS.items() if (ROOT / "services" / n / n / "__main__.py").exists()]
 GATEWAY_PORT = int(os.environ.get("GATEWAY_PORT", "8080"))
 WECHAT_PORT = int(os.environ.get("FAKE_WECHAT_PORT", "9100"))
 

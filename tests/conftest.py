@@ -22,8 +22,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from fakes.wechat import FakeWechat
 from mallkit.testing import HttpServer, mysql_available
 
-#: Fixtures of the running services (real servers on real databases).
-pytest_plugins = ["tests.services"]
+#: Fixtures of the running services (real servers on real databases): one
+#: module per service in tests/fixtures/, all loaded here.
+pytest_plugins = sorted(
+    f"tests.fixtures.{p.stem}" for p in (Path(__file__).parent / "fixtures").glob("*.py") if not p.stem.startswith("_")
+)
 
 SPANS = InMemorySpanExporter()
 _provider = TracerProvider()

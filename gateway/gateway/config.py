@@ -33,6 +33,9 @@ class ServiceEntry:
 #: ``PlatformSettings.addr_of`` (``MALL_<NAME>_ADDR``).
 SERVICES: dict[str, ServiceEntry] = {
     "members": ServiceEntry("mall.members.v1.members_service_pb2", "MembersService"),
+    "points": ServiceEntry("mall.points.v1.points_service_pb2", "PointsService"),
+    "orders": ServiceEntry("mall.orders.v1.orders_service_pb2", "OrdersService"),
+    "community": ServiceEntry("mall.community.v1.community_service_pb2", "CommunityService"),
 }
 
 

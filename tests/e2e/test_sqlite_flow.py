@@ -12,7 +12,7 @@ from mallkit.settings import PlatformSettings
 from mallkit.testing import HttpServer, service_database
 from members.app import SERVICE_DIR, build
 from members.seed import ensure_admin
-from tests.services import members_settings
+from tests.fixtures.members import members_settings
 
 
 async def test_whole_flow_on_sqlite_over_real_http(tmp_root, fake_wechat):

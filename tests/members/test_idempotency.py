@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from mall.members.v1 import members_service_pb2 as pb
 from mallkit.errors import error_info, status_of
 from members.models import GrowthEntry, Store
-from tests.services import rid
+from tests.fixtures.members import rid
 
 
 async def test_same_request_id_50_times_concurrently_has_one_effect(members):

@@ -8,7 +8,7 @@ from google.protobuf import field_mask_pb2
 
 from mall.members.v1 import members_service_pb2 as pb
 from mallkit.errors import error_info, status_of
-from tests.services import rid
+from tests.fixtures.members import rid
 
 
 async def _violations(err) -> list[str]:

@@ -6,7 +6,7 @@ import asyncio
 
 from fakes.wechat import openid_for
 from mall.members.v1 import members_service_pb2 as pb
-from tests.services import rid
+from tests.fixtures.members import rid
 
 
 async def _send(members, member, template="tmpl_paid", purpose="orders.payment_success", key=None):

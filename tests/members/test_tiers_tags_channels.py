@@ -10,7 +10,7 @@ import pytest
 
 from mall.members.v1 import members_service_pb2 as pb
 from mallkit.errors import error_info, status_of
-from tests.services import rid
+from tests.fixtures.members import rid
 
 
 @pytest.fixture(scope="module")
