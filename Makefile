@@ -64,8 +64,8 @@ revision: protos ## New migration for SVC with MSG="..." (autogenerate against a
 create-admin: protos ## Create the first admin: make create-admin USERNAME=admin PASSWORD=...
 	MEMBERS_ADMIN_PASSWORD="$(PASSWORD)" $(PY) -m members create-admin --username "$(or $(USERNAME),admin)"
 
-bench: protos ## Benchmarks (print figures and ratios against a baseline measured in the same run)
-	$(PY) bench/members_me.py
+bench: protos ## Run every benchmark in bench/ (figures and ratios against a baseline measured in the same run)
+	@set -e; for f in bench/*.py; do echo "== $$f"; $(PY) $$f; done
 
 clean: ## Remove generated code, caches and the venv
 	rm -rf $(GEN) $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -56,6 +56,7 @@ def _free_port() -> int:
 async def test_event_survives_subscriber_down_and_is_applied_exactly_once(members, tmp_root):
     port = _free_port()
     settings = members.app.settings
+    saved = settings.platform.points_addr
     settings.platform.points_addr = f"127.0.0.1:{port}"  # the relay's channel opens lazily, after this
     await members.app.peers.close()
     inviter, _ = await members.login()
@@ -95,3 +96,5 @@ async def test_event_survives_subscriber_down_and_is_applied_exactly_once(member
             assert (await conn.execute(select(func.count()).select_from(consumer.inbox))).scalar() >= 1
     finally:
         await consumer.stop()
+        settings.platform.points_addr = saved
+        await members.app.peers.close()
