@@ -23,7 +23,6 @@ from datetime import timedelta
 
 import grpc
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import propagate, trace
 from sqlalchemy import (
     BigInteger,
@@ -207,8 +206,14 @@ class OutboxRelay:
             except Exception as exc:  # any failure: retry later
                 delay = backoff(row.attempts, cap=self.max_backoff)
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
-                log.warning(
-                    "outbox delivery failed, retry in %.1fs",
+                # Warn on the first failure and every tenth; the rest are debug (a subscriber
+                # that is down for an hour must not flood the logs).
+                level = logging.WARNING if row.attempts % 10 == 0 else logging.DEBUG
+                log.log(
+                    level,
+                    "outbox delivery to %s failed (attempt %d), retry in %.1fs",
+                    row.destination,
+                    row.attempts + 1,
                     delay,
                     extra={"event_id": event.id, "event_type": event.type, "peer": row.destination},
                 )
@@ -316,8 +321,3 @@ class EventSink(events_pb2_grpc.EventSinkServiceServicer):
             return events_pb2.DeliverEventResponse(duplicate=True)
         return events_pb2.DeliverEventResponse(duplicate=False)
 
-
-def timestamp_now() -> Timestamp:
-    ts = Timestamp()
-    ts.GetCurrentTime()
-    return ts
