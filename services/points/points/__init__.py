@@ -1,0 +1,1 @@
+"""The points service (积分商城)."""
