@@ -6,6 +6,7 @@ settings (database, ports) and call ``start``/``stop``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mall.events.v1 import events_pb2, events_pb2_grpc
 from mall.members.v1 import members_service_pb2 as pb
 from mall.members.v1 import members_service_pb2_grpc as pb_grpc
+from mall.orders.v1 import orders_events_pb2
 from mallkit.auth import TokenCodec
 from mallkit.clients import Peers
 from mallkit.db import create_engine, ping, session_factory
@@ -22,6 +24,7 @@ from mallkit.outbox import EventSink, GrpcEventDelivery, Outbox, OutboxRelay
 from mallkit.pagination import PageTokens
 from mallkit.server import ServiceHost
 
+from . import purchases
 from .config import MembersSettings
 from .errors import DOMAIN
 from .models import IdempotencyKeys, InboxEvents, OutboxEvents
@@ -31,9 +34,11 @@ from .wechat import WechatClient
 
 SERVICE_DIR = Path(__file__).resolve().parent.parent  # holds alembic.ini and migrations/
 
-#: Events this service consumes: type -> (payload message, handler). Later
-#: stages add purchase facts from orders here.
-EVENT_HANDLERS: dict = {}
+#: Events this service consumes: type -> (payload message, handler(service, session, event, payload)).
+EVENT_HANDLERS: dict = {
+    "order.paid": (orders_events_pb2.OrderPaidEvent, purchases.on_order_paid),
+    "order.refunded": (orders_events_pb2.OrderRefundedEvent, purchases.on_order_refunded),
+}
 
 
 @dataclass
@@ -93,5 +98,6 @@ def build(settings: MembersSettings, engine: AsyncEngine | None = None) -> Membe
         background=[run_relay],
     )
     host.add(pb_grpc.add_MembersServiceServicer_to_server, servicer)
-    host.add(events_pb2_grpc.add_EventSinkServiceServicer_to_server, EventSink(sessions, InboxEvents, EVENT_HANDLERS))
+    handlers = {t: (p, functools.partial(h, service)) for t, (p, h) in EVENT_HANDLERS.items()}
+    host.add(events_pb2_grpc.add_EventSinkServiceServicer_to_server, EventSink(sessions, InboxEvents, handlers))
     return MembersApp(settings, engine, host, relay, wechat, peers, service, owns_engine)

@@ -227,3 +227,43 @@ class Touch(Base):
     skip_reason: Mapped[int] = mapped_column(SmallInteger, default=0)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
     __table_args__ = (Index("ix_touches_member_id_id", "member_id", "id"),)
+
+
+class MemberPurchase(Base):
+    """One paid order of a member, from the orders service's ``order.paid`` (purchase fact for RFM)."""
+
+    __tablename__ = "member_purchases"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"))
+    order: Mapped[str] = mapped_column(String(64), unique=True)  # "orders/{order}"
+    paid_fen: Mapped[int] = mapped_column(BigInteger)
+    refunded_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    categories: Mapped[str] = mapped_column(String(512), default="")  # "categories/1,categories/7"
+    pay_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    refund_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    __table_args__ = (Index("ix_member_purchases_member_id_pay_time", "member_id", "pay_time"),)
+
+
+class MemberPurchaseStats(Base):
+    """Per-member purchase aggregates (recency, frequency, monetary; single vs repeat buyer)."""
+
+    __tablename__ = "member_purchase_stats"
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"), primary_key=True)
+    order_count: Mapped[int] = mapped_column(Integer, default=0)
+    total_paid_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    refund_count: Mapped[int] = mapped_column(Integer, default=0)
+    total_refunded_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_order_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_order_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    update_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class MemberPurchaseCategory(Base):
+    """What a member bought per category (segments by categories bought)."""
+
+    __tablename__ = "member_purchase_categories"
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"), primary_key=True)
+    category: Mapped[str] = mapped_column(String(64), primary_key=True)  # "categories/{category}"
+    order_count: Mapped[int] = mapped_column(Integer, default=0)
+    amount_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_order_time: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -1,0 +1,5 @@
+from orders.models import Base
+
+from mallkit.migrations import run_env
+
+run_env(Base.metadata)

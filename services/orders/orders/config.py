@@ -1,0 +1,61 @@
+"""Settings of the orders service (``ORDERS_*``)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from mallkit.settings import ServiceSettings
+
+from . import devkeys
+
+
+class OrdersSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ORDERS_", extra="ignore")
+
+    port: int = Field(50053, description="gRPC port")
+    database_url: str = Field("sqlite+aiosqlite:///var/orders.db", description="SQLAlchemy URL")
+    # --- WeChat Pay v3 (the local simulator and dev keys by default) ---
+    wechatpay_base_url: str = Field("http://127.0.0.1:9200", description="WeChat Pay API base URL (simulator by default)")
+    wechatpay_mchid: str = Field(devkeys.MCHID, description="Merchant id (mchid)")
+    wechatpay_appid: str = Field(devkeys.APPID, description="Mini-program appid paying")
+    wechatpay_merchant_private_key: SecretStr = Field(SecretStr(devkeys.MERCHANT_PRIVATE_KEY),
+                                                      description="Merchant API private key (PEM)")
+    wechatpay_merchant_serial: str = Field(devkeys.MERCHANT_SERIAL, description="Serial of the merchant API certificate")
+    wechatpay_apiv3_key: SecretStr = Field(SecretStr(devkeys.APIV3_KEY), description="APIv3 key (32 bytes)")
+    wechatpay_platform_public_key: str = Field(devkeys.PLATFORM_PUBLIC_KEY,
+                                               description="WeChat Pay platform public key (PEM) verifying notifications")
+    wechatpay_platform_serial: str = Field(devkeys.PLATFORM_SERIAL, description="Serial (public key id) of that key")
+    wechatpay_notify_url: str = Field("http://127.0.0.1:8080/v1/wechatpay/notifications",
+                                      description="Public URL WeChat Pay posts payment notifications to")
+    wechatpay_window_seconds: int = Field(300, description="Accepted age of a notification's timestamp")
+    wechatpay_timeout_seconds: float = Field(5.0, description="Timeout of calls to WeChat Pay")
+    # --- orders ---
+    pay_timeout_seconds: int = Field(1800, description="Unpaid orders are cancelled after this")
+    pay_reminder_seconds: int = Field(900, description="Unpaid orders get a reminder after this")
+    after_sales_days: float = Field(7, description="After-sales window after shipping, in days")
+    care_after_days: float = Field(3, description="Care message this many days after payment")
+    jobs_enabled: bool = Field(True, description="Run the scheduled jobs in this process")
+    jobs_interval_seconds: float = Field(5.0, description="Interval of the scheduled jobs")
+    relay_enabled: bool = Field(True, description="Run the outbox relay in this process")
+    reach_template_ids: dict[str, str] = Field(
+        default_factory=lambda: {"payment_success": "tmpl-pay-ok", "care": "tmpl-care", "window_closed": "tmpl-window",
+                                 "repurchase": "tmpl-repurchase", "pay_reminder": "tmpl-pay-reminder"},
+        description="Journey step -> subscribe-message template id",
+    )
+    event_routes: dict[str, list[str]] = Field(
+        default_factory=lambda: {"order.paid": ["points", "members"], "order.completed": ["points"],
+                                 "order.refunded": ["points", "members"]},
+        description="Event type -> subscribing services (JSON)",
+    )
+
+    @model_validator(mode="after")
+    def _refuse_dev_keys(self) -> OrdersSettings:
+        if not self.platform.is_development:
+            if (self.wechatpay_merchant_private_key.get_secret_value() == devkeys.MERCHANT_PRIVATE_KEY
+                    or self.wechatpay_apiv3_key.get_secret_value() == devkeys.APIV3_KEY
+                    or self.wechatpay_platform_public_key == devkeys.PLATFORM_PUBLIC_KEY):
+                raise ValueError("ORDERS_WECHATPAY_* keys must be set outside development (dev keys refused)")
+        if len(self.wechatpay_apiv3_key.get_secret_value().encode()) != 32:
+            raise ValueError("ORDERS_WECHATPAY_APIV3_KEY must be 32 bytes")
+        return self

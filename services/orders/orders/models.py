@@ -1,0 +1,233 @@
+"""Tables of the orders service (its own database)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, SmallInteger, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from mallkit import idempotency, outbox
+from mallkit.db import UTCDateTime, new_metadata
+
+# BIGINT on MySQL, INTEGER on SQLite (so that it is SQLite's rowid alias).
+ID = BigInteger().with_variant(Integer, "sqlite")
+
+# Order states (values of mall.orders.v1.OrderState).
+PENDING_PAYMENT, PAID, SHIPPED, COMPLETED, CANCELLED, REFUND_REQUESTED, REFUNDED = 1, 2, 3, 4, 5, 6, 7
+# Coupon states.
+COUPON_AVAILABLE, COUPON_USED = 1, 2
+# Refund states.
+REFUND_PENDING, REFUND_SUCCEEDED = 1, 2
+
+
+class Base(DeclarativeBase):
+    metadata = new_metadata()
+
+
+IdempotencyKeys = idempotency.define_table(Base.metadata)
+OutboxEvents, InboxEvents = outbox.define_tables(Base.metadata)
+
+
+class Category(Base):
+    __tablename__ = "categories"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    display_name: Mapped[str] = mapped_column(String(32), unique=True)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Product(Base):
+    __tablename__ = "products"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    category_id: Mapped[int] = mapped_column(ForeignKey("categories.id"))
+    display_name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(1000), default="")
+    status: Mapped[int] = mapped_column(SmallInteger)
+    repurchase_cycle_days: Mapped[int] = mapped_column(Integer, default=0)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    update_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    __table_args__ = (Index("ix_products_category_id_id", "category_id", "id"),)
+
+
+class Sku(Base):
+    __tablename__ = "skus"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), index=True)
+    display_name: Mapped[str] = mapped_column(String(64))
+    price_fen: Mapped[int] = mapped_column(BigInteger)
+    stock: Mapped[int] = mapped_column(BigInteger)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class CartItem(Base):
+    __tablename__ = "cart_items"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    member_id: Mapped[int] = mapped_column(BigInteger)
+    sku_id: Mapped[int] = mapped_column(ForeignKey("skus.id"))
+    quantity: Mapped[int] = mapped_column(Integer)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    __table_args__ = (UniqueConstraint("member_id", "sku_id"),)
+
+
+class Address(Base):
+    __tablename__ = "addresses"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    member_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    recipient: Mapped[str] = mapped_column(String(32))
+    phone: Mapped[str] = mapped_column(String(16))
+    province: Mapped[str] = mapped_column(String(32))
+    city: Mapped[str] = mapped_column(String(32))
+    district: Mapped[str] = mapped_column(String(32), default="")
+    detail: Mapped[str] = mapped_column(String(128))
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class CouponTemplate(Base):
+    __tablename__ = "coupon_templates"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    display_name: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[int] = mapped_column(SmallInteger)
+    amount_off_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    percent: Mapped[int] = mapped_column(Integer, default=0)
+    threshold_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    category_id: Mapped[int | None] = mapped_column(ForeignKey("categories.id"), nullable=True)
+    valid_days: Mapped[int] = mapped_column(Integer)
+    per_member_limit: Mapped[int] = mapped_column(Integer)
+    total_quantity: Mapped[int] = mapped_column(BigInteger)
+    issued_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    claimable: Mapped[bool] = mapped_column(Boolean, default=False)
+    welcome: Mapped[bool] = mapped_column(Boolean, default=False)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class CouponHolding(Base):
+    """How many coupons of a template a member has received (the per-member limit counter)."""
+
+    __tablename__ = "coupon_holdings"
+    template_id: Mapped[int] = mapped_column(ForeignKey("coupon_templates.id"), primary_key=True)
+    member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Coupon(Base):
+    __tablename__ = "coupons"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    template_id: Mapped[int] = mapped_column(ForeignKey("coupon_templates.id"))
+    member_id: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[int] = mapped_column(SmallInteger)
+    order_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    source: Mapped[str] = mapped_column(String(16))
+    issue_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    expire_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    __table_args__ = (Index("ix_coupons_member_id_id", "member_id", "id"),)
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    member_id: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[int] = mapped_column(SmallInteger)
+    total_fen: Mapped[int] = mapped_column(BigInteger)
+    tier_discount_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    coupon_discount_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    payable_fen: Mapped[int] = mapped_column(BigInteger)
+    coupon_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    address: Mapped[str] = mapped_column(Text, default="")  # JSON snapshot
+    flash_sale_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    out_trade_no: Mapped[str] = mapped_column(String(32), unique=True)
+    transaction_id: Mapped[str | None] = mapped_column(String(32), unique=True, nullable=True)
+    prepay_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    openid: Mapped[str] = mapped_column(String(64), default="")
+    tracking_number: Mapped[str] = mapped_column(String(64), default="")
+    cancel_reason: Mapped[str] = mapped_column(String(16), default="")
+    refunded_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    reminded: Mapped[bool] = mapped_column(Boolean, default=False)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    pay_deadline_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    pay_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    ship_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    close_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    __table_args__ = (
+        Index("ix_orders_member_id_id", "member_id", "id"),
+        Index("ix_orders_state_pay_deadline_time", "state", "pay_deadline_time"),
+        Index("ix_orders_state_ship_time", "state", "ship_time"),
+    )
+
+
+class OrderItem(Base):
+    __tablename__ = "order_items"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
+    sku_id: Mapped[int] = mapped_column(BigInteger)
+    product_id: Mapped[int] = mapped_column(BigInteger)
+    category_id: Mapped[int] = mapped_column(BigInteger)
+    product_display_name: Mapped[str] = mapped_column(String(64))
+    sku_display_name: Mapped[str] = mapped_column(String(64))
+    unit_price_fen: Mapped[int] = mapped_column(BigInteger)
+    quantity: Mapped[int] = mapped_column(Integer)
+    paid_fen: Mapped[int] = mapped_column(BigInteger)
+    repurchase_cycle_days: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class PaymentNotification(Base):
+    """Every accepted notification id once (duplicates are acknowledged, never reapplied)."""
+
+    __tablename__ = "payment_notifications"
+    notification_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    order_id: Mapped[int] = mapped_column(BigInteger)
+    transaction_id: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(16))  # paid | late_refund | duplicate
+    receive_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Refund(Base):
+    __tablename__ = "refunds"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    order_id: Mapped[int] = mapped_column(BigInteger)
+    out_refund_no: Mapped[str] = mapped_column(String(64), unique=True)
+    amount_fen: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(String(16))  # member | late_payment
+    state: Mapped[int] = mapped_column(SmallInteger)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    success_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    __table_args__ = (Index("ix_refunds_state_id", "state", "id"),)
+
+
+class FlashSale(Base):
+    __tablename__ = "flash_sales"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    sku_id: Mapped[int] = mapped_column(ForeignKey("skus.id"))
+    price_fen: Mapped[int] = mapped_column(BigInteger)
+    total_stock: Mapped[int] = mapped_column(BigInteger)
+    remaining: Mapped[int] = mapped_column(BigInteger)
+    per_member_limit: Mapped[int] = mapped_column(Integer)
+    start_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    end_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class FlashPurchase(Base):
+    """Units a member bought in a flash sale (the per-member limit counter)."""
+
+    __tablename__ = "flash_purchases"
+    flash_sale_id: Mapped[int] = mapped_column(ForeignKey("flash_sales.id"), primary_key=True)
+    member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    quantity: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class JourneyStep(Base):
+    """One step of the after-sales care journey; sent once (unique per order and step)."""
+
+    __tablename__ = "journey_steps"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    order_id: Mapped[int] = mapped_column(BigInteger)
+    member_id: Mapped[int] = mapped_column(BigInteger)
+    step: Mapped[str] = mapped_column(String(16))
+    due_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    sent_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(32), default="")
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    __table_args__ = (UniqueConstraint("order_id", "step"), Index("ix_journey_steps_sent_time_due_time", "sent_time", "due_time"))
