@@ -1,0 +1,29 @@
+"""Settings of the community service (``COMMUNITY_*``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from mallkit.settings import ServiceSettings
+
+
+class CommunitySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="COMMUNITY_", extra="ignore")
+
+    port: int = Field(50054, description="gRPC port")
+    database_url: str = Field("sqlite+aiosqlite:///var/community.db", description="SQLAlchemy URL")
+    default_capacity: int = Field(500, ge=2, le=2000, description="Capacity of a group created without one")
+    broadcast_daily_cap: int = Field(1, ge=1, le=20, description="Broadcasts a member gets per brand day at most")
+    activity_window_days: int = Field(30, ge=1, le=366, description="Default window of 'active in community'")
+    publish_interval_seconds: float = Field(5.0, gt=0, description="How often scheduled posts are published")
+    close_interval_seconds: float = Field(30.0, gt=0, description="How often ended flash groups are closed")
+    event_routes: dict[str, list[str]] = Field(
+        default_factory=lambda: {
+            "community.group_joined": ["points"],
+            "community.content_shared": ["points"],
+            "community.quiz_answered": ["points"],
+            "community.coupon_claimed": ["orders"],
+        },
+        description="Event type -> subscribing services (JSON)",
+    )
