@@ -157,13 +157,16 @@ class PointsService:
         s.add(LotMove(entry_id=e.id, lot_id=lot.id, delta=amount))
         return lot
 
-    async def _debit(self, s: AsyncSession, e: Entry, amount: int) -> None:
-        """Take available points, first-expiring lots first; INSUFFICIENT_POINTS if short."""
-        taken = await s.execute(update(Account).where(Account.member_id == e.member_id, Account.available >= amount)
+    async def _take(self, s: AsyncSession, member_id: int, amount: int) -> None:
+        """Lower the available balance, or INSUFFICIENT_POINTS (the account is locked)."""
+        taken = await s.execute(update(Account).where(Account.member_id == member_id, Account.available >= amount)
                                 .values(available=Account.available - amount))
         if taken.rowcount != 1:
             raise FailedPrecondition("not enough points", reason=reasons.INSUFFICIENT_POINTS,
                                      metadata={"required": amount}, zh="积分不足")
+
+    async def _consume_lots(self, s: AsyncSession, e: Entry, amount: int) -> None:
+        """Take points from the member's lots, those expiring first first."""
         lots = (await s.execute(select(Lot.id, Lot.remaining).where(Lot.member_id == e.member_id, Lot.remaining > 0)
                                 .order_by(Lot.expire_time, Lot.id))).all()
         left = amount
@@ -177,6 +180,10 @@ class PointsService:
         if left:  # the balance said yes but the lots disagree: refuse rather than corrupt
             raise AssertionError(f"lots of member {e.member_id} hold less than the balance")
         await s.flush()
+
+    async def _debit(self, s: AsyncSession, e: Entry, amount: int) -> None:
+        await self._take(s, e.member_id, amount)
+        await self._consume_lots(s, e, amount)
 
     async def earn(self, s: AsyncSession, member_id: int, amount: int, *, key: str, source: int, source_ref: str = "",
                    description: str = "", kind: int = pb.ENTRY_KIND_EARN, operator: str = "") -> Entry:
@@ -489,14 +496,25 @@ class PointsService:
                                      metadata={"field": "shipping_address"}, zh="请填写收货地址")
         cost = it.points_price * quantity
         state = pb.REDEMPTION_STATE_PENDING_SHIPMENT if it.kind == pb.ITEM_KIND_PHYSICAL else pb.REDEMPTION_STATE_COMPLETED
+        # Lock order: the member's account, then the item, then rows referring to the item
+        # (their foreign-key checks take shared locks on it, which must come after our own lock).
+        await self._lock(s, member_id, now)
+        await self._take(s, member_id, cost)
+        taken = await s.execute(update(Item).where(Item.id == item_id, Item.stock >= quantity,
+                                                   Item.state == pb.ITEM_STATE_ACTIVE)
+                                .values(stock=Item.stock - quantity, redeemed_count=Item.redeemed_count + quantity))
+        if taken.rowcount != 1:
+            raise FailedPrecondition("out of stock", reason=reasons.OUT_OF_STOCK,
+                                     metadata={"item": f"items/{item_id}"}, zh="商品已兑完")
         r = Redemption(member_id=member_id, item_id=item_id, item_display_name=it.display_name, item_kind=it.kind,
                        quantity=quantity, points=cost, cash_fen=it.cash_price_fen * quantity, state=state,
                        coupon_template=it.coupon_template if it.kind == pb.ITEM_KIND_COUPON else "",
                        create_time=now, update_time=now, **(address or {}))
         s.add(r)
         await s.flush()
-        await self.spend(s, member_id, cost, key=f"redeem:{r.id}", source=pb.ENTRY_SOURCE_REDEMPTION,
-                         source_ref=f"items/{item_id}", description=f"兑换 {it.display_name} x{quantity}")
+        e = await self._entry(s, member_id, f"redeem:{r.id}", pb.ENTRY_KIND_SPEND, pb.ENTRY_SOURCE_REDEMPTION,
+                              f"items/{item_id}", -cost, 0, now, f"兑换 {it.display_name} x{quantity}")
+        await self._consume_lots(s, e, cost)
         if it.per_member_limit:
             await insert_ignore(s, MemberItemCount.__table__, [{"item_id": item_id, "member_id": member_id,
                                                                 "quantity": 0}])
@@ -507,12 +525,6 @@ class PointsService:
             if counted.rowcount != 1:
                 raise FailedPrecondition("per-member limit reached", reason=reasons.REDEMPTION_LIMIT_REACHED,
                                          metadata={"limit": it.per_member_limit}, zh="已达到该商品的兑换上限")
-        taken = await s.execute(update(Item).where(Item.id == item_id, Item.stock >= quantity,
-                                                   Item.state == pb.ITEM_STATE_ACTIVE)
-                                .values(stock=Item.stock - quantity, redeemed_count=Item.redeemed_count + quantity))
-        if taken.rowcount != 1:
-            raise FailedPrecondition("out of stock", reason=reasons.OUT_OF_STOCK,
-                                     metadata={"item": f"items/{item_id}"}, zh="商品已兑完")
         if it.kind == pb.ITEM_KIND_COUPON:
             event = epb.CouponRedeemedEvent(redemption=f"members/{member_id}/redemptions/{r.id}",
                                             member=f"members/{member_id}", coupon_template=it.coupon_template)
@@ -557,15 +569,17 @@ class PointsService:
                               f"items/{r.item_id}", r.points, 0, now, f"取消兑换 {r.item_display_name}")
         await s.execute(update(Account).where(Account.member_id == member_id)
                         .values(available=Account.available + r.points))
-        moves = (await s.execute(select(LotMove.lot_id, LotMove.delta, Lot.expired).join(Lot, Lot.id == LotMove.lot_id)
-                                 .where(LotMove.entry_id == spent.id))).all() if spent else []
+        moves = [(lot_id, delta, expired or expire_time <= now) for lot_id, delta, expired, expire_time in (
+            await s.execute(select(LotMove.lot_id, LotMove.delta, Lot.expired, Lot.expire_time)
+                            .join(Lot, Lot.id == LotMove.lot_id).where(LotMove.entry_id == spent.id))).all()
+        ] if spent else []
         expired_back = 0
         for lot_id, delta, expired in moves:
             await s.execute(update(Lot).where(Lot.id == lot_id).values(remaining=Lot.remaining - delta))
             s.add(LotMove(entry_id=e.id, lot_id=lot_id, delta=-delta))
             if expired:
                 expired_back += -delta
-        if expired_back:  # points returned to lots that already expired expire again at once
+        if expired_back:  # points returned to lots past their expiry expire again at once
             x = await self._entry(s, member_id, f"cancel-expire:{r.id}", pb.ENTRY_KIND_EXPIRE, pb.ENTRY_SOURCE_EXPIRY,
                                   f"items/{r.item_id}", -expired_back, 0, now, "退回的积分已过期")
             await s.execute(update(Account).where(Account.member_id == member_id)
@@ -657,7 +671,7 @@ class PointsService:
 
     async def queue_reach(self, s: AsyncSession, member_id: int, key: str, template_id: str, purpose: str,
                           data: dict[str, str], page: str) -> None:
-        now = self.clock()
+        now = utcnow()  # delivery runs on the wall clock, whatever the business clock says
         await insert_ignore(s, ReachRequest.__table__, [{
             "request_key": key[:64], "member_id": member_id, "template_id": template_id, "purpose": purpose,
             "page": page, "data": json.dumps(data, ensure_ascii=False), "attempts": 0, "next_attempt_time": now,
