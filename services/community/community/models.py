@@ -123,7 +123,8 @@ class QuizReward(Base):
     __tablename__ = "quiz_rewards"
     post_id: Mapped[int] = mapped_column(ForeignKey("posts.id"), primary_key=True)
     member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    event_id: Mapped[str] = mapped_column(String(36))
+    token: Mapped[str] = mapped_column(String(36))  # which of racing answers won
+    event_id: Mapped[str] = mapped_column(String(36), default="")
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
@@ -133,6 +134,7 @@ class CouponClaim(Base):
     __tablename__ = "coupon_claims"
     post_id: Mapped[int] = mapped_column(ForeignKey("posts.id"), primary_key=True)
     member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    token: Mapped[str] = mapped_column(String(36))  # which of racing claims won
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
@@ -151,6 +153,7 @@ class Reaction(Base):
     post_id: Mapped[int] = mapped_column(ForeignKey("posts.id"), primary_key=True)
     member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     kind: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    token: Mapped[str] = mapped_column(String(36))
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import uuid
 from collections.abc import Iterable
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
@@ -73,7 +74,8 @@ def _chunks(ids: list[int], n: int = CHUNK) -> Iterable[list[int]]:
 
 
 async def _flush_once(s: AsyncSession) -> bool:
-    """Flush pending rows in a savepoint; False when a unique key says they already exist."""
+    """Flush pending rows in a savepoint; False when a unique key says they already exist.
+    Only for callers that give up (raise) on False: the transaction is not reused after it."""
     try:
         async with s.begin_nested():
             await s.flush()
@@ -82,6 +84,18 @@ async def _flush_once(s: AsyncSession) -> bool:
         if is_duplicate_key(exc):
             return False
         raise
+
+
+async def _insert_once(s: AsyncSession, table, row: dict, key: dict) -> bool:
+    """Insert a row unless its unique key exists; True when this call's row is the one stored.
+
+    INSERT IGNORE / ON CONFLICT DO NOTHING with a fresh token, then read the
+    token back: racing callers wait on the first one's row lock and then see
+    its committed row, so exactly one of them wins."""
+    token = str(uuid.uuid4())
+    await insert_ignore(s, table, [{**row, **key, "token": token}])
+    stored = (await s.execute(select(table.c.token).where(*[table.c[k] == v for k, v in key.items()]))).scalar_one()
+    return stored == token
 
 
 # --- VIP rule ------------------------------------------------------------------------------
@@ -140,12 +154,10 @@ class CommunityService:
     async def create_group(self, s: AsyncSession, fields: dict, now: datetime) -> Group:
         fields = dict(fields)
         fields["capacity"] = fields.get("capacity") or self.default_capacity
-        for _ in range(5):
-            g = Group(invite_code=new_code(8), member_count=0, state=pb.GROUP_STATE_OPEN, create_time=now, **fields)
-            s.add(g)
-            if await _flush_once(s):
-                return g
-        raise AlreadyExists("could not allocate an invite code", reason=reasons.NAME_TAKEN)
+        g = Group(invite_code=new_code(10), member_count=0, state=pb.GROUP_STATE_OPEN, create_time=now, **fields)
+        s.add(g)
+        await s.flush()  # 32^10 codes: a collision is an IntegrityError the client may retry
+        return g
 
     async def close_group(self, s: AsyncSession, group_id: int) -> Group:
         g = await self.group(s, group_id)
@@ -452,8 +464,8 @@ class CommunityService:
             return False, 0, False
         event = evpb.QuizAnsweredEvent(post=f"groups/{p.group_id}/posts/{p.id}", member=f"members/{member_id}",
                                        reward_points=p.quiz_reward, answer_time=_ts(now))
-        s.add(QuizReward(post_id=p.id, member_id=member_id, event_id="pending", create_time=now))
-        if not await _flush_once(s):
+        if not await _insert_once(s, QuizReward.__table__, {"create_time": now, "event_id": ""},
+                                  {"post_id": p.id, "member_id": member_id}):
             return True, 0, True
         event_id = await self.outbox.add(s, "community.quiz_answered", event, subject=f"members/{member_id}")
         await s.execute(update(QuizReward).where(QuizReward.post_id == p.id, QuizReward.member_id == member_id)
@@ -466,8 +478,8 @@ class CommunityService:
             raise FailedPrecondition("the post is not a coupon drop", reason=reasons.WRONG_POST_KIND,
                                      zh="该内容不是优惠券")
         self.require_published(p)
-        s.add(CouponClaim(post_id=p.id, member_id=member_id, create_time=now))
-        if not await _flush_once(s):
+        if not await _insert_once(s, CouponClaim.__table__, {"create_time": now},
+                                  {"post_id": p.id, "member_id": member_id}):
             return True
         taken = await s.execute(update(Post).where(Post.id == p.id, Post.coupon_claimed < Post.coupon_quantity)
                                 .values(coupon_claimed=Post.coupon_claimed + 1))
@@ -491,8 +503,8 @@ class CommunityService:
 
     async def add_reaction(self, s: AsyncSession, p: Post, member_id: int, kind: int, now: datetime) -> bool:
         self.require_published(p)
-        s.add(Reaction(post_id=p.id, member_id=member_id, kind=kind, create_time=now))
-        if not await _flush_once(s):
+        if not await _insert_once(s, Reaction.__table__, {"create_time": now},
+                                  {"post_id": p.id, "member_id": member_id, "kind": kind}):
             return False
         await self.record_activity(s, member_id, p.group_id, ACT_REACTION, f"groups/{p.group_id}/posts/{p.id}", now)
         return True

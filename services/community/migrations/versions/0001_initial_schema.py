@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 16:59:57.437825
+Create Date: 2026-11-22 17:05:01.879319
 """
 from alembic import op
 import sqlalchemy as sa
@@ -222,6 +222,7 @@ def upgrade() -> None:
     op.create_table('coupon_claims',
     sa.Column('post_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('member_id', sa.BigInteger(), nullable=False),
+    sa.Column('token', sa.String(length=36), nullable=False),
     sa.Column('create_time', mallkit.db.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['post_id'], ['posts.id'], name=op.f('fk_coupon_claims_post_id_posts')),
     sa.PrimaryKeyConstraint('post_id', 'member_id', name=op.f('pk_coupon_claims'))
@@ -229,6 +230,7 @@ def upgrade() -> None:
     op.create_table('quiz_rewards',
     sa.Column('post_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('member_id', sa.BigInteger(), nullable=False),
+    sa.Column('token', sa.String(length=36), nullable=False),
     sa.Column('event_id', sa.String(length=36), nullable=False),
     sa.Column('create_time', mallkit.db.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['post_id'], ['posts.id'], name=op.f('fk_quiz_rewards_post_id_posts')),
@@ -238,6 +240,7 @@ def upgrade() -> None:
     sa.Column('post_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('member_id', sa.BigInteger(), nullable=False),
     sa.Column('kind', sa.SmallInteger(), nullable=False),
+    sa.Column('token', sa.String(length=36), nullable=False),
     sa.Column('create_time', mallkit.db.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['post_id'], ['posts.id'], name=op.f('fk_reactions_post_id_posts')),
     sa.PrimaryKeyConstraint('post_id', 'member_id', 'kind', name=op.f('pk_reactions'))
