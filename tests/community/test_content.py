@@ -7,12 +7,12 @@ from datetime import timedelta
 
 import grpc
 import pytest
+from community.app import build
+from community.models import OutboxEvents, Post, QuizReward
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import func, select
 
-from community.app import build
-from community.models import OutboxEvents, Post, QuizReward
 from mall.community.v1 import community_service_pb2 as pb
 from mallkit.db import utcnow
 from tests.community.helpers import join, make_group, new_member_id, refused, rid
@@ -25,8 +25,8 @@ async def post(community, group, **fields) -> pb.Post:
                                            metadata=community.staff_md("guide", 3))
 
 
-async def wait_for(predicate, timeout: float = 30.0):
-    for _ in range(int(timeout / 0.05)):
+async def wait_for(predicate, seconds: float = 30.0):
+    for _ in range(int(seconds / 0.05)):
         if await predicate():
             return True
         await asyncio.sleep(0.05)
@@ -57,7 +57,7 @@ async def test_a_quiz_answered_correctly_20_times_concurrently_grants_points_onc
             OutboxEvents.c.payload.contains(quiz.name.encode())))).scalar_one() == 1
     # End to end: the outbox delivers to the points stand-in, which grants once.
     member = f"members/{m}"
-    assert await wait_for(lambda: _granted(community, member, quiz.name), timeout=60)
+    assert await wait_for(lambda: _granted(community, member, quiz.name), seconds=60)
     await asyncio.sleep(0.3)
     assert await community.points.total(member, f"quiz:{quiz.name}") == (1, 50)
     wrong = await community.stub.AnswerQuiz(pb.AnswerQuizRequest(name=quiz.name, option=0), metadata=md)
@@ -157,7 +157,7 @@ async def test_the_publishing_job_runs_in_the_service(community):
             async with community.engine.connect() as conn:
                 return (await conn.execute(select(Post.state).where(
                     Post.id == int(scheduled.name.rsplit("/", 1)[1])))).scalar_one() == pb.POST_STATE_PUBLISHED
-        assert await wait_for(published, timeout=10)
+        assert await wait_for(published, seconds=10)
     finally:
         await replica.stop(grace=0.5)
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import uuid
 
-from sqlalchemy import func, select
-
 from community.models import Group
+from sqlalchemy import func, select
 
 
 def bearer(token: str) -> dict:

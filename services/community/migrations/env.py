@@ -1,4 +1,5 @@
-from mallkit.migrations import run_env
 from community.models import Base
+
+from mallkit.migrations import run_env
 
 run_env(Base.metadata)

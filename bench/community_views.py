@@ -1,0 +1,174 @@
+"""Benchmark: content-view records/s through the gateway vs the same INSERT straight through the driver.
+
+Starts the community service and the gateway as separate processes
+(MariaDB when it answers on 127.0.0.1:3306, else SQLite), creates a group, an
+article and a member's share through the gateway, then records views of the
+article by anonymous visitors arriving through the share link
+(``POST /v1/{post}:view``: the hot path of a shared article) and, in the same
+run, inserts the same view rows with the bare database driver (aiomysql /
+aiosqlite, one autocommitted INSERT each). Prints records/s, p50 and p99 of
+both and the ratio. Bounded: a fixed count per path, all on 127.0.0.1.
+
+    make bench            # or: .venv/bin/python bench/community_views.py --requests 2000 --concurrency 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from members_me import drive, free_port, summary, wait_http  # noqa: E402
+
+from mallkit.auth import MEMBER, STAFF, Principal, TokenCodec  # noqa: E402
+from mallkit.settings import PlatformSettings  # noqa: E402
+from mallkit.testing import MYSQL_ADMIN_URL, mysql_available  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+INSERT = "INSERT INTO views (post_id, member_id, visitor_id, share_id, anonymous, create_time) VALUES ({})"
+
+
+async def raw_inserter(url: str, concurrency: int):
+    """``insert(post_id, share_id)`` over the bare driver, and a closer."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        import aiosqlite
+
+        conn = await aiosqlite.connect(u.database, isolation_level=None)
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA busy_timeout=30000")
+        lock = asyncio.Lock()
+        sql = INSERT.format("?, NULL, ?, ?, 1, ?")
+
+        async def insert(post_id: int, share_id: int) -> None:
+            async with lock:  # one connection, one writer (as the service's SQLite engine)
+                await conn.execute(sql, (post_id, "v" + uuid.uuid4().hex, share_id,
+                                         datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")))
+
+        return insert, conn.close
+    import aiomysql
+
+    pool = await aiomysql.create_pool(host=u.host or "127.0.0.1", port=u.port or 3306, user=u.username or "root",
+                                      password=u.password or "", db=u.database, autocommit=True,
+                                      minsize=concurrency, maxsize=concurrency, charset="utf8mb4")
+    sql = INSERT.format("%s, NULL, %s, %s, 1, %s")
+
+    async def insert(post_id: int, share_id: int) -> None:
+        async with pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(sql, (post_id, "v" + uuid.uuid4().hex, share_id, datetime.now(UTC).replace(tzinfo=None)))
+
+    async def close() -> None:
+        pool.close()
+        await pool.wait_closed()
+
+    return insert, close
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="mall-bench-"))
+    db_name = f"mall_bench_community_{uuid.uuid4().hex[:6]}"
+    if await mysql_available():
+        admin = create_async_engine(MYSQL_ADMIN_URL)
+        async with admin.begin() as conn:
+            await conn.execute(text(f"CREATE DATABASE `{db_name}` CHARACTER SET utf8mb4"))
+        url = MYSQL_ADMIN_URL.rstrip("/") + f"/{db_name}"
+        backend = "MariaDB"
+    else:
+        admin = None
+        url = f"sqlite+aiosqlite:///{tmp / 'community.db'}"
+        backend = "SQLite"
+    grpc_port, http_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "MALL_ENV": "development",
+        "MALL_LOG_LEVEL": "WARNING",
+        "MALL_COMMUNITY_ADDR": f"127.0.0.1:{grpc_port}",
+        "COMMUNITY_PORT": str(grpc_port),
+        "COMMUNITY_DATABASE_URL": url,
+        "COMMUNITY_EVENT_ROUTES": "{}",
+        "GATEWAY_PORT": str(http_port),
+        "GATEWAY_SERVICES": "community",
+        "GATEWAY_RATE_PER_IP": "0",
+        "GATEWAY_RATE_PER_MEMBER": "0",
+    }
+    py = sys.executable
+    subprocess.run([py, "-m", "community", "migrate"], env=env, check=True, cwd=ROOT)
+    procs = [
+        subprocess.Popen([py, "-m", "community"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL),
+        subprocess.Popen([py, "-m", "gateway"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL),
+    ]
+    codec = TokenCodec(PlatformSettings(env="development").token_secret.get_secret_value())
+    staff = {"Authorization": f"Bearer {codec.issue(Principal(STAFF, 'staff/1', frozenset({'admin'})))[0]}"}
+    member = {"Authorization": f"Bearer {codec.issue(Principal(MEMBER, 'members/1'))[0]}"}
+    close = None
+    try:
+        await wait_http(f"http://127.0.0.1:{http_port}/healthz")
+        limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", limits=limits, timeout=30) as http:
+            for _ in range(100):  # health follows the database: wait until community is SERVING
+                if (await http.get("/healthz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+            group = (await http.post("/v1/groups", json={"displayName": "bench", "type": "GROUP_TYPE_GENERAL",
+                                                         "owner": "staff/3"}, headers=staff)).json()
+            post = (await http.post(f"/v1/{group['name']}/posts", json={"kind": "POST_KIND_ARTICLE", "title": "bench"},
+                                    headers=staff)).json()
+            await http.post(f"/v1/{group['name']}:join", json={}, headers=member)
+            share = (await http.post(f"/v1/{post['name']}:share", json={}, headers=member)).json()
+            post_id = int(post["name"].rsplit("/", 1)[1])
+            share_id = int(share["name"].rsplit("/", 1)[1])
+            insert, close = await raw_inserter(url, args.concurrency)
+
+            async def via_driver() -> None:
+                await insert(post_id, share_id)
+
+            async def via_gateway() -> None:
+                r = await http.post(f"/v1/{post['name']}:view",
+                                    json={"visitorId": "v" + uuid.uuid4().hex, "shareToken": share["token"]})
+                if r.status_code != 200:
+                    raise RuntimeError(r.text)
+
+            print(f"community content views, {args.requests} records x {args.concurrency} concurrent, "
+                  f"database: {backend}")
+            for call in (via_driver, via_gateway):  # warm up both paths
+                await drive(call, 100, args.concurrency)
+            base = summary("driver INSERT views (baseline)", *await drive(via_driver, args.requests, args.concurrency))
+            gw = summary("HTTP POST :view (gateway)", *await drive(via_gateway, args.requests, args.concurrency))
+            print(f"  ratio gateway/driver: throughput x{gw['rps'] / base['rps']:.3f} "
+                  f"(driver is {base['rps'] / gw['rps']:.1f}x faster), p50 x{gw['p50'] / base['p50']:.1f}, "
+                  f"p99 x{gw['p99'] / base['p99']:.1f}")
+    finally:
+        if close is not None:
+            await close()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if admin is not None:
+            async with admin.begin() as conn:
+                await conn.execute(text(f"DROP DATABASE IF EXISTS `{db_name}`"))
+            await admin.dispose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
