@@ -30,6 +30,10 @@ NAMING_CONVENTION = {
 }
 
 
+#: Execution option marking a write transaction (SQLite: BEGIN IMMEDIATE).
+WRITE = "mall_write"
+
+
 def new_metadata() -> MetaData:
     """A service's own MetaData with the shared constraint naming convention."""
     return MetaData(naming_convention=NAMING_CONVENTION)
@@ -88,9 +92,10 @@ def create_engine(url: str, *, pool_size: int = 10, trace: bool = True) -> Async
 
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(conn):
-            # One writer at a time, queued by busy_timeout, instead of
-            # SQLITE_BUSY when a reader later tries to write.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Reads: a plain BEGIN, so WAL readers run side by side. Writes (run_transaction
+            # marks them): BEGIN IMMEDIATE takes the single writer lock up front, queued by
+            # busy_timeout, instead of SQLITE_BUSY when a transaction that read first tries to write.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
 
     else:
         if u.get_backend_name() in ("mysql", "mariadb") and "charset" not in u.query:
@@ -155,7 +160,10 @@ def is_transient(exc: BaseException) -> bool:
 
 
 async def run_transaction(sessions, fn, *, attempts: int = 5):
-    """Run ``fn(session)`` in one transaction, retried whole on deadlocks.
+    """Run ``fn(session)`` in one write transaction, retried whole on deadlocks.
+
+    Every transaction that writes should come through here (or through
+    ``Idempotency.run``, which does): reads may use a plain session.
 
     Raises ABORTED when the database keeps refusing (the caller may retry).
     """
@@ -169,6 +177,7 @@ async def run_transaction(sessions, fn, *, attempts: int = 5):
     for attempt in range(attempts):
         try:
             async with sessions() as s, s.begin():
+                await s.connection(execution_options={WRITE: True})
                 return await fn(s)
         except DBAPIError as exc:
             if not is_transient(exc):

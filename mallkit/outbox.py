@@ -44,7 +44,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mall.events.v1 import events_pb2, events_pb2_grpc
-from mallkit.db import UTCDateTime, is_duplicate_key, utcnow
+from mallkit.db import UTCDateTime, is_duplicate_key, run_transaction, utcnow
 
 log = logging.getLogger("mallkit.outbox")
 tracer = trace.get_tracer("mallkit.outbox")
@@ -303,14 +303,16 @@ class EventSink(events_pb2_grpc.EventSinkServiceServicer):
         payload = payload_type()
         if not event.data.Unpack(payload):
             raise InvalidArgument.field("event.data", f"expected {payload_type.DESCRIPTOR.full_name}")
-        try:
-            async with self.sessions() as s, s.begin():
-                await s.execute(
-                    insert(self.inbox).values(
-                        event_id=event.id, event_type=event.type, source=event.source, receive_time=utcnow()
-                    )
+        async def apply(s: AsyncSession) -> None:
+            await s.execute(
+                insert(self.inbox).values(
+                    event_id=event.id, event_type=event.type, source=event.source, receive_time=utcnow()
                 )
-                await handler(s, event, payload)
+            )
+            await handler(s, event, payload)
+
+        try:
+            await run_transaction(self.sessions, apply)
         except IntegrityError as exc:
             if not is_duplicate_key(exc):
                 raise

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from mall.members.v1 import members_service_pb2 as pb
 from mall.members.v1 import members_service_pb2_grpc as pb_grpc
 from mallkit.auth import MEMBER, STAFF, Principal, TokenCodec, member_scope, principal
-from mallkit.db import is_duplicate_key
+from mallkit.db import is_duplicate_key, run_transaction
 from mallkit.errors import InvalidArgument
 from mallkit.idempotency import Idempotency
 from mallkit.names import optional_id, parse_id, parse_ids
@@ -254,15 +254,16 @@ class MembersServicer(pb_grpc.MembersServiceServicer):
         v.pattern("invite_code", request.invite_code, INVITE, "must be an invite code")
         v.done()
         identity = await self.wechat.code_to_session(request.code)
+
+        async def use_case(s: AsyncSession):
+            m, created = await self.service.login_with_wechat(s, identity, request.channel_code, request.invite_code)
+            return m, created, await self.service.attributes_of(s, m.id)
+
         for attempt in range(3):
             try:
-                async with self.sessions() as s, s.begin():
-                    m, created = await self.service.login_with_wechat(
-                        s, identity, request.channel_code, request.invite_code
-                    )
-                    attrs = await self.service.attributes_of(s, m.id)
+                m, created, attrs = await run_transaction(self.sessions, use_case)
                 break
-            except IntegrityError as exc:  # the same user logging in twice at once
+            except IntegrityError as exc:  # the same user logging in twice at once: the second finds the first
                 if not is_duplicate_key(exc) or attempt == 2:
                     raise
         token, expires = self.codec.issue(Principal(MEMBER, f"members/{m.id}"))
