@@ -22,7 +22,7 @@ from mallkit.db import create_engine, ping, session_factory
 from mallkit.idempotency import Idempotency
 from mallkit.outbox import EventSink, GrpcEventDelivery, Outbox, OutboxRelay
 from mallkit.pagination import PageTokens
-from mallkit.server import ServiceHost
+from mallkit.server import ServiceApp, ServiceHost
 
 from . import purchases
 from .config import MembersSettings
@@ -42,7 +42,7 @@ EVENT_HANDLERS: dict = {
 
 
 @dataclass
-class MembersApp:
+class MembersApp(ServiceApp):
     settings: MembersSettings
     engine: AsyncEngine
     host: ServiceHost
@@ -52,19 +52,8 @@ class MembersApp:
     service: MembersService
     owns_engine: bool = field(default=True)
 
-    @property
-    def port(self) -> int:
-        return self.host.port
-
-    async def start(self) -> int:
-        return await self.host.start()
-
-    async def stop(self, grace: float | None = None) -> None:
-        await self.host.stop(self.settings.grace_seconds if grace is None else grace)
-        await self.peers.close()
+    async def close(self) -> None:
         await self.wechat.close()
-        if self.owns_engine:
-            await self.engine.dispose()
 
 
 def build(settings: MembersSettings, engine: AsyncEngine | None = None) -> MembersApp:

@@ -1,0 +1,101 @@
+"""The command line of every service: ``python -m <svc> [serve|migrate|seed|...]``.
+
+Each service's ``__main__.py`` calls :func:`main` with its name, settings class,
+composition root and migrations folder, plus any commands of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mallkit import migrations
+from mallkit.db import create_engine
+from mallkit.telemetry import setup_logging, setup_tracing
+
+
+@dataclass(frozen=True)
+class Command:
+    """An extra command: ``run(settings, args, engine)`` returns the exit status."""
+
+    help: str
+    run: Callable[[object, argparse.Namespace, AsyncEngine], Awaitable[int]]
+    arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+
+
+async def _serve(name: str, settings, build) -> None:
+    from prometheus_client import start_http_server
+
+    log = logging.getLogger(name)
+    app = build(settings)
+    port = await app.start()
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.host)
+    log.info("%s listening on %s:%d", name, settings.host, port)
+    print(f"{name} gRPC listening on {settings.host}:{port}", flush=True)
+    await app.host.run_until_signalled(settings.grace_seconds)
+    await app.stop(0)
+
+
+async def _with_engine(settings, fn) -> int:
+    engine = create_engine(settings.database_url, trace=False)
+    try:
+        return await fn(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _migrate(engine: AsyncEngine, service_dir: Path, revision: str) -> int:
+    if revision.startswith("-") or revision == "base":
+        await migrations.downgrade(engine, service_dir, revision)
+    else:
+        await migrations.upgrade(engine, service_dir, revision)
+    return 0
+
+
+def main(
+    *,
+    name: str,
+    settings_cls,
+    build,
+    service_dir: Path,
+    seed: Callable[[AsyncEngine, object], Awaitable[None]] | None = None,
+    commands: dict[str, Command] | None = None,
+    argv: list[str] | None = None,
+) -> None:
+    parser = argparse.ArgumentParser(prog=name, description=f"The {name} service")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", help="run the gRPC server (default)")
+    m = sub.add_parser("migrate", help=f"apply migrations to {name.upper()}_DATABASE_URL")
+    m.add_argument("revision", nargs="?", default="head", help="target revision (head, base, -1 ...)")
+    if seed is not None:
+        sub.add_parser("seed", help="insert demo data (idempotent)")
+    for cmd_name, cmd in (commands or {}).items():
+        cmd.arguments(sub.add_parser(cmd_name, help=cmd.help))
+    args = parser.parse_args(argv)
+    settings = settings_cls()
+    setup_logging(name, settings.platform.log_level, settings.platform.log_format == "json")
+    status = 0
+    if args.command in (None, "serve"):
+        setup_tracing(name)
+        asyncio.run(_serve(name, settings, build))
+    elif args.command == "migrate":
+        status = asyncio.run(_with_engine(settings, lambda e: _migrate(e, service_dir, args.revision)))
+    elif args.command == "seed" and seed is not None:
+
+        async def do_seed(engine: AsyncEngine) -> int:
+            await seed(engine, settings)
+            return 0
+
+        status = asyncio.run(_with_engine(settings, do_seed))
+    else:
+        cmd = (commands or {})[args.command]
+        status = asyncio.run(_with_engine(settings, lambda e: cmd.run(settings, args, e)))
+    sys.exit(status)
