@@ -104,11 +104,13 @@ class ServiceHost:
         readiness: Callable[[], Awaitable[bool]] | None = None,
         background: Iterable[BackgroundTask] = (),
         readiness_interval: float = 5.0,
+        drain_seconds: float = 0.0,
     ):
         self.service = service
         self.descriptors = descriptors
         self.readiness = readiness
         self.readiness_interval = readiness_interval
+        self.drain_seconds = drain_seconds
         self.background = list(background)
         self.server = grpc.aio.server(
             interceptors=[grpc_server_interceptor(), PlatformInterceptor(service, domain, codec, descriptors)],
@@ -121,6 +123,7 @@ class ServiceHost:
         self.bind = f"{host}:{port}"
         self.port = 0
         self._stop = asyncio.Event()
+        self._stopped = False
         self._tasks: list[asyncio.Task] = []
 
     def add(self, register: Callable[[object, grpc.aio.Server], None], servicer: object) -> None:
@@ -152,9 +155,17 @@ class ServiceHost:
         self._tasks += [asyncio.create_task(task(self._stop)) for task in self.background]
         return self.port
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Drain: NOT_SERVING first, stop background work, then stop the server."""
+    async def stop(self, grace: float = 5.0, drain: float | None = None) -> None:
+        """Drain: NOT_SERVING first and keep serving ``drain`` seconds (so probes and
+        load balancers stop sending), stop background work, then stop the server,
+        letting calls in flight finish within ``grace`` seconds."""
+        if self._stopped:
+            return
+        self._stopped = True
         await self.health.enter_graceful_shutdown()
+        drain = self.drain_seconds if drain is None else drain
+        if drain > 0:
+            await asyncio.sleep(drain)
         self._stop.set()
         for t in self._tasks:
             try:

@@ -85,6 +85,7 @@ def build(settings: MembersSettings, engine: AsyncEngine | None = None) -> Membe
         port=settings.port,
         readiness=lambda: ping(engine),
         background=[run_relay],
+        drain_seconds=settings.drain_seconds,
     )
     host.add(pb_grpc.add_MembersServiceServicer_to_server, servicer)
     handlers = {t: (p, functools.partial(h, service)) for t, (p, h) in EVENT_HANDLERS.items()}

@@ -1,0 +1,136 @@
+"""ServiceHost: readiness follows the database, SIGTERM-style drain, typed errors, JSON logs with trace ids."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mall.events.v1 import events_pb2, events_pb2_grpc
+from mallkit.auth import SERVICE, Principal, TokenCodec
+from mallkit.errors import FailedPrecondition, error_info, status_of
+from mallkit.server import ServiceHost
+from mallkit.telemetry import JsonFormatter
+
+SECRET = "a-test-secret-that-is-long-enough-for-hs256"
+SINK = "mall.events.v1.EventSinkService"
+
+
+class SlowSink(events_pb2_grpc.EventSinkServiceServicer):
+    def __init__(self):
+        self.started = asyncio.Event()
+
+    async def DeliverEvent(self, request, context):
+        if request.event.type == "refuse":
+            raise FailedPrecondition("refused on purpose", reason="TEST_REFUSED", zh="测试拒绝")
+        if request.event.type == "crash":
+            raise RuntimeError("secret internals: password=hunter2")
+        self.started.set()
+        await asyncio.sleep(0.5)
+        return events_pb2.DeliverEventResponse()
+
+
+@pytest.fixture
+async def host():
+    ready = {"ok": False}
+
+    async def readiness():
+        return ready["ok"]
+
+    sink = SlowSink()
+    h = ServiceHost(service="test", domain="test.mall", codec=TokenCodec(SECRET),
+                    descriptors=[events_pb2.DESCRIPTOR.services_by_name["EventSinkService"]],
+                    readiness=readiness, readiness_interval=0.05)
+    h.add(events_pb2_grpc.add_EventSinkServiceServicer_to_server, sink)
+    port = await h.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    token = TokenCodec(SECRET).issue(Principal(SERVICE, "service/test"))[0]
+    yield h, ready, sink, channel, (("authorization", f"Bearer {token}"),)
+    await channel.close()
+    await h.stop(0)
+
+
+async def _status(channel, service=SINK):
+    resp = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
+    return resp.status
+
+
+async def test_readiness_follows_the_database(host):
+    h, ready, _, channel, _ = host
+    await asyncio.sleep(0.1)
+    assert await _status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert await _status(channel, "") == health_pb2.HealthCheckResponse.SERVING  # alive, not ready
+    ready["ok"] = True
+    await asyncio.sleep(0.15)
+    assert await _status(channel) == health_pb2.HealthCheckResponse.SERVING
+    ready["ok"] = False
+    await asyncio.sleep(0.15)
+    assert await _status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_drain_flips_health_first_and_lets_calls_in_flight_finish(host):
+    h, ready, sink, channel, md = host
+    ready["ok"] = True
+    stub = events_pb2_grpc.EventSinkServiceStub(channel)
+    event = events_pb2.Event(id="e1", type="slow", source="test")
+    async def call():
+        return await stub.DeliverEvent(events_pb2.DeliverEventRequest(event=event), metadata=md)
+
+    in_flight = asyncio.create_task(call())
+    await sink.started.wait()
+    stopping = asyncio.create_task(h.stop(grace=5, drain=0.3))
+    await asyncio.sleep(0.05)
+    assert await _status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert isinstance(await in_flight, events_pb2.DeliverEventResponse)  # finished, not cut off
+    await stopping
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.DeliverEvent(events_pb2.DeliverEventRequest(event=event), metadata=md, timeout=1)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_typed_errors_become_rich_statuses_and_surprises_leak_nothing(host, caplog):
+    h, ready, _, channel, md = host
+    stub = events_pb2_grpc.EventSinkServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.DeliverEvent(events_pb2.DeliverEventRequest(event=events_pb2.Event(type="refuse")), metadata=md)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    st = await status_of(e.value)
+    assert error_info(st).reason == "TEST_REFUSED" and error_info(st).domain == "test.mall"
+    from google.rpc import error_details_pb2
+
+    zh = error_details_pb2.LocalizedMessage()
+    assert any(d.Unpack(zh) for d in st.details) and zh.message == "测试拒绝" and zh.locale == "zh-CN"
+    with caplog.at_level(logging.ERROR):
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await stub.DeliverEvent(events_pb2.DeliverEventRequest(event=events_pb2.Event(type="crash")), metadata=md)
+    assert e.value.code() == grpc.StatusCode.INTERNAL
+    assert "hunter2" not in (e.value.details() or "") and "hunter2" not in str(await status_of(e.value))
+    assert any("unhandled error" in r.getMessage() for r in caplog.records)
+
+
+async def test_calls_need_a_valid_token_of_an_allowed_kind(host):
+    h, ready, _, channel, _ = host
+    stub = events_pb2_grpc.EventSinkServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.DeliverEvent(events_pb2.DeliverEventRequest())
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    from mallkit.auth import MEMBER
+
+    member = TokenCodec(SECRET).issue(Principal(MEMBER, "members/1"))[0]
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.DeliverEvent(events_pb2.DeliverEventRequest(), metadata=(("authorization", f"Bearer {member}"),))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_json_logs_carry_trace_and_span_ids():
+    from opentelemetry import trace
+
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello %s", ("world",), None)
+    with trace.get_tracer("t").start_as_current_span("s") as span:
+        line = json.loads(JsonFormatter("test").format(record))
+    assert line["message"] == "hello world" and line["service"] == "test"
+    assert line["trace_id"] == format(span.get_span_context().trace_id, "032x")
