@@ -16,13 +16,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VAR = ROOT / "var"
+VAR = Path(os.environ.get("MALL_VAR_DIR", ROOT / "var"))
 PY = sys.executable
 
 #: (name, gRPC port) of every service that exists under services/ (a service
 #: appears here as soon as its folder has a __main__.py).
 PORTS = {"members": 50051, "points": 50052, "orders": 50053, "community": 50054}
-SERVICES = [(n, p) for n, p in PORTS.items() if (ROOT / "services" / n / n / "__main__.py").exists()]
+SERVICES = [
+    (n, int(os.environ.get(f"{n.upper()}_PORT", p)))
+    for n, p in PORTS.items()
+    if (ROOT / "services" / n / n / "__main__.py").exists()
+]
 GATEWAY_PORT = int(os.environ.get("GATEWAY_PORT", "8080"))
 WECHAT_PORT = int(os.environ.get("FAKE_WECHAT_PORT", "9100"))
 
