@@ -17,26 +17,83 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
 import httpx
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from members_me import drive, free_port, summary, wait_http  # noqa: E402
-
-from mallkit.auth import MEMBER, STAFF, Principal, TokenCodec  # noqa: E402
-from mallkit.settings import PlatformSettings  # noqa: E402
-from mallkit.testing import MYSQL_ADMIN_URL, mysql_available  # noqa: E402
+from mall.community.v1 import community_service_pb2 as pb
+from mall.community.v1 import community_service_pb2_grpc as pb_grpc
+from mallkit.auth import MEMBER, STAFF, Principal, TokenCodec
+from mallkit.settings import PlatformSettings
+from mallkit.testing import MYSQL_ADMIN_URL, mysql_available
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_http(url: str, seconds: float = 30) -> None:
+    deadline = time.time() + seconds
+    async with httpx.AsyncClient() as c:
+        while time.time() < deadline:
+            try:
+                if (await c.get(url)).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+async def drive(call, requests: int, concurrency: int) -> tuple[float, list[float]]:
+    """Run ``call()`` ``requests`` times over ``concurrency`` workers; (seconds, latencies)."""
+    latencies: list[float] = []
+    remaining = requests
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            t0 = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - t0)
+
+    start = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*[worker() for _ in range(concurrency)]), timeout=300)
+    return time.perf_counter() - start, latencies
+
+
+def summary(name: str, seconds: float, lat: list[float]) -> dict:
+    lat = sorted(lat)
+    row = {"rps": len(lat) / seconds, "p50": statistics.median(lat) * 1000, "p99": lat[int(len(lat) * 0.99) - 1] * 1000}
+    print(f"  {name:<34} {row['rps']:>8.0f} rec/s   p50 {row['p50']:>6.2f} ms   p99 {row['p99']:>6.2f} ms", flush=True)
+    return row
+
+
+def start_processes(env: dict) -> list[subprocess.Popen]:
+    py = sys.executable
+    subprocess.run([py, "-m", "community", "migrate"], env=env, check=True, cwd=ROOT)
+    return [
+        subprocess.Popen([py, "-m", "community"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL),
+        subprocess.Popen([py, "-m", "gateway"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL),
+    ]
 INSERT = "INSERT INTO views (post_id, member_id, visitor_id, share_id, anonymous, create_time) VALUES ({})"
 
 
@@ -108,12 +165,7 @@ async def main() -> None:
         "GATEWAY_RATE_PER_IP": "0",
         "GATEWAY_RATE_PER_MEMBER": "0",
     }
-    py = sys.executable
-    subprocess.run([py, "-m", "community", "migrate"], env=env, check=True, cwd=ROOT)
-    procs = [
-        subprocess.Popen([py, "-m", "community"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL),
-        subprocess.Popen([py, "-m", "gateway"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL),
-    ]
+    procs = await asyncio.to_thread(start_processes, env)
     codec = TokenCodec(PlatformSettings(env="development").token_secret.get_secret_value())
     staff = {"Authorization": f"Bearer {codec.issue(Principal(STAFF, 'staff/1', frozenset({'admin'})))[0]}"}
     member = {"Authorization": f"Bearer {codec.issue(Principal(MEMBER, 'members/1'))[0]}"}
@@ -139,6 +191,13 @@ async def main() -> None:
             async def via_driver() -> None:
                 await insert(post_id, share_id)
 
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
+            stub = pb_grpc.CommunityServiceStub(channel)
+
+            async def via_grpc() -> None:
+                await stub.ViewPost(pb.ViewPostRequest(name=post["name"], visitor_id="v" + uuid.uuid4().hex,
+                                                       share_token=share["token"]), timeout=30)
+
             async def via_gateway() -> None:
                 r = await http.post(f"/v1/{post['name']}:view",
                                     json={"visitorId": "v" + uuid.uuid4().hex, "shareToken": share["token"]})
@@ -147,13 +206,17 @@ async def main() -> None:
 
             print(f"community content views, {args.requests} records x {args.concurrency} concurrent, "
                   f"database: {backend}")
-            for call in (via_driver, via_gateway):  # warm up both paths
+            for call in (via_driver, via_grpc, via_gateway):  # warm up every path
                 await drive(call, 100, args.concurrency)
             base = summary("driver INSERT views (baseline)", *await drive(via_driver, args.requests, args.concurrency))
+            rpc = summary("gRPC ViewPost (service)", *await drive(via_grpc, args.requests, args.concurrency))
             gw = summary("HTTP POST :view (gateway)", *await drive(via_gateway, args.requests, args.concurrency))
+            await channel.close()
             print(f"  ratio gateway/driver: throughput x{gw['rps'] / base['rps']:.3f} "
                   f"(driver is {base['rps'] / gw['rps']:.1f}x faster), p50 x{gw['p50'] / base['p50']:.1f}, "
                   f"p99 x{gw['p99'] / base['p99']:.1f}")
+            print(f"  ratio gRPC/driver: throughput x{rpc['rps'] / base['rps']:.3f}; "
+                  f"gateway/gRPC: throughput x{gw['rps'] / rpc['rps']:.2f}")
     finally:
         if close is not None:
             await close()

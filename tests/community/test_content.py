@@ -25,7 +25,7 @@ async def post(community, group, **fields) -> pb.Post:
                                            metadata=community.staff_md("guide", 3))
 
 
-async def wait_for(predicate, seconds: float = 30.0):
+async def wait_for(predicate, seconds: float = 60.0):
     for _ in range(int(seconds / 0.05)):
         if await predicate():
             return True

@@ -63,20 +63,21 @@ async def test_share_chain_a_b_c_attributes_views_up_the_chain_and_anonymous_vie
                                                           metadata=community.member_md(a)))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and info.reason == "VISITOR_LINKED_ELSEWHERE"
     await view(community, article.name, member=c, share_token=share_b.token)  # now signed in
+    await view(community, article.name, visitor_id=c_visitor, share_token=share_b.token)  # same device, no session
 
     r = await report(community, article.name)
-    assert r.views == 5 and r.shared_views == 4 and r.shares == 2 and r.max_share_depth == 2
+    assert r.views == 6 and r.shared_views == 5 and r.shares == 2 and r.max_share_depth == 2
     assert r.unique_viewers == 3  # a, b, c: C's anonymous views joined C
     assert r.members_gained == 1  # C read anonymously, then became known
     by_sharer = {s.sharer: s for s in r.sharers}
     sa, sb = by_sharer[f"members/{a}"], by_sharer[f"members/{b}"]
     assert (sa.depth, sa.direct_views, sa.chain_views, sa.unique_viewers, sa.chain_depth, sa.members_gained) == \
-        (1, 1, 4, 2, 1, 1)  # B's view directly, C's three through B
+        (1, 1, 5, 2, 1, 1)  # B's view directly, C's four through B
     assert (sb.depth, sb.direct_views, sb.chain_views, sb.unique_viewers, sb.chain_depth, sb.members_gained) == \
-        (2, 3, 3, 1, 0, 1)
+        (2, 4, 4, 1, 0, 1)
     activity = await community.stub.GetMemberActivity(pb.GetMemberActivityRequest(
         name=f"members/{c}/communityActivity"), metadata=community.service_md)
-    assert activity.view_count == 3 and activity.active
+    assert activity.view_count == 4 and activity.active
 
     # Sharing reaches the points service (share task), once per member and post.
     assert await wait_for(lambda: _shared(community, b, article.name))

@@ -92,7 +92,7 @@ def build(settings: CommunitySettings, engine: AsyncEngine | None = None, *, clo
                   timeout=settings.platform.call_timeout_seconds)
     servicer = CommunityServicer(service, sessions, Idempotency(sessions, IdempotencyKeys), PageTokens(secret),
                                  MembersDirectory(peers), activity_window_days=settings.activity_window_days,
-                                 clock=clock)
+                                 clock=clock, max_transactions=settings.db_pool_size)
     relay = OutboxRelay(sessions, OutboxEvents, GrpcEventDelivery(peers.channel, settings.platform.call_timeout_seconds),
                         max_backoff=settings.outbox_max_backoff_seconds)
 

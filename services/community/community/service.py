@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import String, and_, case, cast, distinct, func, literal, or_, select, union, update
+from sqlalchemy import String, and_, case, cast, distinct, func, insert, literal, or_, select, union, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -401,20 +401,32 @@ class CommunityService:
                            zh="分享链接无效")
         return sh
 
+    async def post_by_share(self, s: AsyncSession, group_id: int, post_id: int, token: str) -> tuple[Post, Share]:
+        """The post and the share a token belongs to, in one query (the view hot path)."""
+        row = (await s.execute(select(Post, Share).join(Share, Share.post_id == Post.id)
+                               .where(Share.token == token, Post.id == post_id))).first()
+        if row is None:
+            raise NotFound("share not found", reason=reasons.SHARE_NOT_FOUND, metadata={"field": "share_token"},
+                           zh="分享链接无效")
+        p, sh = row
+        if p.group_id != group_id:
+            raise NotFound("post not found", reason=reasons.POST_NOT_FOUND,
+                           resource=("post", f"groups/{group_id}/posts/{post_id}"), zh="内容不存在")
+        return p, sh
+
     async def record_view(self, s: AsyncSession, p: Post, member_id: int | None, visitor_id: str | None,
-                          share: Share | None, now: datetime) -> View:
-        anonymous = False
+                          share: Share | None, now: datetime) -> int:
+        """Insert one view (a single statement): an anonymous visitor already joined to a member
+        is recorded as that member, found by a subquery on ``visitor_links``."""
+        values: dict = {"post_id": p.id, "visitor_id": visitor_id, "share_id": share.id if share else None,
+                        "create_time": now}
         if member_id is None and visitor_id:
-            linked = (await s.execute(select(VisitorLink.member_id).where(VisitorLink.visitor_id == visitor_id))).scalar()
-            if linked is not None:
-                member_id = int(linked)
-            else:
-                anonymous = True
-        v = View(post_id=p.id, member_id=member_id, visitor_id=visitor_id, share_id=share.id if share else None,
-                 anonymous=anonymous, create_time=now)
-        s.add(v)
-        await s.flush()
-        return v
+            linked = select(VisitorLink.member_id).where(VisitorLink.visitor_id == visitor_id).scalar_subquery()
+            values.update(member_id=linked, anonymous=case((linked.is_(None), True), else_=False))
+        else:
+            values.update(member_id=member_id, anonymous=False)
+        result = await s.execute(insert(View).values(**values))
+        return int(result.inserted_primary_key[0])
 
     async def share_post(self, s: AsyncSession, p: Post, member_id: int, parent_token: str, now: datetime) -> Share:
         """The member's share of a post (one per member and post), placed under its parent share."""

@@ -8,6 +8,7 @@ The VIP tier check calls the members service before the transaction opens.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Callable
@@ -172,6 +173,7 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
         *,
         activity_window_days: int = 30,
         clock: Callable[[], datetime] = utcnow,
+        max_transactions: int = 10,
     ):
         self.service = service
         self.sessions = sessions
@@ -180,6 +182,13 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
         self.directory = directory
         self.activity_window_days = activity_window_days
         self.clock = clock
+        # Admission control: at most this many write transactions at once; the rest queue here
+        # instead of timing out on the connection pool when hundreds of members hit one hot row.
+        self.slots = asyncio.Semaphore(max_transactions)
+
+    async def _run(self, request, response_type, use_case, **kw):
+        async with self.slots:
+            return await self.idem.run(request, response_type, use_case, **kw)
 
     def _after(self, token: str, filters=()) -> int | None:
         key = self.pages.decode(token, filters)
@@ -250,7 +259,7 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
         async def use_case(s):
             return group_pb(await self.service.create_group(s, fields, now), now, show_code=True)
 
-        return await self.idem.run(request, pb.Group, use_case)
+        return await self._run(request, pb.Group, use_case)
 
     async def GetGroup(self, request, context):
         group_id = parse_id(request.name, "groups", "name")
@@ -295,7 +304,7 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
         async def use_case(s):
             return group_pb(await self.service.close_group(s, group_id), now, show_code=True)
 
-        return await self.idem.run(request, pb.Group, use_case)
+        return await self._run(request, pb.Group, use_case)
 
     async def JoinGroup(self, request, context):
         group_id = parse_id(request.name, "groups", "name")
@@ -322,7 +331,7 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
         async def use_case(s):
             return membership_pb(await self.service.join(s, group_id, member_id, request.invite_code, now))
 
-        return await self._retry_unique(lambda: self.idem.run(request, pb.Membership, use_case))
+        return await self._retry_unique(lambda: self._run(request, pb.Membership, use_case))
 
     async def LeaveGroup(self, request, context):
         group_id = parse_id(request.name, "groups", "name")
@@ -331,7 +340,7 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
         async def use_case(s):
             return membership_pb(await self.service.leave(s, group_id, member_id, now))
 
-        return await self.idem.run(request, pb.Membership, use_case)
+        return await self._run(request, pb.Membership, use_case)
 
     async def ListMemberships(self, request, context):
         group_id = parse_id(request.parent, "groups", "parent")
@@ -351,7 +360,7 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
         async def use_case(s):
             return membership_pb(await self.service.set_role(s, group_id, member_id, request.role))
 
-        return await self.idem.run(request, pb.Membership, use_case)
+        return await self._run(request, pb.Membership, use_case)
 
     # --- activity --------------------------------------------------------------------------
 
@@ -437,7 +446,7 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
         async def use_case(s):
             return post_pb(await self.service.create_post(s, group_id, fields, caller.subject, now, member_id))
 
-        return await self.idem.run(request, pb.Post, use_case)
+        return await self._run(request, pb.Post, use_case)
 
     async def ListPosts(self, request, context):
         group_id = parse_id(request.parent, "groups", "parent")
@@ -473,17 +482,18 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
         async def use_case(s):
             share = None
             if request.share_token:
-                share = await self.service.share_by_token(s, post_id, request.share_token, "share_token")
+                p, share = await self.service.post_by_share(s, group_id, post_id, request.share_token)
             elif caller is None or (member_id is not None and not await self.service.is_member(s, group_id, member_id)):
                 raise _not_member()
-            p = await self.service.post(s, group_id, post_id)
+            else:
+                p = await self.service.post(s, group_id, post_id)
             if caller is not None and caller.is_staff:  # staff preview: not a view
                 return pb.ViewPostResponse(post=post_pb(p))
             self.service.require_published(p)
-            view = await self.service.record_view(s, p, member_id, request.visitor_id or None, share, now)
-            return pb.ViewPostResponse(post=post_pb(p), view=f"groups/{group_id}/posts/{post_id}/views/{view.id}")
+            view_id = await self.service.record_view(s, p, member_id, request.visitor_id or None, share, now)
+            return pb.ViewPostResponse(post=post_pb(p), view=f"groups/{group_id}/posts/{post_id}/views/{view_id}")
 
-        return await self.idem.run(request, pb.ViewPostResponse, use_case, request_id="")
+        return await self._run(request, pb.ViewPostResponse, use_case, request_id="")
 
     async def SharePost(self, request, context):
         group_id, post_id = parse_ids(request.name, "groups/{}/posts/{}", "name")
@@ -499,7 +509,7 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
             self.service.require_published(p)
             return share_pb(await self.service.share_post(s, p, member_id, request.parent_share_token, now), group_id)
 
-        return await self._retry_unique(lambda: self.idem.run(request, pb.Share, use_case))
+        return await self._retry_unique(lambda: self._run(request, pb.Share, use_case))
 
     async def LinkVisitor(self, request, context):
         prefix = "visitors/"
@@ -512,7 +522,7 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
             n = await self.service.link_visitor(s, visitor, member_id, now)
             return pb.LinkVisitorResponse(member=f"members/{member_id}", linked_view_count=n)
 
-        return await self.idem.run(request, pb.LinkVisitorResponse, use_case)
+        return await self._run(request, pb.LinkVisitorResponse, use_case)
 
     async def AnswerQuiz(self, request, context):
         v = Validator()
@@ -525,7 +535,7 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
             correct, points, already = await self.service.answer_quiz(s, p, member_id, request.option, now)
             return pb.AnswerQuizResponse(correct=correct, reward_points=points, already_rewarded=already)
 
-        return await self.idem.run(request, pb.AnswerQuizResponse, use_case)
+        return await self._run(request, pb.AnswerQuizResponse, use_case)
 
     async def ClaimCoupon(self, request, context):
         member_id, now = int(principal().id), self.clock()
@@ -535,7 +545,7 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
             already = await self.service.claim_coupon(s, p, member_id, now)
             return pb.ClaimCouponResponse(coupon_template=p.coupon_template, already_claimed=already)
 
-        return await self.idem.run(request, pb.ClaimCouponResponse, use_case)
+        return await self._run(request, pb.ClaimCouponResponse, use_case)
 
     async def CreateReply(self, request, context):
         v = Validator()
@@ -548,7 +558,7 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
             p = await self._member_post(s, request.parent, member_id)
             return reply_pb(await self.service.create_reply(s, p, member_id, request.reply.text, now), p.group_id)
 
-        return await self.idem.run(request, pb.Reply, use_case)
+        return await self._run(request, pb.Reply, use_case)
 
     async def AddReaction(self, request, context):
         v = Validator()
@@ -560,7 +570,7 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
             p = await self._member_post(s, request.name, member_id)
             return pb.AddReactionResponse(added=await self.service.add_reaction(s, p, member_id, request.kind, now))
 
-        return await self.idem.run(request, pb.AddReactionResponse, use_case)
+        return await self._run(request, pb.AddReactionResponse, use_case)
 
     async def GetPostReport(self, request, context):
         group_id, post_id = parse_ids(request.name, "groups/{}/posts/{}/report", "name")
@@ -599,7 +609,7 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
                                                       member_ids=members, sender=sender, now=now)
             return broadcast_pb(row)
 
-        return await self.idem.run(request, pb.Broadcast, use_case, required=True)
+        return await self._run(request, pb.Broadcast, use_case, required=True)
 
     async def GetBroadcast(self, request, context):
         broadcast_id = parse_id(request.name, "broadcasts", "name")
@@ -633,7 +643,7 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
             m, b = await self.service.touch_message(s, member_id, message_id, what, now)
             return message_pb(m, b)
 
-        return await self.idem.run(request, pb.Message, use_case)
+        return await self._run(request, pb.Message, use_case)
 
     async def OpenMessage(self, request, context):
         return await self._touch(request, "open")
@@ -652,7 +662,7 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
         async def use_case(s):
             return category_pb(await self.service.create_category(s, c.display_name, now))
 
-        return await self.idem.run(request, pb.QuickReplyCategory, use_case)
+        return await self._run(request, pb.QuickReplyCategory, use_case)
 
     async def ListQuickReplyCategories(self, request, context):
         size = page_size(request.page_size)
@@ -683,7 +693,7 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
             row = await self.service.create_quick_reply(s, category_id, fields, list(dict.fromkeys(q.keywords)), now)
             return quick_reply_pb(row)
 
-        return await self.idem.run(request, pb.QuickReply, use_case)
+        return await self._run(request, pb.QuickReply, use_case)
 
     async def ListQuickReplies(self, request, context):
         category_id = None if request.parent == "quickReplyCategories/-" else \
@@ -708,7 +718,7 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
         async def use_case(s):
             return quick_reply_pb(await self.service.use_quick_reply(s, category_id, reply_id))
 
-        return await self.idem.run(request, pb.QuickReply, use_case)
+        return await self._run(request, pb.QuickReply, use_case)
 
 
 def _hidden_group() -> PermissionDenied:
