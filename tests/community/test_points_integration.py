@@ -1,0 +1,67 @@
+"""Against the real points service: a quiz answered correctly 20 times concurrently grants points once.
+
+A second community instance on its own database delivers its outbox to the real
+points service (the shared fixture's instance delivers to stand-ins)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from community.app import SERVICE_DIR, build
+from google.protobuf.field_mask_pb2 import FieldMask
+
+from mall.community.v1 import community_service_pb2 as pb
+from mall.community.v1 import community_service_pb2_grpc as pb_grpc
+from mall.points.v1 import points_service_pb2 as ppb
+from mallkit.testing import service_database
+from tests.community.helpers import new_member_id, rid
+from tests.fixtures.community import Community, community_settings
+
+
+async def _quiz_task(points) -> None:
+    staff = points.staff_md()
+    tasks = await points.stub.ListTasks(ppb.ListTasksRequest(page_size=100), metadata=staff)
+    task = next((t for t in tasks.tasks if t.kind == ppb.TASK_KIND_ANSWER_QUIZ), None)
+    if task is None:
+        await points.stub.CreateTask(ppb.CreateTaskRequest(task=ppb.Task(
+            kind=ppb.TASK_KIND_ANSWER_QUIZ, display_name="答题送好礼", reward_points=10,
+            frequency=ppb.TASK_FREQUENCY_DAILY, limit_per_period=100, active=True)), metadata=staff)
+    elif not task.active or task.limit_per_period < 5:
+        await points.stub.UpdateTask(ppb.UpdateTaskRequest(
+            task=ppb.Task(name=task.name, active=True, limit_per_period=max(task.limit_per_period, 100)),
+            update_mask=FieldMask(paths=["active", "limit_per_period"])), metadata=staff)
+
+
+@pytest.mark.mariadb
+async def test_quiz_points_granted_once_by_the_real_points_service(backend, tmp_root, members, points):
+    await _quiz_task(points)
+    async with service_database("community_points", backend, tmp_root, SERVICE_DIR) as (url, engine):
+        settings = community_settings(url, members_addr=members.addr, points_addr=points.addr,
+                                      orders_addr="127.0.0.1:1")
+        settings.event_routes = {"community.quiz_answered": ["points"]}  # only the quiz reward reaches the balance
+        app = build(settings, engine=engine, jobs=False)
+        await app.start()
+        c = Community(app, engine, url, None, None)
+        c.stub = pb_grpc.CommunityServiceStub(c.channel)
+        try:
+            group = await c.stub.CreateGroup(pb.CreateGroupRequest(group=pb.Group(
+                display_name="答题群", type=pb.GROUP_TYPE_GENERAL, owner="staff/3")), metadata=c.staff_md())
+            quiz = await c.stub.CreatePost(pb.CreatePostRequest(parent=group.name, post=pb.Post(
+                kind=pb.POST_KIND_QUIZ, title="答题", quiz=pb.Quiz(question="Q", options=["a", "b"], correct_option=1,
+                                                                  reward_points=50))), metadata=c.staff_md())
+            m = new_member_id()
+            await c.stub.JoinGroup(pb.JoinGroupRequest(name=group.name), metadata=c.member_md(m))
+            answers = await asyncio.gather(*[
+                c.stub.AnswerQuiz(pb.AnswerQuizRequest(name=quiz.name, option=1, request_id=rid()),
+                                  metadata=c.member_md(m)) for _ in range(20)])
+            assert sum(a.reward_points for a in answers) == 50
+            for _ in range(1200):
+                if (await points.account(m)).available_points:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)  # any second grant would have landed by now
+            assert (await points.account(m)).available_points == 50
+        finally:
+            await c.channel.close()
+            await app.stop(grace=1)
