@@ -1,4 +1,4 @@
-"""Against the real points service: a quiz answered correctly 20 times concurrently grants points once.
+"""Against the real points and orders services: quiz points and group coupons are granted once.
 
 A second community instance on its own database delivers its outbox to the real
 points service (the shared fixture's instance delivers to stand-ins)."""
@@ -62,6 +62,49 @@ async def test_quiz_points_granted_once_by_the_real_points_service(backend, tmp_
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.5)  # any second grant would have landed by now
             assert (await points.account(m)).available_points == 50
+        finally:
+            await c.channel.close()
+            await app.stop(grace=1)
+
+
+@pytest.mark.mariadb
+async def test_group_coupon_issued_once_by_the_real_orders_service(backend, tmp_root, members, orders):
+    from mall.orders.v1 import orders_service_pb2 as opb
+
+    template = await orders.stub.CreateCouponTemplate(opb.CreateCouponTemplateRequest(
+        coupon_template=opb.CouponTemplate(display_name="群专享满199减30", kind=opb.COUPON_KIND_AMOUNT_OFF,
+                                           amount_off_fen=3000, threshold_fen=19900, valid_days=30,
+                                           per_member_limit=5, total_quantity=100)), metadata=orders.staff_md)
+    async with service_database("community_orders", backend, tmp_root, SERVICE_DIR) as (url, engine):
+        settings = community_settings(url, members_addr=members.addr, points_addr="127.0.0.1:1",
+                                      orders_addr=orders.addr)
+        settings.event_routes = {"community.coupon_claimed": ["orders"]}
+        app = build(settings, engine=engine, jobs=False)
+        await app.start()
+        c = Community(app, engine, url, None, None)
+        try:
+            group = await c.stub.CreateGroup(pb.CreateGroupRequest(group=pb.Group(
+                display_name="领券群", type=pb.GROUP_TYPE_GENERAL, owner="staff/3")), metadata=c.staff_md())
+            drop = await c.stub.CreatePost(pb.CreatePostRequest(parent=group.name, post=pb.Post(
+                kind=pb.POST_KIND_COUPON_DROP, title="群专享券",
+                coupon=pb.CouponDrop(coupon_template=template.name, quantity=10))), metadata=c.staff_md())
+            m = new_member_id()
+            await c.stub.JoinGroup(pb.JoinGroupRequest(name=group.name), metadata=c.member_md(m))
+            claims = await asyncio.gather(*[c.stub.ClaimCoupon(pb.ClaimCouponRequest(name=drop.name, request_id=rid()),
+                                                               metadata=c.member_md(m)) for _ in range(10)])
+            assert sum(not x.already_claimed for x in claims) == 1
+
+            async def coupons():
+                resp = await orders.stub.ListCoupons(opb.ListCouponsRequest(parent=f"members/{m}"),
+                                                     metadata=orders.staff_md)
+                return list(resp.coupons)
+
+            for _ in range(1200):
+                if await coupons():
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            assert len(await coupons()) == 1
         finally:
             await c.channel.close()
             await app.stop(grace=1)
