@@ -56,6 +56,14 @@ log = logging.getLogger("points.service")
 TASK_SOURCES = {pb.TASK_KIND_INVITE_FRIEND: pb.ENTRY_SOURCE_INVITE}
 
 
+#: ``redeem(tier_id=TIER_UNKNOWN)``: the caller has not looked the member's tier up (yet).
+TIER_UNKNOWN = -1
+
+
+class TierRequired(Exception):
+    """The item is reserved to some tiers: look the member's tier up, then call again."""
+
+
 class AlreadyApplied(Exception):
     """The ledger already holds the entry of this idempotency key."""
 
@@ -134,11 +142,16 @@ class PointsService:
         return (await s.execute(select(Entry).where(Entry.idempotency_key == key))).scalar_one_or_none()
 
     async def _entry(self, s: AsyncSession, member_id: int, key: str, kind: int, source: int, source_ref: str,
-                     available: int, pending: int, now: datetime, description: str = "", operator: str = "") -> Entry:
-        """Append an entry (the account is locked); AlreadyApplied if its key is in the ledger."""
-        found = await self._applied(s, key)
-        if found is not None:
-            raise AlreadyApplied(found)
+                     available: int, pending: int, now: datetime, description: str = "", operator: str = "",
+                     fresh: bool = False) -> Entry:
+        """Append an entry (the account is locked); AlreadyApplied if its key is in the ledger.
+
+        ``fresh``: the key names a row this transaction just created (or a state it just
+        claimed), so it cannot be in the ledger yet; the unique key still guards it."""
+        if not fresh:
+            found = await self._applied(s, key)
+            if found is not None:
+                raise AlreadyApplied(found)
         e = Entry(member_id=member_id, kind=kind, source=source, source_ref=source_ref, available_delta=available,
                   pending_delta=pending, description=description[:200], operator=operator, idempotency_key=key,
                   create_time=now)
@@ -336,7 +349,7 @@ class PointsService:
         await s.flush()
         e = await self._entry(s, member_id, f"task:{c.id}", pb.ENTRY_KIND_EARN,
                               TASK_SOURCES.get(kind, pb.ENTRY_SOURCE_TASK), source_ref or f"tasks/{t.id}", points, 0,
-                              now, t.display_name)
+                              now, t.display_name, fresh=True)
         await self._credit(s, e, points, now)
         return TaskResult(points, "", t.id)
 
@@ -487,6 +500,8 @@ class PointsService:
             raise FailedPrecondition("item is not offered now", reason=reasons.ITEM_NOT_AVAILABLE,
                                      metadata={"item": f"items/{item_id}"}, zh="该商品当前不可兑换")
         allowed = [int(x) for x in it.allowed_tiers.split(",") if x]
+        if allowed and tier_id == TIER_UNKNOWN:
+            raise TierRequired(item_id)
         if allowed and tier_id not in allowed:
             raise FailedPrecondition("item is reserved to other tiers", reason=reasons.TIER_NOT_ALLOWED,
                                      metadata={"item": f"items/{item_id}"}, zh="您的会员等级不能兑换该商品")
@@ -498,8 +513,7 @@ class PointsService:
         state = pb.REDEMPTION_STATE_PENDING_SHIPMENT if it.kind == pb.ITEM_KIND_PHYSICAL else pb.REDEMPTION_STATE_COMPLETED
         # Lock order: the member's account, then the item, then rows referring to the item
         # (their foreign-key checks take shared locks on it, which must come after our own lock).
-        await self._lock(s, member_id, now)
-        await self._take(s, member_id, cost)
+        await self._take(s, member_id, cost)  # locks the account row (or fails: no points)
         taken = await s.execute(update(Item).where(Item.id == item_id, Item.stock >= quantity,
                                                    Item.state == pb.ITEM_STATE_ACTIVE)
                                 .values(stock=Item.stock - quantity, redeemed_count=Item.redeemed_count + quantity))
@@ -513,7 +527,7 @@ class PointsService:
         s.add(r)
         await s.flush()
         e = await self._entry(s, member_id, f"redeem:{r.id}", pb.ENTRY_KIND_SPEND, pb.ENTRY_SOURCE_REDEMPTION,
-                              f"items/{item_id}", -cost, 0, now, f"兑换 {it.display_name} x{quantity}")
+                              f"items/{item_id}", -cost, 0, now, f"兑换 {it.display_name} x{quantity}", fresh=True)
         await self._consume_lots(s, e, cost)
         if it.per_member_limit:
             await insert_ignore(s, MemberItemCount.__table__, [{"item_id": item_id, "member_id": member_id,
@@ -566,7 +580,7 @@ class PointsService:
         await self._transition(s, r, pb.REDEMPTION_STATE_PENDING_SHIPMENT, {"state": pb.REDEMPTION_STATE_CANCELLED})
         spent = await self._applied(s, f"redeem:{r.id}")
         e = await self._entry(s, member_id, f"cancel:{r.id}", pb.ENTRY_KIND_REVERSE, pb.ENTRY_SOURCE_REDEMPTION,
-                              f"items/{r.item_id}", r.points, 0, now, f"取消兑换 {r.item_display_name}")
+                              f"items/{r.item_id}", r.points, 0, now, f"取消兑换 {r.item_display_name}", fresh=True)
         await s.execute(update(Account).where(Account.member_id == member_id)
                         .values(available=Account.available + r.points))
         moves = [(lot_id, delta, expired or expire_time <= now) for lot_id, delta, expired, expire_time in (

@@ -25,7 +25,7 @@ from mallkit.validation import Validator
 from . import errors as reasons
 from .members_client import MembersClient, profile_complete
 from .models import Entry, Item, PurchasePoints, Redemption, Task
-from .service import AccountView, PointsService
+from .service import TIER_UNKNOWN, AccountView, PointsService, TierRequired
 
 PHONE = re.compile(r"1[3-9][0-9]{9}")
 COUPON_TEMPLATE = re.compile(r"couponTemplates/[1-9][0-9]{0,17}")
@@ -401,14 +401,16 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         address = _address(v, request.shipping_address) if request.HasField("shipping_address") else None
         v.done()
         quantity = request.quantity or 1
-        async with self.sessions() as s:
-            it = await self.service.item(s, item_id)
-        tier_id = await self.members.tier_of(member_id) if it.allowed_tiers else None
+        tier: dict[str, int | None] = {"id": TIER_UNKNOWN}  # looked up only for tier-restricted items
 
         async def use_case(s):
-            return redemption_pb(await self.service.redeem(s, member_id, item_id, quantity, address, tier_id))
+            return redemption_pb(await self.service.redeem(s, member_id, item_id, quantity, address, tier["id"]))
 
-        return await self.idem.run(request, pb.Redemption, use_case)
+        try:
+            return await self.idem.run(request, pb.Redemption, use_case)
+        except TierRequired:  # rolled back before any write; the members call happens outside a transaction
+            tier["id"] = await self.members.tier_of(member_id)
+            return await self.idem.run(request, pb.Redemption, use_case)
 
     async def GetRedemption(self, request, context):
         member_id, rid = redemption_name(request.name)
