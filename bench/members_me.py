@@ -43,8 +43,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.time() + timeout
+async def wait_http(url: str, within: float = 30) -> None:
+    deadline = time.time() + within
     async with httpx.AsyncClient() as c:
         while time.time() < deadline:
             try:

@@ -9,7 +9,6 @@ import time
 import uuid
 
 import jwt
-import pytest
 from sqlalchemy import func, select
 
 from members.models import Member, Store
