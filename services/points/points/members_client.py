@@ -26,6 +26,7 @@ class MembersClient:
         self._cache_seconds = tier_cache_seconds
         self._tiers: dict[str, int] = {}
         self._tiers_time = 0.0
+        self._known: set[int] = set()  # members seen to exist (members are never deleted)
 
     def _stub(self) -> mpb_grpc.MembersServiceStub:
         return mpb_grpc.MembersServiceStub(self._channel())
@@ -65,6 +66,15 @@ class MembersClient:
             self._tiers_time = 0.0
             mult = (await self.multipliers()).get(m.tier, 100)
         return int(m.tier.rsplit("/", 1)[1]), mult
+
+    async def ensure_exists(self, member_id: int) -> None:
+        """NOT_FOUND unless the members service knows the member (remembered once seen)."""
+        if member_id in self._known:
+            return
+        await self.member(member_id)
+        if len(self._known) > 100_000:
+            self._known.clear()
+        self._known.add(member_id)
 
     async def tier_of(self, member_id: int) -> int | None:
         m = await self.member(member_id)

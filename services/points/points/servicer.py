@@ -265,7 +265,7 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         operator = principal().subject
         if not request.request_id:
             raise InvalidArgument.field("request_id", "is required for this method")
-        await self.members.member(member_id)  # NOT_FOUND for a member that does not exist
+        await self.members.ensure_exists(member_id)  # NOT_FOUND for a member that does not exist
 
         async def use_case(s):
             e = await self.service.adjust(s, member_id, request.points, request.reason, operator,
