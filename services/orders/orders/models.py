@@ -105,7 +105,9 @@ class CouponHolding(Base):
     """How many coupons of a template a member has received (the per-member limit counter)."""
 
     __tablename__ = "coupon_holdings"
-    template_id: Mapped[int] = mapped_column(ForeignKey("coupon_templates.id"), primary_key=True)
+    # No foreign key: its check would share-lock the template row that the same transaction
+    # then updates, and two claimers would deadlock on it.
+    template_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
 
@@ -213,7 +215,8 @@ class FlashPurchase(Base):
     """Units a member bought in a flash sale (the per-member limit counter)."""
 
     __tablename__ = "flash_purchases"
-    flash_sale_id: Mapped[int] = mapped_column(ForeignKey("flash_sales.id"), primary_key=True)
+    # No foreign key: its check would share-lock the hot flash_sales row before the stock UPDATE.
+    flash_sale_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     quantity: Mapped[int] = mapped_column(Integer, default=0)
 

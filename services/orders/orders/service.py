@@ -539,6 +539,12 @@ class OrdersService:
             await s.flush()
         return outcome, refund_id
 
+    async def payment_state(self, s: AsyncSession, out_trade_no: str) -> tuple[str | None, int] | None:
+        """(transaction id, payable) of the order of an out_trade_no: one plain read, no lock."""
+        row = (await s.execute(select(Order.transaction_id, Order.payable_fen)
+                               .where(Order.out_trade_no == out_trade_no))).first()
+        return (row[0], row[1]) if row else None
+
     async def due_refunds(self, s: AsyncSession, limit: int = 50) -> list[int]:
         return list((await s.execute(select(Refund.id).where(Refund.state == REFUND_PENDING).order_by(Refund.id)
                                      .limit(limit))).scalars())

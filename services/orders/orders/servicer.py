@@ -158,6 +158,8 @@ class OrdersServicer(pb_grpc.OrdersServiceServicer):
         self.tiers = tiers
         self.on_refund = on_refund
         self._background: set[asyncio.Task] = set()
+        self._inflight: dict[str, asyncio.Future[str]] = {}
+        self._applied: dict[str, None] = {}  # notification ids applied by this process (insertion-ordered LRU)
 
     async def _read(self, fn):
         async with self.sessions() as s:
@@ -561,9 +563,39 @@ class OrdersServicer(pb_grpc.OrdersServiceServicer):
         except NotificationRejected as exc:
             log.warning("payment notification rejected: %s", exc.reason)
             raise PermissionDenied("notification rejected", reason=exc.reason, zh="通知验证失败") from None
-        outcome, refund_id = await run_transaction(self.sessions, lambda s: self.service.apply_payment(s, tx))
+        # Fast paths for repeats (WeChat Pay retries until it sees 2xx): a notification this process
+        # applied, or an order already carrying this transaction: acknowledged without a write.
+        if tx.notification_id in self._applied:
+            return pb.HandlePaymentNotificationResponse(code="SUCCESS", message="duplicate")
+        seen = await self._read(lambda s: self.service.payment_state(s, tx.out_trade_no))
+        if seen is not None and seen[0] == tx.transaction_id and seen[1] == tx.total_fen:
+            self._remember(tx.notification_id)
+            return pb.HandlePaymentNotificationResponse(code="SUCCESS", message="duplicate")
+        # Deliveries of one notification arriving together in this process share one transaction;
+        # across replicas the conditional UPDATE in apply_payment is the arbiter.
+        leader = self._inflight.get(tx.notification_id)
+        if leader is not None:
+            outcome = await asyncio.shield(leader)
+            return pb.HandlePaymentNotificationResponse(code="SUCCESS", message="duplicate" if outcome == "paid" else outcome)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._inflight[tx.notification_id] = future
+        try:
+            outcome, refund_id = await run_transaction(self.sessions, lambda s: self.service.apply_payment(s, tx))
+            future.set_result(outcome)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no warning when nobody else waited
+            raise
+        finally:
+            del self._inflight[tx.notification_id]
+        self._remember(tx.notification_id)
         self._kick_refund(refund_id)
         return pb.HandlePaymentNotificationResponse(code="SUCCESS", message="" if outcome == "paid" else outcome)
+
+    def _remember(self, notification_id: str) -> None:
+        self._applied[notification_id] = None
+        while len(self._applied) > 10_000:  # bounded: oldest first
+            self._applied.pop(next(iter(self._applied)))
 
     # --- flash sales -----------------------------------------------------------------------
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import secrets
 import time
@@ -38,13 +39,23 @@ class PayApiError(Exception):
     """WeChat Pay answered an error or could not be reached."""
 
 
+@functools.lru_cache(maxsize=8)
+def _private_key(pem: str):
+    return serialization.load_pem_private_key(pem.encode(), password=None)  # validated once, then cached
+
+
+@functools.lru_cache(maxsize=8)
+def _public_key(pem: str):
+    return serialization.load_pem_public_key(pem.encode())
+
+
 def sign(private_key_pem: str, message: str) -> str:
-    key = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
+    key = _private_key(private_key_pem)
     return base64.b64encode(key.sign(message.encode(), padding.PKCS1v15(), hashes.SHA256())).decode()  # type: ignore[union-attr,call-arg]
 
 
 def verify(public_key_pem: str, message: str, signature_b64: str) -> bool:
-    key = serialization.load_pem_public_key(public_key_pem.encode())
+    key = _public_key(public_key_pem)
     try:
         key.verify(base64.b64decode(signature_b64, validate=True), message.encode(), padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr,call-arg]
         return True
@@ -52,10 +63,15 @@ def verify(public_key_pem: str, message: str, signature_b64: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=4)
+def _aes(key: str) -> AESGCM:
+    return AESGCM(key.encode())
+
+
 def decrypt_resource(apiv3_key: str, resource: dict) -> dict:
     """The plaintext JSON of an AES-256-GCM ``resource`` object."""
     try:
-        aes = AESGCM(apiv3_key.encode())
+        aes = _aes(apiv3_key)
         plain = aes.decrypt(
             resource["nonce"].encode(),
             base64.b64decode(resource["ciphertext"]),

@@ -200,10 +200,9 @@ def upgrade() -> None:
         batch_op.create_index('ix_products_category_id_id', ['category_id', 'id'], unique=False)
 
     op.create_table('coupon_holdings',
-    sa.Column('template_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('template_id', sa.BigInteger(), nullable=False),
     sa.Column('member_id', sa.BigInteger(), nullable=False),
     sa.Column('count', sa.Integer(), nullable=False),
-    sa.ForeignKeyConstraint(['template_id'], ['coupon_templates.id'], name=op.f('fk_coupon_holdings_template_id_coupon_templates')),
     sa.PrimaryKeyConstraint('template_id', 'member_id', name=op.f('pk_coupon_holdings'))
     )
     op.create_table('coupons',
@@ -258,10 +257,9 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_flash_sales'))
     )
     op.create_table('flash_purchases',
-    sa.Column('flash_sale_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('flash_sale_id', sa.BigInteger(), nullable=False),
     sa.Column('member_id', sa.BigInteger(), nullable=False),
     sa.Column('quantity', sa.Integer(), nullable=False),
-    sa.ForeignKeyConstraint(['flash_sale_id'], ['flash_sales.id'], name=op.f('fk_flash_purchases_flash_sale_id_flash_sales')),
     sa.PrimaryKeyConstraint('flash_sale_id', 'member_id', name=op.f('pk_flash_purchases'))
     )
     # ### end Alembic commands ###
