@@ -1,0 +1,263 @@
+"""Benchmark: points grants/s and redemptions/s through the points service vs the same writes straight
+through the database driver.
+
+Starts the points service as its own process (MariaDB when one answers on
+127.0.0.1:3306, else an SQLite file), then, from this process, with the same
+number of concurrent workers and the same count:
+
+* grants through the service: CompleteTask (a task reward, as the orders
+  service reports a review) over gRPC with a service token;
+* redemptions through the service: RedeemItem over gRPC with member tokens;
+* the baseline: the same transactions written with SQLAlchemy Core on the
+  driver (aiomysql / aiosqlite), without gRPC, validation, idempotency
+  reads or tracing: idempotency key, task completion, ledger entry, balance,
+  lot and lot move for a grant; idempotency key, conditional balance and
+  stock updates, redemption, ledger entry and first-expiring lot for a
+  redemption.
+
+It prints operations/s, p50 and p99 of each and the ratios, then runs the
+ledger checker over everything written (both paths keep the invariant).
+Bounded: a fixed count per path, all on 127.0.0.1.
+
+    make bench      # or: .venv/bin/python bench/points_throughput.py --count 1000 --concurrency 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+from sqlalchemy import insert, select, text, update
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from mall.points.v1 import points_service_pb2 as pb
+from mall.points.v1 import points_service_pb2_grpc as pb_grpc
+from mallkit.auth import MEMBER, SERVICE, STAFF, Principal, TokenCodec
+from mallkit.db import create_engine
+from mallkit.settings import DEV_TOKEN_SECRET
+from mallkit.testing import MYSQL_ADMIN_URL, mysql_available
+
+ROOT = Path(__file__).resolve().parent.parent
+MEMBERS = 400
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_port(port: int, proc: subprocess.Popen, within: float = 60) -> None:
+    deadline = time.time() + within
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"points exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        await asyncio.sleep(0.1)
+    raise SystemExit("points did not come up")
+
+
+async def drive(calls, concurrency: int) -> tuple[float, list[float]]:
+    """Run every call of ``calls`` (an iterator of coroutine factories) over ``concurrency`` workers."""
+    latencies: list[float] = []
+    it = iter(calls)
+
+    async def worker() -> None:
+        for call in it:
+            t0 = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - t0)
+
+    start = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*[worker() for _ in range(concurrency)]), timeout=600)
+    return time.perf_counter() - start, latencies
+
+
+def summary(name: str, seconds: float, lat: list[float]) -> dict:
+    lat = sorted(lat)
+    row = {"ops": len(lat) / seconds, "p50": statistics.median(lat) * 1000, "p99": lat[max(0, int(len(lat) * 0.99) - 1)] * 1000}
+    print(f"  {name:<44} {row['ops']:>8.0f} ops/s   p50 {row['p50']:>7.2f} ms   p99 {row['p99']:>7.2f} ms", flush=True)
+    return row
+
+
+class RawDriver:
+    """The same writes as the service's grant and redemption, straight through SQLAlchemy Core."""
+
+    def __init__(self, url: str):
+        from points import models
+
+        self.m = models
+        self.engine = create_engine(url, pool_size=16, trace=False)
+
+    async def grant(self, member_id: int, task_id: int, points: int, ref: str) -> None:
+        m, now = self.m, datetime.now(UTC)
+        async with self.engine.begin() as c:
+            await c.execute(insert(m.IdempotencyKeys).values(scope="raw|grant", request_id=uuid.uuid4().hex,
+                                                             request_hash="-", create_time=now))
+            locked = await c.execute(update(m.Account).where(m.Account.member_id == member_id).values(update_time=now))
+            if locked.rowcount != 1:
+                await c.execute(insert(m.Account).values(member_id=member_id, available=0, pending=0,
+                                                         create_time=now, update_time=now))
+            comp = await c.execute(insert(m.TaskCompletion).values(task_id=task_id, member_id=member_id, period="raw",
+                                                                   source_ref=ref, points=points, create_time=now))
+            entry = await c.execute(insert(m.Entry).values(
+                member_id=member_id, kind=pb.ENTRY_KIND_EARN, source=pb.ENTRY_SOURCE_TASK, source_ref=ref,
+                available_delta=points, pending_delta=0, description="raw", operator="",
+                idempotency_key=f"rawtask:{comp.inserted_primary_key[0]}", create_time=now))
+            entry_id = entry.inserted_primary_key[0]
+            await c.execute(update(m.Account).where(m.Account.member_id == member_id)
+                            .values(available=m.Account.available + points))
+            lot = await c.execute(insert(m.Lot).values(member_id=member_id, entry_id=entry_id, amount=points,
+                                                       remaining=points, earn_time=now,
+                                                       expire_time=now + timedelta(days=365), expired=False))
+            await c.execute(insert(m.LotMove).values(entry_id=entry_id, lot_id=lot.inserted_primary_key[0],
+                                                     delta=points))
+
+    async def redeem(self, member_id: int, item_id: int, price: int) -> None:
+        m, now = self.m, datetime.now(UTC)
+        async with self.engine.begin() as c:
+            await c.execute(insert(m.IdempotencyKeys).values(scope="raw|redeem", request_id=uuid.uuid4().hex,
+                                                             request_hash="-", create_time=now))
+            taken = await c.execute(update(m.Account).where(m.Account.member_id == member_id,
+                                                            m.Account.available >= price)
+                                    .values(available=m.Account.available - price, update_time=now))
+            if taken.rowcount != 1:
+                raise RuntimeError("insufficient points in the baseline")
+            stock = await c.execute(update(m.Item).where(m.Item.id == item_id, m.Item.stock >= 1)
+                                    .values(stock=m.Item.stock - 1, redeemed_count=m.Item.redeemed_count + 1))
+            if stock.rowcount != 1:
+                raise RuntimeError("out of stock in the baseline")
+            r = await c.execute(insert(m.Redemption).values(
+                member_id=member_id, item_id=item_id, item_display_name="bench", item_kind=pb.ITEM_KIND_VIRTUAL,
+                quantity=1, points=price, cash_fen=0, state=pb.REDEMPTION_STATE_COMPLETED, create_time=now,
+                update_time=now))
+            entry = await c.execute(insert(m.Entry).values(
+                member_id=member_id, kind=pb.ENTRY_KIND_SPEND, source=pb.ENTRY_SOURCE_REDEMPTION,
+                source_ref=f"items/{item_id}", available_delta=-price, pending_delta=0, description="raw",
+                operator="", idempotency_key=f"rawredeem:{r.inserted_primary_key[0]}", create_time=now))
+            lot_id, remaining = (await c.execute(select(m.Lot.id, m.Lot.remaining).where(
+                m.Lot.member_id == member_id, m.Lot.remaining > 0).order_by(m.Lot.expire_time, m.Lot.id)
+                .limit(1))).one()
+            if remaining < price:
+                raise RuntimeError("the baseline keeps prices at one lot")
+            await c.execute(update(m.Lot).where(m.Lot.id == lot_id).values(remaining=m.Lot.remaining - price))
+            await c.execute(insert(m.LotMove).values(entry_id=entry.inserted_primary_key[0], lot_id=lot_id,
+                                                     delta=-price))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=1000, help="grants and redemptions per path")
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="mall-bench-"))
+    db_name = f"mall_bench_points_{uuid.uuid4().hex[:6]}"
+    admin = None
+    if await mysql_available():
+        admin = create_async_engine(MYSQL_ADMIN_URL)
+        async with admin.begin() as conn:
+            await conn.execute(text(f"CREATE DATABASE `{db_name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"))
+        url, backend = MYSQL_ADMIN_URL.rstrip("/") + f"/{db_name}", "MariaDB"
+    else:
+        url, backend = f"sqlite+aiosqlite:///{tmp / 'points.db'}", "SQLite (no MariaDB answered)"
+    port = free_port()
+    env = {**os.environ, "MALL_ENV": "development", "MALL_LOG_LEVEL": "WARNING", "MALL_LOG_FORMAT": "text",
+           "POINTS_PORT": str(port), "POINTS_DATABASE_URL": url, "POINTS_EVENT_ROUTES": "{}",
+           "POINTS_DB_POOL_SIZE": "16", "POINTS_EXPIRY_JOB_SECONDS": "3600", "POINTS_REACH_JOB_SECONDS": "3600"}
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    py = sys.executable
+    subprocess.run([py, "-m", "points", "migrate"], env=env, check=True, cwd=ROOT)
+    proc = subprocess.Popen([py, "-m", "points"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    raw = RawDriver(url)
+    try:
+        await wait_port(port, proc)
+        codec = TokenCodec(os.environ.get("MALL_TOKEN_SECRET", DEV_TOKEN_SECRET))
+        md = lambda p: (("authorization", f"Bearer {codec.issue(p, ttl=3600)[0]}"),)  # noqa: E731
+        staff, service = md(Principal(STAFF, "staff/1", frozenset({"admin"}))), md(Principal(SERVICE, "service/orders"))
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        stub = pb_grpc.PointsServiceStub(channel)
+        for _ in range(100):  # readiness follows the database
+            try:
+                await stub.ListTasks(pb.ListTasksRequest(), metadata=staff, timeout=5)
+                break
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.1)
+        task = await stub.CreateTask(pb.CreateTaskRequest(task=pb.Task(
+            kind=pb.TASK_KIND_REVIEW_ORDER, display_name="评价订单", reward_points=10, frequency=pb.TASK_FREQUENCY_ONCE,
+            limit_per_period=1000, active=True)), metadata=staff)
+        task_id = int(task.name.split("/")[1])
+        item = await stub.CreateItem(pb.CreateItemRequest(item=pb.Item(
+            display_name="bench", kind=pb.ITEM_KIND_VIRTUAL, points_price=1, stock=10_000_000,
+            state=pb.ITEM_STATE_ACTIVE)), metadata=staff)
+        item_id = int(item.name.split("/")[1])
+        members_md = {m: md(Principal(MEMBER, f"members/{m}")) for m in range(1, MEMBERS + 1)}
+        n, conc = args.count, args.concurrency
+
+        def grants(base: int, via_service: bool):
+            for i in range(n):
+                member = base + i % MEMBERS
+                if via_service:
+                    req = pb.CompleteTaskRequest(name=f"members/{member}/pointsAccount", kind=pb.TASK_KIND_REVIEW_ORDER,
+                                                 source_ref=f"orders/{base + i}", request_id=uuid.uuid4().hex)
+                    yield lambda req=req: stub.CompleteTask(req, metadata=service, timeout=30)
+                else:
+                    yield lambda member=member, i=i: raw.grant(member, task_id, 10, f"orders/{base + i}")
+
+        def redemptions(base: int, via_service: bool):
+            for i in range(n):
+                member = base + i % MEMBERS
+                if via_service:
+                    req = pb.RedeemItemRequest(name=item.name, request_id=uuid.uuid4().hex)
+                    yield lambda req=req, member=member: stub.RedeemItem(req, metadata=members_md[member], timeout=30)
+                else:
+                    yield lambda member=member: raw.redeem(member, item_id, 1)
+
+        print(f"points: {n} grants and {n} redemptions per path, {conc} concurrent workers, database: {backend}",
+              flush=True)
+        # Warm-up on members of their own (not counted).
+        await drive(grants(900_000, True), conc)
+        await drive(grants(800_000, False), conc)
+        # The service works on members 1..MEMBERS, the raw driver on 100001..; each member's ledger stays whole.
+        g_svc = summary("grants via gRPC CompleteTask", *await drive(grants(1, True), conc))
+        g_raw = summary("grants straight through the driver (baseline)", *await drive(grants(100_001, False), conc))
+        r_svc = summary("redemptions via gRPC RedeemItem", *await drive(redemptions(1, True), conc))
+        r_raw = summary("redemptions straight through the driver (baseline)",
+                        *await drive(redemptions(100_001, False), conc))
+        print(f"  ratio service/driver: grants x{g_svc['ops'] / g_raw['ops']:.2f} throughput "
+              f"(p50 x{g_svc['p50'] / g_raw['p50']:.2f}), redemptions x{r_svc['ops'] / r_raw['ops']:.2f} throughput "
+              f"(p50 x{r_svc['p50'] / r_raw['p50']:.2f})", flush=True)
+        await channel.close()
+        from points.checker import check_ledger
+
+        report = await check_ledger(raw.engine)
+        print(f"  ledger check after the run: {report.accounts} accounts, {report.entries} entries, "
+              f"{'OK' if report.ok else report.problems[:5]}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        await raw.engine.dispose()
+        if admin is not None:
+            async with admin.begin() as conn:
+                await conn.execute(text(f"DROP DATABASE IF EXISTS `{db_name}`"))
+            await admin.dispose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
