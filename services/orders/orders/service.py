@@ -328,6 +328,8 @@ class OrdersService:
 
     async def order(self, s: AsyncSession, order_id: int, *, member_id: int | None = None) -> Order:
         o = await s.get(Order, order_id, populate_existing=True)
+        if o is None and member_id is not None:  # members learn nothing about other ids
+            raise PermissionDenied("members may only access their own orders", reason="NOT_OWNER", zh="无权访问他人的订单")
         if o is None:
             raise NotFound("order not found", reason=reasons.ORDER_NOT_FOUND, resource=("order", f"orders/{order_id}"),
                            zh="订单不存在")
