@@ -149,3 +149,24 @@ async def test_bad_input_gets_clear_4xx_naming_the_field_and_writes_nothing(comm
     assert r.status_code == 400 and violations(r) == ["option"]
     async with community.engine.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(Group))).scalar_one() == before
+
+
+async def test_out_of_range_times_and_durations_are_400_not_500(community_gateway):
+    gw = community_gateway
+    staff = bearer(await staff_token(gw))
+    r = await gw.post("/v1/groups", json={"displayName": "g", "type": "GROUP_TYPE_GENERAL", "owner": "staff/3"},
+                      headers=staff)
+    group = r.json()["name"]
+    r = await gw.post(f"/v1/{group}/posts", json={"kind": "POST_KIND_FLASH_SALE_NOTICE", "title": "秒杀",
+                                                  "flashSale": {"product": "products/1",
+                                                                "startTime": "9999-12-31T23:59:59Z"}},
+                      headers=staff)
+    assert r.status_code == 200, r.text
+    r = await gw.get("/v1/members/1/communityActivity", params={"window": "99999999999s"}, headers=staff)
+    assert r.status_code == 400, r.text
+    r = await gw.get("/v1/members/1/communityActivity", params={"window": "-5s"}, headers=staff)
+    assert r.status_code == 400, r.text
+    r = await gw.post(f"/v1/{group}/posts", json={"kind": "POST_KIND_QUIZ", "title": "Q",
+                                                  "quiz": {"question": "q", "options": ["a"], "rewardPoints": "5"}},
+                      headers=staff)
+    assert r.status_code == 400 and "post.quiz.options" in violations(r)

@@ -312,7 +312,7 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
         v.pattern("invite_code", request.invite_code, INVITE, "must be an invite code")
         v.done()
         member_id, now = int(principal().id), self.clock()
-        async with self.sessions() as s:
+        async with self.slots, self.sessions() as s:  # admission control covers the read too
             g = await self.service.group(s, group_id)
             already = await self.service.is_member(s, group_id, member_id)
         if g.type == pb.GROUP_TYPE_VIP and not already:
@@ -367,9 +367,10 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
     async def GetMemberActivity(self, request, context):
         member_id = parse_ids(request.name, "members/{}/communityActivity", "name")[0]
         v = Validator()
-        window = request.window.ToTimedelta() if request.HasField("window") else timedelta(0)
-        v.check(timedelta(0) <= window <= timedelta(days=366), "window", "must be between 0 and 366 days")
+        w = request.window
+        v.check(0 <= w.seconds <= 366 * 86400 and 0 <= w.nanos < 10**9, "window", "must be between 0 and 366 days")
         v.done()
+        window = timedelta(seconds=w.seconds)
         window = window or timedelta(days=self.activity_window_days)
         async with self.sessions() as s:
             a = await self.service.member_activity(s, member_id, self.clock() - window)
@@ -412,11 +413,12 @@ class CommunityServicer(pb_grpc.CommunityServiceServicer):
         if p.kind == pb.POST_KIND_FLASH_SALE_NOTICE:
             f = p.flash_sale
             v.pattern("post.flash_sale.product", f.product, PRODUCT, "must look like products/{id}", required=True)
-            if v.check(f.HasField("start_time"), "post.flash_sale.start_time", "is required"):
-                _ts_ok(v, "post.flash_sale.start_time", f.start_time)
+            start = None
+            if v.check(f.HasField("start_time"), "post.flash_sale.start_time", "is required") and \
+                    _ts_ok(v, "post.flash_sale.start_time", f.start_time):
+                start = _dt(f.start_time)
             v.range("post.flash_sale.price_fen", f.price_fen, 0, 10**10)
-            fields.update(product=f.product, flash_price_fen=f.price_fen,
-                          flash_start_time=_dt(f.start_time) if f.HasField("start_time") else None)
+            fields.update(product=f.product, flash_price_fen=f.price_fen, flash_start_time=start)
         if p.kind == pb.POST_KIND_QUIZ:
             q = p.quiz
             v.text("post.quiz.question", q.question, max_len=256, min_len=1)
