@@ -23,7 +23,7 @@ from mallkit.idempotency import Idempotency
 from mallkit.jobs import periodic
 from mallkit.outbox import EventSink, GrpcEventDelivery, Outbox, OutboxRelay
 from mallkit.pagination import PageTokens
-from mallkit.server import ServiceHost
+from mallkit.server import ServiceApp, ServiceHost
 
 from .config import CommunitySettings
 from .directory import MembersDirectory
@@ -39,7 +39,7 @@ EVENT_HANDLERS: dict = {}
 
 
 @dataclass
-class CommunityApp:
+class CommunityApp(ServiceApp):
     settings: CommunitySettings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
@@ -49,10 +49,6 @@ class CommunityApp:
     service: CommunityService
     servicer: CommunityServicer
     owns_engine: bool = field(default=True)
-
-    @property
-    def port(self) -> int:
-        return self.host.port
 
     def set_clock(self, clock: Callable[[], datetime]) -> None:
         """Move "now" (tests): what the RPCs and the jobs believe the time is."""
@@ -66,15 +62,6 @@ class CommunityApp:
     async def close_ended_groups(self) -> int:
         now = self.servicer.clock()
         return await run_transaction(self.sessions, lambda s: self.service.close_ended_groups(s, now))
-
-    async def start(self) -> int:
-        return await self.host.start()
-
-    async def stop(self, grace: float | None = None) -> None:
-        await self.host.stop(self.settings.grace_seconds if grace is None else grace)
-        await self.peers.close()
-        if self.owns_engine:
-            await self.engine.dispose()
 
 
 def build(settings: CommunitySettings, engine: AsyncEngine | None = None, *, clock: Callable[[], datetime] = utcnow,
@@ -110,6 +97,7 @@ def build(settings: CommunitySettings, engine: AsyncEngine | None = None, *, clo
         port=settings.port,
         readiness=lambda: ping(engine),
         background=background,
+        drain_seconds=settings.drain_seconds,
     )
     app = CommunityApp(settings, engine, sessions, host, relay, peers, service, servicer, owns_engine)
     if jobs:
