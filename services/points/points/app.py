@@ -24,7 +24,7 @@ from mallkit.idempotency import Idempotency
 from mallkit.names import parse_id
 from mallkit.outbox import EventSink, GrpcEventDelivery, Outbox, OutboxRelay
 from mallkit.pagination import PageTokens
-from mallkit.server import ServiceHost
+from mallkit.server import ServiceApp, ServiceHost
 
 from .config import PointsSettings
 from .errors import DOMAIN
@@ -81,7 +81,7 @@ def event_handlers(service: PointsService, members: MembersClient) -> dict:
 
 
 @dataclass
-class PointsApp:
+class PointsApp(ServiceApp):
     settings: PointsSettings
     engine: AsyncEngine
     host: ServiceHost
@@ -91,19 +91,6 @@ class PointsApp:
     jobs: Jobs
     members: MembersClient
     owns_engine: bool = field(default=True)
-
-    @property
-    def port(self) -> int:
-        return self.host.port
-
-    async def start(self) -> int:
-        return await self.host.start()
-
-    async def stop(self, grace: float | None = None) -> None:
-        await self.host.stop(self.settings.grace_seconds if grace is None else grace)
-        await self.peers.close()
-        if self.owns_engine:
-            await self.engine.dispose()
 
 
 def build(settings: PointsSettings, engine: AsyncEngine | None = None, *, background: bool = True) -> PointsApp:
@@ -135,6 +122,7 @@ def build(settings: PointsSettings, engine: AsyncEngine | None = None, *, backgr
         readiness=lambda: ping(engine),
         background=[run_relay, *jobs.background(settings.expiry_job_seconds, settings.reach_job_seconds)]
         if background else [],
+        drain_seconds=settings.drain_seconds,
     )
     host.add(pb_grpc.add_PointsServiceServicer_to_server, servicer)
     host.add(events_pb2_grpc.add_EventSinkServiceServicer_to_server,

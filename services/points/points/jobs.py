@@ -80,11 +80,13 @@ class Jobs:
             due = await self.service.due_reaches(s, now, self.batch)
         sent = 0
         for row_id in due:
-            async with self.sessions() as s, s.begin():
+            async def take(s, row_id=row_id):
                 if not await jobs.claim(s, ReachRequest.__table__, row_id, timedelta(seconds=30), now=utcnow()):
-                    continue
-                row = (await s.execute(select(ReachRequest).where(ReachRequest.id == row_id))).scalar_one()
-            if row.sent_time is not None:
+                    return None
+                return (await s.execute(select(ReachRequest).where(ReachRequest.id == row_id))).scalar_one()
+
+            row = await run_transaction(self.sessions, take)
+            if row is None or row.sent_time is not None:
                 continue
             try:
                 await self.members.send_reach(row.member_id, row.template_id, json.loads(row.data), row.page,
@@ -98,8 +100,8 @@ class Jobs:
             else:
                 values = {"attempts": ReachRequest.attempts + 1, "lease_until": None, "sent_time": utcnow()}
                 sent += 1
-            async with self.sessions() as s, s.begin():
-                await s.execute(update(ReachRequest).where(ReachRequest.id == row_id).values(**values))
+            await run_transaction(self.sessions, lambda s, row_id=row_id, values=values: s.execute(
+                update(ReachRequest).where(ReachRequest.id == row_id).values(**values)))
         return sent
 
     async def expiry_pass(self) -> None:

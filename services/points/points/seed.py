@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mall.points.v1 import points_service_pb2 as pb
-from mallkit.db import session_factory, utcnow
+from mallkit.db import run_transaction, session_factory, utcnow
 from mallkit.outbox import Outbox
 
 from .config import PointsSettings
@@ -28,23 +28,28 @@ TASKS = [
 async def seed_demo(engine: AsyncEngine, settings: PointsSettings | None = None) -> None:
     settings = settings or PointsSettings()
     service = PointsService(settings, Outbox(OutboxEvents, "points", settings.event_routes))
-    async with session_factory(engine)() as s, s.begin():
+    sessions = session_factory(engine)
+    async with sessions() as s:
         if (await s.execute(select(func.count()).select_from(Task))).scalar_one():
             print("points: demo data already present")
             return
-        for kind, name, reward, frequency, limit in TASKS:
-            await service.create_task(s, {"kind": kind, "display_name": name, "reward_points": reward,
-                                          "frequency": frequency, "limit_per_period": limit, "active": True})
-        now = utcnow()
-        for fields in [
-            {"display_name": "10元无门槛券", "kind": pb.ITEM_KIND_COUPON, "points_price": 500, "stock": 1000,
-             "per_member_limit": 2, "coupon_template": "couponTemplates/1", "description": "全场通用,兑换后放入卡包"},
-            {"display_name": "品牌定制保温杯", "kind": pb.ITEM_KIND_PHYSICAL, "points_price": 2000,
-             "cash_price_fen": 990, "stock": 100, "per_member_limit": 1, "description": "积分+9.9元,包邮到家"},
-            {"display_name": "视频会员月卡", "kind": pb.ITEM_KIND_VIRTUAL, "points_price": 1500, "stock": 200,
-             "per_member_limit": 1, "end_time": now + timedelta(days=30), "description": "兑换后即时到账"},
-            {"display_name": "金卡专享 婴儿湿巾礼盒", "kind": pb.ITEM_KIND_PHYSICAL, "points_price": 800, "stock": 50,
-             "allowed_tiers": "3,4", "description": "金卡及以上会员专享"},
-        ]:
-            await service.create_item(s, {"state": pb.ITEM_STATE_ACTIVE, **fields})
+    await run_transaction(sessions, lambda s: _seed(s, service))
     print("points: demo data created (6 tasks, 4 mall items)")
+
+
+async def _seed(s, service: PointsService) -> None:
+    for kind, name, reward, frequency, limit in TASKS:
+        await service.create_task(s, {"kind": kind, "display_name": name, "reward_points": reward,
+                                      "frequency": frequency, "limit_per_period": limit, "active": True})
+    now = utcnow()
+    for fields in [
+        {"display_name": "10元无门槛券", "kind": pb.ITEM_KIND_COUPON, "points_price": 500, "stock": 1000,
+         "per_member_limit": 2, "coupon_template": "couponTemplates/1", "description": "全场通用,兑换后放入卡包"},
+        {"display_name": "品牌定制保温杯", "kind": pb.ITEM_KIND_PHYSICAL, "points_price": 2000,
+         "cash_price_fen": 990, "stock": 100, "per_member_limit": 1, "description": "积分+9.9元,包邮到家"},
+        {"display_name": "视频会员月卡", "kind": pb.ITEM_KIND_VIRTUAL, "points_price": 1500, "stock": 200,
+         "per_member_limit": 1, "end_time": now + timedelta(days=30), "description": "兑换后即时到账"},
+        {"display_name": "金卡专享 婴儿湿巾礼盒", "kind": pb.ITEM_KIND_PHYSICAL, "points_price": 800, "stock": 50,
+         "allowed_tiers": "3,4", "description": "金卡及以上会员专享"},
+    ]:
+        await service.create_item(s, {"state": pb.ITEM_STATE_ACTIVE, **fields})

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from mall.points.v1 import points_service_pb2 as pb
 from mall.points.v1 import points_service_pb2_grpc as pb_grpc
 from mallkit.auth import member_scope, principal
-from mallkit.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from mallkit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from mallkit.idempotency import Idempotency
 from mallkit.names import parse_id
 from mallkit.pagination import PageTokens, next_token, page_size
@@ -373,9 +373,9 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         item_id = parse_id(request.name, "items", "name")
         async with self.sessions() as s:
             it = await self.service.item(s, item_id)
-        if principal().is_member and it.state != pb.ITEM_STATE_ACTIVE:
-            async with self.sessions() as s:
-                await self.service.item(s, 0)  # NOT_FOUND, as if it did not exist
+        if principal().is_member and it.state != pb.ITEM_STATE_ACTIVE:  # withdrawn: as if it did not exist
+            raise NotFound("item not found", reason=reasons.ITEM_NOT_FOUND, resource=("item", request.name),
+                           zh="商品不存在")
         return item_pb(it)
 
     async def ListItems(self, request, context):
