@@ -1,0 +1,150 @@
+"""Benchmark: flash-sale attempts through the gateway vs the bare conditional stock UPDATE.
+
+Starts the orders service and the gateway as separate processes (MariaDB when it
+answers on 127.0.0.1:3306, else SQLite), creates a flash sale of ``--stock`` units,
+then drives ``--attempts`` BuyFlashSale calls through HTTP (one distinct member
+each, ``--concurrency`` at once: the first ``--stock`` win, the rest are refused
+as sold out) and, in the same run, the same number of bare
+``UPDATE flash_sales SET remaining = remaining - 1 WHERE id = ? AND remaining >= 1``
+statements straight through the database driver (autocommit) with the same
+concurrency. Prints attempts/s, p50 and p99 of each and the ratios. Bounded: a
+fixed count per path, all on 127.0.0.1.
+
+    make bench            # or: .venv/bin/python bench/orders_flash_sale.py --attempts 1000 --stock 250 --concurrency 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from members_me import drive, free_port, summary, wait_http  # noqa: E402
+
+from mallkit.auth import MEMBER, STAFF, Principal, TokenCodec  # noqa: E402
+from mallkit.settings import DEV_TOKEN_SECRET  # noqa: E402
+from mallkit.testing import MYSQL_ADMIN_URL, mysql_available  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--attempts", type=int, default=1000)
+    parser.add_argument("--stock", type=int, default=250)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="mall-bench-"))
+    db_name = f"mall_bench_orders_{uuid.uuid4().hex[:6]}"
+    if await mysql_available():
+        admin = create_async_engine(MYSQL_ADMIN_URL)
+        async with admin.begin() as conn:
+            await conn.execute(text(f"CREATE DATABASE `{db_name}` CHARACTER SET utf8mb4"))
+        url = MYSQL_ADMIN_URL.rstrip("/") + f"/{db_name}"
+        backend = "MariaDB"
+    else:
+        admin = None
+        url = f"sqlite+aiosqlite:///{tmp / 'orders.db'}"
+        backend = "SQLite"
+    grpc_port, http_port = free_port(), free_port()
+    env = {
+        **os.environ, "MALL_ENV": "development", "MALL_LOG_LEVEL": "WARNING", "MALL_TOKEN_SECRET": DEV_TOKEN_SECRET,
+        "MALL_ORDERS_ADDR": f"127.0.0.1:{grpc_port}", "ORDERS_PORT": str(grpc_port), "ORDERS_DATABASE_URL": url,
+        "ORDERS_EVENT_ROUTES": "{}", "ORDERS_JOBS_ENABLED": "false", "GATEWAY_PORT": str(http_port),
+        "GATEWAY_SERVICES": "orders", "GATEWAY_RATE_PER_IP": "0", "GATEWAY_RATE_PER_MEMBER": "0",
+    }
+    py = sys.executable
+    subprocess.run([py, "-m", "orders", "migrate"], env=env, check=True, cwd=ROOT)
+    procs = [subprocess.Popen([py, "-m", "orders"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL),
+             subprocess.Popen([py, "-m", "gateway"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL)]
+    codec = TokenCodec(DEV_TOKEN_SECRET)
+    staff = {"Authorization": f"Bearer {codec.issue(Principal(STAFF, 'staff/1', frozenset({'admin'})))[0]}"}
+    try:
+        await wait_http(f"http://127.0.0.1:{http_port}/healthz")
+        limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", limits=limits, timeout=30) as http:
+            for _ in range(100):
+                if (await http.get("/healthz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+            cat = (await http.post("/v1/categories", json={"displayName": "秒杀"}, headers=staff)).json()
+            product = (await http.post("/v1/products", json={"displayName": "秒杀商品", "category": cat["name"], "skus": [
+                {"displayName": "默认", "priceFen": 9900, "stock": 10}]}, headers=staff)).json()
+            now = datetime.now(UTC)
+            window = {"startTime": (now - timedelta(minutes=1)).isoformat(), "endTime": (now + timedelta(hours=1)).isoformat()}
+            sales = []
+            for _ in range(2):  # one to warm up, one to measure
+                r = await http.post("/v1/flashSales", json={"sku": product["skus"][0]["name"], "priceFen": 990,
+                                                            "totalStock": args.stock, "perMemberLimit": 1, **window},
+                                    headers=staff)
+                assert r.status_code == 200, r.text
+                sales.append(r.json()["name"])
+            members = iter(range(10_000_000, 20_000_000))
+            outcomes: Counter[int] = Counter()
+            sale = sales[0]
+
+            async def attempt() -> None:
+                token = codec.issue(Principal(MEMBER, f"members/{next(members)}"))[0]
+                r = await http.post(f"/v1/{sale}:buy", json={"quantity": 1},
+                                    headers={"Authorization": f"Bearer {token}", "Idempotency-Key": str(uuid.uuid4())})
+                outcomes[r.status_code] += 1
+
+            print(f"orders flash sale, {args.attempts} attempts for {args.stock} units x {args.concurrency} concurrent, "
+                  f"database: {backend}")
+            await drive(attempt, min(args.attempts, 300), args.concurrency)  # warm up on the first sale
+            sale, outcomes = sales[1], Counter()
+            gw = summary("HTTP POST flashSales/*:buy (gateway)", *await drive(attempt, args.attempts, args.concurrency))
+            print(f"    outcomes by HTTP status: {dict(sorted(outcomes.items()))} (200 = bought, 400 = sold out)")
+
+        # The baseline: the same conditional UPDATE the service runs, straight through the driver.
+        engine = create_async_engine(url, pool_size=args.concurrency, max_overflow=0, isolation_level="AUTOCOMMIT")
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO flash_sales (sku_id, price_fen, total_stock, remaining, per_member_limit,"
+                                    " start_time, end_time, create_time) SELECT sku_id, price_fen, :n, :n, 1, start_time,"
+                                    " end_time, create_time FROM flash_sales ORDER BY id LIMIT 1"), {"n": args.stock})
+            bench_id = (await conn.execute(text("SELECT MAX(id) FROM flash_sales"))).scalar()
+        stmt = text("UPDATE flash_sales SET remaining = remaining - 1 WHERE id = :id AND remaining >= 1")
+
+        async def bare() -> None:
+            async with engine.connect() as conn:
+                await conn.execute(stmt, {"id": bench_id})
+
+        await drive(bare, min(args.attempts, 300), args.concurrency)
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE flash_sales SET remaining = :n WHERE id = :id"), {"n": args.stock, "id": bench_id})
+        raw = summary("bare conditional UPDATE (driver)", *await drive(bare, args.attempts, args.concurrency))
+        async with engine.connect() as conn:
+            left = (await conn.execute(text("SELECT remaining FROM flash_sales WHERE id = :id"), {"id": bench_id})).scalar()
+        await engine.dispose()
+        print(f"    bare UPDATE left {left} units (never below 0)")
+        print(f"  ratio gateway/bare UPDATE: throughput x{gw['rps'] / raw['rps']:.2f}, "
+              f"p50 x{gw['p50'] / raw['p50']:.2f}, p99 x{gw['p99'] / raw['p99']:.2f}")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if admin is not None:
+            async with admin.begin() as conn:
+                await conn.execute(text(f"DROP DATABASE IF EXISTS `{db_name}`"))
+            await admin.dispose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
