@@ -24,11 +24,17 @@ MYSQL_ADMIN_URL = os.environ.get("MALL_TEST_MYSQL_URL", "mysql+aiomysql://root@1
 
 
 async def mysql_available(url: str = MYSQL_ADMIN_URL) -> bool:
+    """True when the test MariaDB/MySQL answers. Also lifts its connection limit:
+    each service under test keeps its own pool, and concurrency tests fill them."""
     engine = create_async_engine(url)
     try:
         async with asyncio.timeout(5):
             async with engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
+                try:
+                    await conn.execute(text("SET GLOBAL max_connections = GREATEST(@@max_connections, 1000)"))
+                except Exception:
+                    pass  # not allowed for this user: keep the server's limit
         return True
     except Exception:
         return False

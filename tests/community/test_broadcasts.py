@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from community.models import Message
 from sqlalchemy import func, select
 
+from community.models import Message
 from mall.community.v1 import community_service_pb2 as pb
 from tests.community.helpers import join, make_group, new_member_id, refused, rid
 

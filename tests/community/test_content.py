@@ -7,12 +7,12 @@ from datetime import timedelta
 
 import grpc
 import pytest
-from community.app import build
-from community.models import OutboxEvents, Post, QuizReward
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import func, select
 
+from community.app import build
+from community.models import OutboxEvents, Post, QuizReward
 from mall.community.v1 import community_service_pb2 as pb
 from mallkit.db import utcnow
 from tests.community.helpers import join, make_group, new_member_id, refused, rid

@@ -7,10 +7,10 @@ from datetime import timedelta
 
 import grpc
 import pytest
-from community.models import Group, Membership
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import func, select
 
+from community.models import Group, Membership
 from mall.community.v1 import community_service_pb2 as pb
 from mall.members.v1 import members_service_pb2 as mpb
 from mallkit.db import utcnow

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import uuid
 
-from community.models import Group
 from sqlalchemy import func, select
+
+from community.models import Group
 
 
 def bearer(token: str) -> dict:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from community.app import SERVICE_DIR
 from sqlalchemy import inspect
 
+from community.app import SERVICE_DIR
 from mallkit import migrations
 from mallkit.testing import service_database
 

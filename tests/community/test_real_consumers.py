@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from community.app import SERVICE_DIR, build
 from google.protobuf.field_mask_pb2 import FieldMask
 
+from community.app import SERVICE_DIR, build
 from mall.community.v1 import community_service_pb2 as pb
 from mall.community.v1 import community_service_pb2_grpc as pb_grpc
 from mall.points.v1 import points_service_pb2 as ppb

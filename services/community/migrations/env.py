@@ -1,5 +1,4 @@
 from community.models import Base
-
 from mallkit.migrations import run_env
 
 run_env(Base.metadata)
