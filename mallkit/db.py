@@ -11,6 +11,8 @@ aware UTC datetimes through :class:`UTCDateTime`.
 
 from __future__ import annotations
 
+import asyncio
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 from sqlalchemy import DateTime, MetaData, event, text
@@ -150,6 +152,16 @@ async def insert_ignore(session: AsyncSession, table, rows: list[dict]) -> None:
         await session.execute(mysql_insert(table).prefix_with("IGNORE"), rows)
 
 
+def is_unavailable(exc: BaseException) -> bool:
+    """The database cannot be reached or is out of connections (answer UNAVAILABLE)."""
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    if isinstance(exc, PoolTimeout):
+        return True
+    args: tuple = getattr(getattr(exc, "orig", None), "args", ())
+    return bool(args) and args[0] in (1040, 2002, 2003, 2006, 2013)
+
+
 def is_transient(exc: BaseException) -> bool:
     """A deadlock or lock timeout (MySQL 1213/1205) or a busy SQLite: retry the transaction."""
     orig = getattr(exc, "orig", None)
@@ -157,6 +169,26 @@ def is_transient(exc: BaseException) -> bool:
     if args and args[0] in (1213, 1205):
         return True
     return "database is locked" in str(orig)
+
+
+_inside_transaction: ContextVar[bool] = ContextVar("mall_inside_transaction", default=False)
+
+
+def _admission(sessions) -> asyncio.Semaphore:
+    """One semaphore per engine, as wide as its connection pool.
+
+    Write transactions queue here, in order and without a timeout of their own
+    (the RPC's deadline bounds the wait), instead of timing out in the pool's
+    checkout under a burst of hundreds of concurrent calls.
+    """
+    engine = sessions.kw["bind"].sync_engine
+    sem = getattr(engine, "_mall_admission", None)
+    if sem is None:
+        pool = engine.pool
+        width = pool.size() + max(getattr(pool, "_max_overflow", 0), 0) if hasattr(pool, "size") else 10
+        sem = asyncio.Semaphore(max(1, width))
+        engine._mall_admission = sem
+    return sem
 
 
 async def run_transaction(sessions, fn, *, attempts: int = 5):
@@ -167,7 +199,17 @@ async def run_transaction(sessions, fn, *, attempts: int = 5):
 
     Raises ABORTED when the database keeps refusing (the caller may retry).
     """
-    import asyncio
+    if _inside_transaction.get():  # nested: already admitted
+        return await _attempts(sessions, fn, attempts)
+    async with _admission(sessions):
+        token = _inside_transaction.set(True)
+        try:
+            return await _attempts(sessions, fn, attempts)
+        finally:
+            _inside_transaction.reset(token)
+
+
+async def _attempts(sessions, fn, attempts: int):
     import random
 
     from sqlalchemy.exc import DBAPIError

@@ -25,7 +25,8 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from mallkit.auth import TokenCodec, access_policy, authorize, bearer, current_principal
-from mallkit.errors import MallError, internal_status
+from mallkit.db import is_unavailable
+from mallkit.errors import MallError, Unavailable, internal_status
 from mallkit.idempotency import current_method
 from mallkit.telemetry import RPC_DURATION, RPC_ERRORS, current_trace_id, grpc_server_interceptor
 
@@ -70,7 +71,12 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 code = context.code() or grpc.StatusCode.CANCELLED  # type: ignore[assignment]
                 raise
-            except Exception:
+            except Exception as exc:
+                if is_unavailable(exc):
+                    code = grpc.StatusCode.UNAVAILABLE
+                    log.warning("database unavailable in %s: %s", method, type(exc).__name__, extra={"method": method})
+                    status = Unavailable("database busy or unreachable, retry", reason="DATABASE_UNAVAILABLE")
+                    await context.abort_with_status(rpc_status.to_status(status.to_status(self.domain)))
                 code = grpc.StatusCode.INTERNAL
                 log.exception("unhandled error in %s trace_id=%s", method, current_trace_id(), extra={"method": method})
                 await context.abort_with_status(rpc_status.to_status(internal_status(self.domain)))
