@@ -181,3 +181,19 @@ async def test_list_pages_with_tokens_that_cannot_be_forged(members):
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await members.stub.ListMembers(pb.ListMembersRequest(page_size=-1), metadata=staff)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_services_can_read_a_staff_account_but_members_cannot(members):
+    staff = await members.staff()
+    created = await members.stub.CreateStaff(pb.CreateStaffRequest(staff=pb.Staff(
+        username=f"g{uuid.uuid4().hex[:8]}", display_name="导购", role=pb.STAFF_ROLE_GUIDE,
+        password="guide-password-123")), metadata=staff)
+    got = await members.stub.GetStaff(pb.GetStaffRequest(name=created.name), metadata=members.service_md)
+    assert got.role == pb.STAFF_ROLE_GUIDE and got.password == ""
+    _, md = await members.login()
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await members.stub.GetStaff(pb.GetStaffRequest(name=created.name), metadata=md)
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await members.stub.GetStaff(pb.GetStaffRequest(name="staff/999999999"), metadata=members.service_md)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND

@@ -600,6 +600,13 @@ class MembersService:
             raise
         return st
 
+    async def staff(self, s: AsyncSession, staff_id: int) -> Staff:
+        st = await s.get(Staff, staff_id)
+        if st is None:
+            raise NotFound("staff not found", reason=reasons.STAFF_NOT_FOUND, resource=("staff", f"staff/{staff_id}"),
+                           zh="员工不存在")
+        return st
+
     async def list_staff(self, s: AsyncSession, size: int, after_id: int | None) -> list[Staff]:
         q = select(Staff).order_by(Staff.id).limit(size + 1)
         if after_id is not None:

@@ -698,6 +698,11 @@ class MembersServicer(pb_grpc.MembersServiceServicer):
 
         return await self.idem.run(request, pb.Staff, use_case)
 
+    async def GetStaff(self, request, context):
+        staff_id = parse_id(request.name, "staff", "name")
+        async with self.sessions() as s:
+            return staff_pb(await self.service.staff(s, staff_id))
+
     async def ListStaff(self, request, context):
         size = page_size(request.page_size)
         async with self.sessions() as s:
