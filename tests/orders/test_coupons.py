@@ -7,13 +7,13 @@ import uuid
 
 import grpc
 import pytest
-from orders.models import Coupon, Order
 from sqlalchemy import func, select
 
 from mall.events.v1 import events_pb2, events_pb2_grpc
 from mall.orders.v1 import orders_service_pb2 as pb
 from mall.points.v1 import points_events_pb2
 from mallkit.errors import error_info, status_of
+from orders.models import Coupon, Order
 from tests.fixtures.orders import rid
 
 

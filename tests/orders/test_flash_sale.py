@@ -8,11 +8,11 @@ from collections import Counter
 
 import grpc
 import pytest
-from orders.models import FlashPurchase, FlashSale, Order
 from sqlalchemy import func, select
 
 from mall.orders.v1 import orders_service_pb2 as pb
 from mallkit.errors import error_info, status_of
+from orders.models import FlashPurchase, FlashSale, Order
 from tests.fixtures.orders import rid
 
 pytestmark = pytest.mark.mariadb
@@ -28,7 +28,7 @@ async def test_2000_buyers_race_for_100_units(orders):
     attempts = buyers + random.sample(buyers, 300)  # 300 buyers try twice, at the same time
     random.shuffle(attempts)
     mds = {m: orders.member_md(m) for m in buyers}
-    gate = asyncio.Semaphore(400)
+    gate = asyncio.Semaphore(100)
     outcomes: Counter[str] = Counter()
 
     async def attempt(member_id: int):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from orders.app import SERVICE_DIR
 from sqlalchemy import inspect
 
 from mallkit import migrations
 from mallkit.testing import service_database
+from orders.app import SERVICE_DIR
 
 
 async def test_upgrade_downgrade_upgrade(backend, tmp_root):

@@ -8,8 +8,6 @@ from collections import Counter
 
 import grpc
 import pytest
-from orders.app import SERVICE_DIR, build
-from orders.models import OutboxEvents, PaymentNotification
 from sqlalchemy import func, select
 
 from mall.events.v1 import events_pb2
@@ -17,6 +15,8 @@ from mall.members.v1 import members_service_pb2 as mpb
 from mall.orders.v1 import orders_service_pb2 as pb
 from mallkit.errors import error_info, status_of
 from mallkit.testing import service_database
+from orders.app import SERVICE_DIR, build
+from orders.models import OutboxEvents, PaymentNotification
 from tests.fixtures.orders import Orders, PointsStandIn, free_port, orders_settings
 
 pytestmark = pytest.mark.mariadb

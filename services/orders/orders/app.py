@@ -128,6 +128,16 @@ class OrdersApp:
     async def complete_due(self, now: datetime | None = None) -> int:
         return await run_transaction(self.sessions, lambda s: self.service.complete_due(s, now or utcnow()))
 
+    async def fail_expired_groups(self, now: datetime | None = None) -> int:
+        """Groups not full by their deadline: FAILED, unpaid orders cancelled, paid ones refunded."""
+        now = now or utcnow()
+        ids = await run_transaction(self.sessions, lambda s: self.service.expired_groups(s, now))
+        for gid in ids:
+            refunds = await run_transaction(self.sessions, lambda s, gid=gid: self.service.fail_group(s, gid, now))
+            for rid in refunds:
+                await self.process_refund(rid)
+        return len(ids)
+
     async def process_refund(self, refund_id: int) -> bool:
         """Claim one pending refund (lease), ask WeChat Pay, record success. True when refunded."""
         async def claim(s):
@@ -196,6 +206,7 @@ class OrdersApp:
     async def run_jobs_once(self, now: datetime | None = None) -> None:
         await self.remind_unpaid(now)
         await self.cancel_overdue(now)
+        await self.fail_expired_groups(now)
         await self.complete_due(now)
         await self.process_refunds()
         await self.run_journey(now)

@@ -19,6 +19,8 @@ PENDING_PAYMENT, PAID, SHIPPED, COMPLETED, CANCELLED, REFUND_REQUESTED, REFUNDED
 COUPON_AVAILABLE, COUPON_USED = 1, 2
 # Refund states.
 REFUND_PENDING, REFUND_SUCCEEDED = 1, 2
+# Group states (values of mall.orders.v1.GroupState).
+GROUP_OPEN, GROUP_FULL, GROUP_FAILED = 1, 2, 3
 
 
 class Base(DeclarativeBase):
@@ -137,6 +139,8 @@ class Order(Base):
     coupon_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     address: Mapped[str] = mapped_column(Text, default="")  # JSON snapshot
     flash_sale_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    group_deal_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    group_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
     out_trade_no: Mapped[str] = mapped_column(String(32), unique=True)
     transaction_id: Mapped[str | None] = mapped_column(String(32), unique=True, nullable=True)
     prepay_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -234,3 +238,40 @@ class JourneyStep(Base):
     outcome: Mapped[str] = mapped_column(String(32), default="")
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     __table_args__ = (UniqueConstraint("order_id", "step"), Index("ix_journey_steps_sent_time_due_time", "sent_time", "due_time"))
+
+
+class GroupDeal(Base):
+    """A group-buying deal (拼团活动)."""
+
+    __tablename__ = "group_deals"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    sku_id: Mapped[int] = mapped_column(ForeignKey("skus.id"))
+    price_fen: Mapped[int] = mapped_column(BigInteger)
+    group_size: Mapped[int] = mapped_column(Integer)
+    fill_seconds: Mapped[int] = mapped_column(Integer)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class GroupBuy(Base):
+    """One group of a deal: places taken (joined) and paid, by conditional UPDATE."""
+
+    __tablename__ = "group_buys"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    deal_id: Mapped[int] = mapped_column(BigInteger)
+    leader_id: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[int] = mapped_column(SmallInteger)
+    group_size: Mapped[int] = mapped_column(Integer)
+    joined_count: Mapped[int] = mapped_column(Integer)
+    paid_count: Mapped[int] = mapped_column(Integer, default=0)
+    deadline_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    __table_args__ = (Index("ix_group_buys_state_deadline_time", "state", "deadline_time"),)
+
+
+class GroupMember(Base):
+    """A member's place in a group (once per member and group)."""
+
+    __tablename__ = "group_members"
+    group_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    order_id: Mapped[int] = mapped_column(BigInteger)

@@ -32,6 +32,9 @@ from .models import (
     COMPLETED,
     COUPON_AVAILABLE,
     COUPON_USED,
+    GROUP_FAILED,
+    GROUP_FULL,
+    GROUP_OPEN,
     PAID,
     PENDING_PAYMENT,
     REFUND_PENDING,
@@ -47,6 +50,9 @@ from .models import (
     CouponTemplate,
     FlashPurchase,
     FlashSale,
+    GroupBuy,
+    GroupDeal,
+    GroupMember,
     JourneyStep,
     Order,
     OrderItem,
@@ -451,6 +457,12 @@ class OrdersService:
         else:
             for it in sorted(items, key=lambda x: x.sku_id):
                 await s.execute(update(Sku).where(Sku.id == it.sku_id).values(stock=Sku.stock + it.quantity))
+        if o.group_id is not None:  # an unpaid place in an open group becomes free again
+            freed = await s.execute(update(GroupBuy).where(GroupBuy.id == o.group_id, GroupBuy.state == GROUP_OPEN)
+                                    .values(joined_count=GroupBuy.joined_count - 1))
+            if freed.rowcount == 1:  # type: ignore[attr-defined]
+                await s.execute(delete(GroupMember).where(GroupMember.group_id == o.group_id,
+                                                          GroupMember.member_id == o.member_id))
         if o.coupon_id is not None:
             await s.execute(update(Coupon).where(Coupon.id == o.coupon_id, Coupon.order_id == order_id,
                                                  Coupon.state == COUPON_USED)
@@ -461,7 +473,11 @@ class OrdersService:
         await s.execute(update(Order).where(Order.id == order_id).values(prepay_id=prepay_id, openid=openid))
 
     async def ship_order(self, s: AsyncSession, order_id: int, tracking: str) -> Order:
-        await self.order(s, order_id)
+        o = await self.order(s, order_id)
+        if o.group_id is not None:
+            g = await s.get(GroupBuy, o.group_id)
+            if g is None or g.state != GROUP_FULL:
+                raise FailedPrecondition("the group is not full yet", reason=reasons.GROUP_NOT_FULL, zh="拼团尚未成功")
         done = await s.execute(update(Order).where(Order.id == order_id, Order.state == PAID)
                                .values(state=SHIPPED, ship_time=utcnow(), tracking_number=tracking))
         if done.rowcount != 1:  # type: ignore[attr-defined]
@@ -520,6 +536,12 @@ class OrdersService:
                                      category=f"categories/{it.category_id}", quantity=it.quantity, amount_fen=it.paid_fen)
                 for it in items])
             await self.outbox.add(s, "order.paid", event, subject=f"orders/{o.id}")
+            if o.group_id is not None:
+                await s.execute(update(GroupBuy).where(GroupBuy.id == o.group_id)
+                                .values(paid_count=GroupBuy.paid_count + 1))
+                await s.execute(update(GroupBuy).where(GroupBuy.id == o.group_id, GroupBuy.state == GROUP_OPEN,
+                                                       GroupBuy.paid_count >= GroupBuy.group_size)
+                                .values(state=GROUP_FULL))
             steps = [("payment_success", now), ("care", pay_time + self.care_after)]
             await insert_ignore(s, JourneyStep.__table__, [
                 {"order_id": o.id, "member_id": o.member_id, "step": st, "due_time": due, "outcome": ""} for st, due in steps])
@@ -656,6 +678,106 @@ class OrdersService:
         if got.rowcount != 1:  # type: ignore[attr-defined]
             raise self._sold_out(info.id)
         return o
+
+    # --- group buying (拼团) ----------------------------------------------------------------
+
+    async def create_group_deal(self, s: AsyncSession, product_id: int, sku_id: int, fields: dict) -> GroupDeal:
+        await self.sku(s, product_id, sku_id, "group_deal.sku")
+        d = GroupDeal(sku_id=sku_id, create_time=utcnow(), **fields)
+        s.add(d)
+        await s.flush()
+        return d
+
+    async def group_deal(self, s: AsyncSession, deal_id: int) -> GroupDeal:
+        d = await s.get(GroupDeal, deal_id)
+        if d is None:
+            raise NotFound("group deal not found", reason=reasons.GROUP_DEAL_NOT_FOUND,
+                           resource=("groupDeal", f"groupDeals/{deal_id}"), zh="拼团活动不存在")
+        return d
+
+    async def group(self, s: AsyncSession, deal_id: int, group_id: int) -> GroupBuy:
+        g = await s.get(GroupBuy, group_id, populate_existing=True)
+        if g is None or g.deal_id != deal_id:
+            raise NotFound("group not found", reason=reasons.GROUP_NOT_FOUND,
+                           resource=("group", f"groupDeals/{deal_id}/groups/{group_id}"), zh="拼团不存在")
+        return g
+
+    async def open_group(self, s: AsyncSession, deal_id: int, member_id: int, address_id: int | None) -> Order:
+        d = await self.group_deal(s, deal_id)
+        now = utcnow()
+        g = GroupBuy(deal_id=deal_id, leader_id=member_id, state=GROUP_OPEN, group_size=d.group_size, joined_count=1,
+                     paid_count=0, deadline_time=now + timedelta(seconds=d.fill_seconds), create_time=now)
+        s.add(g)
+        await s.flush()
+        return await self._group_order(s, d, g, member_id, address_id)
+
+    async def join_group(self, s: AsyncSession, deal_id: int, group_id: int, member_id: int,
+                         address_id: int | None) -> Order:
+        d = await self.group_deal(s, deal_id)
+        g = await self.group(s, deal_id, group_id)
+        took = await s.execute(update(GroupBuy).where(
+            GroupBuy.id == g.id, GroupBuy.state == GROUP_OPEN, GroupBuy.joined_count < GroupBuy.group_size,
+            GroupBuy.deadline_time > utcnow()).values(joined_count=GroupBuy.joined_count + 1))
+        if took.rowcount != 1:  # type: ignore[attr-defined]
+            raise FailedPrecondition("the group cannot be joined (full, failed or past its deadline)",
+                                     reason=reasons.GROUP_UNAVAILABLE, zh="该团已满或已结束")
+        return await self._group_order(s, d, g, member_id, address_id)
+
+    async def _group_order(self, s: AsyncSession, d: GroupDeal, g: GroupBuy, member_id: int,
+                           address_id: int | None) -> Order:
+        address = await self.address(s, member_id, address_id) if address_id else None
+        k = await s.get(Sku, d.sku_id)
+        assert k is not None
+        p = await s.get(Product, k.product_id)
+        assert p is not None
+        now = utcnow()
+        o = Order(member_id=member_id, state=PENDING_PAYMENT, total_fen=d.price_fen, tier_discount_fen=0,
+                  coupon_discount_fen=0, payable_fen=d.price_fen, address=_address_json(address) if address else "",
+                  group_deal_id=d.id, group_id=g.id, out_trade_no=uuid.uuid4().hex, create_time=now,
+                  pay_deadline_time=min(now + self.pay_timeout, g.deadline_time))
+        s.add(o)
+        await s.flush()
+        try:
+            async with s.begin_nested():
+                s.add(GroupMember(group_id=g.id, member_id=member_id, order_id=o.id))
+                await s.flush()
+        except IntegrityError as exc:
+            if not is_duplicate_key(exc):
+                raise
+            raise FailedPrecondition("already in this group", reason=reasons.GROUP_ALREADY_JOINED, zh="您已参加该团") from None
+        s.add(OrderItem(order_id=o.id, sku_id=k.id, product_id=p.id, category_id=p.category_id,
+                        product_display_name=p.display_name, sku_display_name=k.display_name, unit_price_fen=d.price_fen,
+                        quantity=1, paid_fen=d.price_fen, repurchase_cycle_days=p.repurchase_cycle_days))
+        got = await s.execute(update(Sku).where(Sku.id == k.id, Sku.stock >= 1).values(stock=Sku.stock - 1))
+        if got.rowcount != 1:  # type: ignore[attr-defined]
+            raise FailedPrecondition("not enough stock", reason=reasons.OUT_OF_STOCK, zh="库存不足")
+        await s.flush()
+        return o
+
+    async def expired_groups(self, s: AsyncSession, now: datetime, limit: int = 100) -> list[int]:
+        return list((await s.execute(select(GroupBuy.id).where(GroupBuy.state == GROUP_OPEN, GroupBuy.deadline_time <= now)
+                                     .limit(limit))).scalars())
+
+    async def fail_group(self, s: AsyncSession, group_id: int, now: datetime) -> list[int]:
+        """OPEN -> FAILED (the claim); unpaid orders cancelled, paid ones refunded. Returns refund ids."""
+        won = await s.execute(update(GroupBuy).where(GroupBuy.id == group_id, GroupBuy.state == GROUP_OPEN,
+                                                     GroupBuy.deadline_time <= now).values(state=GROUP_FAILED))
+        if won.rowcount != 1:  # type: ignore[attr-defined]
+            return []
+        refunds = []
+        for o in (await s.execute(select(Order).where(Order.group_id == group_id))).scalars().all():
+            if o.state == PENDING_PAYMENT:
+                await self.cancel_order(s, o.id, "group_failed", now=now)
+            elif o.state == PAID:
+                moved = await s.execute(update(Order).where(Order.id == o.id, Order.state == PAID)
+                                        .values(state=REFUND_REQUESTED))
+                if moved.rowcount == 1:  # type: ignore[attr-defined]
+                    await insert_ignore(s, Refund.__table__, [{
+                        "order_id": o.id, "out_refund_no": f"R{o.out_trade_no}", "amount_fen": o.payable_fen,
+                        "reason": "member", "state": REFUND_PENDING, "attempts": 0, "create_time": now}])
+                    refunds.append((await s.execute(select(Refund.id).where(
+                        Refund.out_refund_no == f"R{o.out_trade_no}"))).scalar_one())
+        return refunds
 
     # --- scheduled work (claims by conditional UPDATE; safe with several replicas) ---------
 

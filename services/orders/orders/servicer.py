@@ -34,7 +34,19 @@ from mallkit.pagination import PageTokens, next_token, page_size
 from mallkit.validation import Validator
 
 from . import errors as reasons
-from .models import Address, Category, Coupon, CouponTemplate, FlashSale, Order, OrderItem, Product, Sku
+from .models import (
+    Address,
+    Category,
+    Coupon,
+    CouponTemplate,
+    FlashSale,
+    GroupBuy,
+    GroupDeal,
+    Order,
+    OrderItem,
+    Product,
+    Sku,
+)
 from .service import ACTIVE, Line, OrdersService
 from .wechatpay import NotificationRejected, PayApiError, WechatPay
 
@@ -94,6 +106,7 @@ def order_pb(o: Order, items: list[OrderItem]) -> pb.Order:
         coupon=f"members/{o.member_id}/coupons/{o.coupon_id}" if o.coupon_id else "",
         flash_sale=f"flashSales/{o.flash_sale_id}" if o.flash_sale_id else "", out_trade_no=o.out_trade_no,
         cancel_reason=o.cancel_reason, refunded_fen=o.refunded_fen,
+        group=f"groupDeals/{o.group_deal_id}/groups/{o.group_id}" if o.group_id else "",
         items=[pb.OrderItem(sku=f"products/{it.product_id}/skus/{it.sku_id}", product=f"products/{it.product_id}",
                             category=f"categories/{it.category_id}", product_display_name=it.product_display_name,
                             sku_display_name=it.sku_display_name, unit_price_fen=it.unit_price_fen,
@@ -112,6 +125,20 @@ def flash_pb(f: FlashSale, product_id: int) -> pb.FlashSale:
                        total_stock=f.total_stock, remaining_stock=f.remaining, per_member_limit=f.per_member_limit)
     _ts(out.start_time, f.start_time)
     _ts(out.end_time, f.end_time)
+    return out
+
+
+def group_deal_pb(d: GroupDeal, product_id: int) -> pb.GroupDeal:
+    out = pb.GroupDeal(name=f"groupDeals/{d.id}", sku=f"products/{product_id}/skus/{d.sku_id}", price_fen=d.price_fen,
+                       group_size=d.group_size)
+    out.fill_duration.seconds = d.fill_seconds
+    return out
+
+
+def group_pb(g: GroupBuy) -> pb.Group:
+    out = pb.Group(name=f"groupDeals/{g.deal_id}/groups/{g.id}", leader=f"members/{g.leader_id}", state=g.state,
+                   group_size=g.group_size, joined_count=g.joined_count, paid_count=g.paid_count)
+    _ts(out.deadline_time, g.deadline_time)
     return out
 
 
@@ -642,6 +669,51 @@ class OrdersServicer(pb_grpc.OrdersServiceServicer):
             o = await self.service.buy_flash_sale(s, info, member_id, request.quantity, address_id)
             return await self._order_pb(s, o.id)
         return await self.idem.run(request, pb.Order, run, required=True)
+
+    # --- group buying ----------------------------------------------------------------------
+
+    async def CreateGroupDeal(self, request, context):
+        d = request.group_deal
+        pid, sid = parse_ids(d.sku, "products/{}/skus/{}", "group_deal.sku")
+        v = Validator()
+        v.range("group_deal.price_fen", d.price_fen, 1, 100_000_000)
+        v.range("group_deal.group_size", d.group_size, 2, 100)
+        v.check(d.fill_duration.nanos == 0 and 60 <= d.fill_duration.seconds <= 7 * 86400, "group_deal.fill_duration",
+                "must be whole seconds between 1 minute and 7 days")
+        v.done()
+        fields = {"price_fen": d.price_fen, "group_size": d.group_size, "fill_seconds": d.fill_duration.seconds}
+
+        async def run(s):
+            return group_deal_pb(await self.service.create_group_deal(s, pid, sid, fields), pid)
+        return await self.idem.run(request, pb.GroupDeal, run)
+
+    async def OpenGroup(self, request, context):
+        deal_id = parse_id(request.group_deal, "groupDeals", "group_deal")
+        member_id = int(principal().id)
+        address_id = _optional_address(request.address)
+
+        async def run(s):
+            o = await self.service.open_group(s, deal_id, member_id, address_id)
+            return await self._order_pb(s, o.id)
+        return await self.idem.run(request, pb.Order, run, required=True)
+
+    async def JoinGroup(self, request, context):
+        deal_id, group_id = parse_ids(request.group, "groupDeals/{}/groups/{}", "group")
+        member_id = int(principal().id)
+        address_id = _optional_address(request.address)
+
+        async def run(s):
+            o = await self.service.join_group(s, deal_id, group_id, member_id, address_id)
+            return await self._order_pb(s, o.id)
+        return await self.idem.run(request, pb.Order, run, required=True)
+
+    async def GetGroup(self, request, context):
+        deal_id, group_id = parse_ids(request.name, "groupDeals/{}/groups/{}", "name")
+        return group_pb(await self._read(lambda s: self.service.group(s, deal_id, group_id)))
+
+
+def _optional_address(name: str) -> int | None:
+    return _member_child(name, "addresses", "address")[1] if name else None
 
 
 def _has_principal() -> bool:
