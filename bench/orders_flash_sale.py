@@ -26,6 +26,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -33,6 +34,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from members_me import drive, free_port, summary, wait_http  # noqa: E402
 
+from mall.orders.v1 import orders_service_pb2 as pb  # noqa: E402
+from mall.orders.v1 import orders_service_pb2_grpc as pb_grpc  # noqa: E402
 from mallkit.auth import MEMBER, STAFF, Principal, TokenCodec  # noqa: E402
 from mallkit.settings import DEV_TOKEN_SECRET  # noqa: E402
 from mallkit.testing import MYSQL_ADMIN_URL, mysql_available  # noqa: E402
@@ -86,7 +89,7 @@ async def main() -> None:
             now = datetime.now(UTC)
             window = {"startTime": (now - timedelta(minutes=1)).isoformat(), "endTime": (now + timedelta(hours=1)).isoformat()}
             sales = []
-            for _ in range(2):  # one to warm up, one to measure
+            for _ in range(3):  # one to warm up, one for the gateway, one for direct gRPC
                 r = await http.post("/v1/flashSales", json={"sku": product["skus"][0]["name"], "priceFen": 990,
                                                             "totalStock": args.stock, "perMemberLimit": 1, **window},
                                     headers=staff)
@@ -108,6 +111,25 @@ async def main() -> None:
             sale, outcomes = sales[1], Counter()
             gw = summary("HTTP POST flashSales/*:buy (gateway)", *await drive(attempt, args.attempts, args.concurrency))
             print(f"    outcomes by HTTP status: {dict(sorted(outcomes.items()))} (200 = bought, 400 = sold out)")
+
+            # The same attempts straight over gRPC (no gateway), to show where the time goes.
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
+            stub = pb_grpc.OrdersServiceStub(channel)
+            grpc_outcomes: Counter[str] = Counter()
+
+            async def attempt_grpc() -> None:
+                token = codec.issue(Principal(MEMBER, f"members/{next(members)}"))[0]
+                try:
+                    await stub.BuyFlashSale(pb.BuyFlashSaleRequest(flash_sale=sales[2], quantity=1,
+                                                                   request_id=str(uuid.uuid4())),
+                                            metadata=(("authorization", f"Bearer {token}"),), timeout=30)
+                    grpc_outcomes["OK"] += 1
+                except grpc.aio.AioRpcError as err:
+                    grpc_outcomes[err.code().name] += 1
+
+            direct = summary("gRPC BuyFlashSale (no gateway)", *await drive(attempt_grpc, args.attempts, args.concurrency))
+            print(f"    outcomes: {dict(sorted(grpc_outcomes.items()))}")
+            await channel.close()
 
         # The baseline: the same conditional UPDATE the service runs, straight through the driver.
         engine = create_async_engine(url, pool_size=args.concurrency, max_overflow=0, isolation_level="AUTOCOMMIT")
@@ -132,6 +154,8 @@ async def main() -> None:
         print(f"    bare UPDATE left {left} units (never below 0)")
         print(f"  ratio gateway/bare UPDATE: throughput x{gw['rps'] / raw['rps']:.2f}, "
               f"p50 x{gw['p50'] / raw['p50']:.2f}, p99 x{gw['p99'] / raw['p99']:.2f}")
+        print(f"  ratio gRPC/bare UPDATE: throughput x{direct['rps'] / raw['rps']:.2f}, "
+              f"p50 x{direct['p50'] / raw['p50']:.2f}, p99 x{direct['p99'] / raw['p99']:.2f}")
     finally:
         for p in procs:
             p.terminate()
