@@ -6,11 +6,11 @@ import asyncio
 
 import grpc
 import pytest
-from points.models import Account, Item, Redemption
 from sqlalchemy import func, select
 
 from mall.points.v1 import points_service_pb2 as pb
 from mallkit.errors import error_info, status_of
+from points.models import Account, Item, Redemption
 from tests.fixtures.points import fresh_member_id, rid
 
 pytestmark = pytest.mark.mariadb

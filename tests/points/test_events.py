@@ -6,7 +6,6 @@ import asyncio
 import uuid
 
 import pytest
-from points.models import Entry, Task
 from sqlalchemy import select
 
 from mall.community.v1 import community_events_pb2 as cpb
@@ -15,6 +14,7 @@ from mall.members.v1 import members_service_pb2 as mpb
 from mall.orders.v1 import orders_events_pb2 as opb
 from mall.points.v1 import points_service_pb2 as pb
 from members.models import OutboxEvents as MembersOutbox
+from points.models import Entry, Task
 from tests.fixtures.points import fresh_member_id, rid
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from points.models import Entry, Lot, ReachRequest
 from sqlalchemy import func, select
 
 from mall.members.v1 import members_service_pb2 as mpb
 from mall.points.v1 import points_service_pb2 as pb
+from points.models import Entry, Lot, ReachRequest
 from tests.fixtures.points import fresh_member_id, rid
 
 

@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2, timestamp_pb2
-from points.models import Item, OutboxEvents
 from sqlalchemy import select
 
 from mall.events.v1 import events_pb2
@@ -17,6 +16,7 @@ from mall.members.v1 import members_service_pb2 as mpb
 from mall.points.v1 import points_events_pb2 as epb
 from mall.points.v1 import points_service_pb2 as pb
 from mallkit.errors import error_info, status_of
+from points.models import Item, OutboxEvents
 from tests.fixtures.points import fresh_member_id, rid
 
 ADDRESS = pb.ShippingAddress(recipient="王五", phone="13700137000", province="浙江省", city="杭州市", district="西湖区",

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from points.app import SERVICE_DIR
-from points.checker import check_ledger
-from points.models import Item, Task
-from points.seed import seed_demo
 from sqlalchemy import func, inspect, select
 
 from mallkit import migrations
 from mallkit.testing import service_database
+from points.app import SERVICE_DIR
+from points.checker import check_ledger
+from points.models import Item, Task
+from points.seed import seed_demo
 
 
 async def test_upgrade_downgrade_upgrade_and_seed(backend, tmp_root):

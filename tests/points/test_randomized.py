@@ -13,11 +13,11 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from points.models import Account, Entry, IdempotencyKeys, Redemption
 from sqlalchemy import func, select
 
 from mall.points.v1 import points_service_pb2 as pb
 from mallkit.errors import error_info, status_of
+from points.models import Account, Entry, IdempotencyKeys, Redemption
 from tests.fixtures.points import rid
 
 OPS = int(os.environ.get("POINTS_RANDOM_OPS", "1000"))
