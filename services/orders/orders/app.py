@@ -209,7 +209,9 @@ class OrdersApp:
         await self.fail_expired_groups(now)
         await self.complete_due(now)
         await self.process_refunds()
-        await self.run_journey(now)
+        for _ in range(10):  # up to 500 journey messages a pass, 50 per batch
+            if await self.run_journey(now) < 50:
+                break
 
 
 def build(settings: OrdersSettings, engine: AsyncEngine | None = None) -> OrdersApp:
