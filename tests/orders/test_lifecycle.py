@@ -80,7 +80,7 @@ async def test_illegal_transitions_are_refused(orders, members):
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-async def test_refund_flow_reverses_points_and_records_the_fact(orders, members):
+async def test_refund_flow_refunds_through_wechat_pay_and_reverses_points(orders, members):
     login, md = await members.login()
     product = await orders.product(price_fen=8_800)
     o = await orders.order(md, product.skus[0].name)
