@@ -29,6 +29,7 @@ SERVICES = [
 ]
 GATEWAY_PORT = int(os.environ.get("GATEWAY_PORT", "8080"))
 WECHAT_PORT = int(os.environ.get("FAKE_WECHAT_PORT", "9100"))
+WECHATPAY_PORT = int(os.environ.get("FAKE_WECHATPAY_PORT", "9200"))
 
 
 def base_env() -> dict[str, str]:
@@ -41,6 +42,8 @@ def base_env() -> dict[str, str]:
         env.setdefault(f"{name.upper()}_PORT", str(port))
         env.setdefault(f"{name.upper()}_DATABASE_URL", f"sqlite+aiosqlite:///{VAR / (name + '.db')}")
     env.setdefault("MEMBERS_WECHAT_BASE_URL", f"http://127.0.0.1:{WECHAT_PORT}")
+    env.setdefault("ORDERS_WECHATPAY_BASE_URL", f"http://127.0.0.1:{WECHATPAY_PORT}")
+    env.setdefault("ORDERS_WECHATPAY_NOTIFY_URL", f"http://127.0.0.1:{GATEWAY_PORT}/v1/wechatpay/notifications")
     env.setdefault("GATEWAY_PORT", str(GATEWAY_PORT))
     env.setdefault("GATEWAY_SERVICES", "[" + ",".join(f'"{n}"' for n, _ in SERVICES) + "]")
     return env
@@ -87,6 +90,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         start("fake-wechat", ["-m", "fakes.wechat", "--port", str(WECHAT_PORT)], WECHAT_PORT)
+        start("wechatpay-sim", ["-m", "fakes.wechatpay", "--port", str(WECHATPAY_PORT)], WECHATPAY_PORT)
         for name, port in SERVICES:
             start(name, ["-m", name], port)
         start("gateway", ["-m", "gateway"], GATEWAY_PORT)
@@ -96,6 +100,7 @@ def main() -> int:
             f"  gateway (HTTP/JSON) http://127.0.0.1:{GATEWAY_PORT}   docs: /docs   OpenAPI: /openapi.json   health: /healthz\n"
             + "".join(f"  {n:<19} grpc 127.0.0.1:{p} (reflection on)\n" for n, p in SERVICES)
             + f"  fake WeChat         http://127.0.0.1:{WECHAT_PORT}\n"
+            + f"  WeChat Pay sim      http://127.0.0.1:{WECHATPAY_PORT}   (the buyer pays: POST /__sim/pay {{\"out_trade_no\": ...}})\n"
             "\n"
             "  Try:  curl -s -XPOST localhost:8080/v1/members:loginWithWechat -d '{\"code\":\"alice\"}'\n"
             "        staff: admin / admin-demo-password  (POST /v1/staff:login)\n"

@@ -27,7 +27,7 @@ bad field by its proto path, such as ``member.gender`` or ``tags[2]``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -427,3 +427,15 @@ def response_json(route: Route, msg: Message) -> object:
     if route.response_body:
         return data.get(msg.DESCRIPTOR.fields_by_name[route.response_body].json_name)
     return data
+
+
+def bind_raw(route: Route, headers: Mapping[str, str], body: bytes) -> Message:
+    """A request of a route with a raw binding: the body verbatim, headers into fields."""
+    message = route.request_class()
+    try:
+        setattr(message, route.raw.body_field, body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidFieldError.one("body", "must be UTF-8 text") from None
+    for field_name, header in route.raw.header_fields.items():
+        setattr(message, field_name, headers.get(header, ""))
+    return message

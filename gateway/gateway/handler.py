@@ -104,14 +104,17 @@ class ApiEndpoint:
                 raise RateLimitedError(principal.subject, "requests per signed-in caller", wait)
 
         body = await self._read_body(request) if route.body else b""
-        message = binding.bind_request(
-            route,
-            http_method,
-            path_values,
-            request.query_params.multi_items(),
-            body,
-            request.headers.get("idempotency-key", "").strip() or None,
-        )
+        if route.raw is not None:
+            message = binding.bind_raw(route, request.headers, body)
+        else:
+            message = binding.bind_request(
+                route,
+                http_method,
+                path_values,
+                request.query_params.multi_items(),
+                body,
+                request.headers.get("idempotency-key", "").strip() or None,
+            )
 
         metadata = [("x-forwarded-for", ip)]
         request_id = scope.get("state", {}).get(REQUEST_ID)

@@ -190,6 +190,7 @@ class Route:
     response_body: str
     binding_index: int = 0  # 0: the main rule, then the additional bindings
     policy: Any = None  # mall.auth.v1.AccessPolicy or None (nobody may call)
+    raw: Any = None  # mall.gateway.v1.RawBinding: bind the raw body and headers, not JSON
     request_class: type[Message] = field(init=False)
     response_class: type[Message] = field(init=False)
 
@@ -214,6 +215,14 @@ class Route:
         return f"{self.http_method} {self.template.text}"
 
 
+def raw_binding(method: MethodDescriptor) -> Any:
+    """The ``mall.gateway.v1.raw_binding`` option of an RPC, or None."""
+    from mall.gateway.v1 import raw_binding_pb2
+
+    opts = method.GetOptions()
+    return opts.Extensions[raw_binding_pb2.raw_binding] if opts.HasExtension(raw_binding_pb2.raw_binding) else None
+
+
 def http_rule(method: MethodDescriptor) -> http_pb2.HttpRule | None:
     opts = method.GetOptions()
     if not opts.HasExtension(annotations_pb2.http):
@@ -224,6 +233,7 @@ def http_rule(method: MethodDescriptor) -> http_pb2.HttpRule | None:
 def routes_of_rule(service: str, method: MethodDescriptor, rule: http_pb2.HttpRule) -> list[Route]:
     """The routes of one rule and its additional bindings (validated)."""
     policy = access_policy(method)
+    raw = raw_binding(method)
     rules = [rule, *rule.additional_bindings]
     routes = []
     for index, r in enumerate(rules):
@@ -243,6 +253,7 @@ def routes_of_rule(service: str, method: MethodDescriptor, rule: http_pb2.HttpRu
             response_body=r.response_body,
             binding_index=index,
             policy=policy,
+            raw=raw,
         )
         _validate(route)
         routes.append(route)
