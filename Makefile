@@ -67,8 +67,11 @@ create-admin: protos ## Create the first admin: make create-admin USERNAME=admin
 bench: protos ## Run every benchmark in bench/ (figures and ratios against a baseline measured in the same run)
 	@set -e; for f in bench/*.py; do echo "== $$f"; $(PY) $$f; done
 
+check-points: protos ## Verify every points account equals its ledger and lots (POINTS_DATABASE_URL)
+	$(PY) -m points check
+
 clean: ## Remove generated code, caches and the venv
 	rm -rf $(GEN) $(VENV) .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: run reset test test-sqlite migrate revision create-admin bench clean
+.PHONY: run reset test test-sqlite migrate revision create-admin bench check-points clean

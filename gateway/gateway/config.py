@@ -47,7 +47,7 @@ class GatewaySettings(BaseSettings):
     host: str = Field("127.0.0.1", description="Interface the HTTP server binds")
     port: int = Field(8080, description="HTTP port (0: any free port)")
     services: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["members"],
+        default_factory=lambda: ["members", "points", "orders", "community"],
         description='Services to expose, comma-separated ("members,points") or a JSON list',
     )
     max_body_bytes: int = Field(65536, ge=0, description="Largest request body accepted (413 above)")

@@ -160,7 +160,8 @@ async def upstream():
 
 def gateway_settings(upstream_addr: str, **overrides) -> GatewaySettings:
     """Settings pointing at ``upstream_addr``, with rate limits off unless asked for."""
-    values = dict(rate_per_ip=0, rate_per_member=0, call_timeout_seconds=2.0, health_timeout_seconds=0.5)
+    values = dict(services=["members"], rate_per_ip=0, rate_per_member=0, call_timeout_seconds=2.0,
+                  health_timeout_seconds=0.5)
     values.update(overrides)
     return GatewaySettings(
         platform=PlatformSettings(env="test", token_secret=SECRET, members_addr=upstream_addr), **values

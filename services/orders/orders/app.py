@@ -36,7 +36,7 @@ from mallkit.idempotency import Idempotency
 from mallkit.names import parse_id
 from mallkit.outbox import EventSink, GrpcEventDelivery, Outbox, OutboxRelay
 from mallkit.pagination import PageTokens
-from mallkit.server import ServiceHost
+from mallkit.server import ServiceApp, ServiceHost
 
 from .config import OrdersSettings
 from .errors import DOMAIN
@@ -78,7 +78,7 @@ EVENT_HANDLERS: dict = {
 
 
 @dataclass
-class OrdersApp:
+class OrdersApp(ServiceApp):
     settings: OrdersSettings
     engine: AsyncEngine
     host: ServiceHost
@@ -89,19 +89,8 @@ class OrdersApp:
     servicer: OrdersServicer
     owns_engine: bool = field(default=True)
 
-    @property
-    def port(self) -> int:
-        return self.host.port
-
-    async def start(self) -> int:
-        return await self.host.start()
-
-    async def stop(self, grace: float | None = None) -> None:
-        await self.host.stop(self.settings.grace_seconds if grace is None else grace)
-        await self.peers.close()
+    async def close(self) -> None:
         await self.pay.close()
-        if self.owns_engine:
-            await self.engine.dispose()
 
     # --- scheduled work; ``now`` injectable for tests ------------------------------------------
 
@@ -255,6 +244,7 @@ def build(settings: OrdersSettings, engine: AsyncEngine | None = None) -> Orders
         port=settings.port,
         readiness=lambda: ping(engine),
         background=background,
+        drain_seconds=settings.drain_seconds,
     )
     host.add(pb_grpc.add_OrdersServiceServicer_to_server, servicer)
     host.add(events_pb2_grpc.add_EventSinkServiceServicer_to_server, EventSink(sessions, InboxEvents, handlers))
