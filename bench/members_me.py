@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -32,58 +30,14 @@ from mall.members.v1 import members_service_pb2 as pb
 from mall.members.v1 import members_service_pb2_grpc as pb_grpc
 from mallkit.testing import MYSQL_ADMIN_URL, mysql_available
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import drive, free_port, summary, wait_http  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-async def wait_http(url: str, within: float = 30) -> None:
-    deadline = time.time() + within
-    async with httpx.AsyncClient() as c:
-        while time.time() < deadline:
-            try:
-                if (await c.get(url)).status_code < 500:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
-
-
-async def drive(call, requests: int, concurrency: int) -> tuple[float, list[float]]:
-    """Run ``call()`` ``requests`` times over ``concurrency`` workers; (seconds, latencies)."""
-    latencies: list[float] = []
-    remaining = requests
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            t0 = time.perf_counter()
-            await call()
-            latencies.append(time.perf_counter() - t0)
-
-    start = time.perf_counter()
-    await asyncio.wait_for(asyncio.gather(*[worker() for _ in range(concurrency)]), timeout=300)
-    return time.perf_counter() - start, latencies
-
-
-def summary(name: str, seconds: float, lat: list[float]) -> dict:
-    lat = sorted(lat)
-    row = {
-        "name": name,
-        "rps": len(lat) / seconds,
-        "p50": statistics.median(lat) * 1000,
-        "p99": lat[int(len(lat) * 0.99) - 1] * 1000,
-    }
-    print(f"  {name:<34} {row['rps']:>8.0f} req/s   p50 {row['p50']:>6.2f} ms   p99 {row['p99']:>6.2f} ms", flush=True)
-    return row
 
 
 async def main() -> None:
@@ -156,7 +110,7 @@ async def main() -> None:
                 await drive(call, 200, args.concurrency)
             base = summary("gRPC GetMember (baseline)", *await drive(via_grpc, args.requests, args.concurrency))
             gw = summary("HTTP GET /v1/members/me (gateway)", *await drive(via_gateway, args.requests, args.concurrency))
-            print(f"  ratio gateway/gRPC: throughput x{gw['rps'] / base['rps']:.2f}, "
+            print(f"  ratio gateway/gRPC: throughput x{gw['rate'] / base['rate']:.2f}, "
                   f"p50 x{gw['p50'] / base['p50']:.2f}, p99 x{gw['p99'] / base['p99']:.2f}")
             await channel.close()
     finally:

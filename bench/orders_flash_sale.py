@@ -32,7 +32,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from members_me import drive, free_port, summary, wait_http  # noqa: E402
+from harness import drive, free_port, summary, wait_http  # noqa: E402
 
 from mall.orders.v1 import orders_service_pb2 as pb  # noqa: E402
 from mall.orders.v1 import orders_service_pb2_grpc as pb_grpc  # noqa: E402
@@ -152,9 +152,9 @@ async def main() -> None:
             left = (await conn.execute(text("SELECT remaining FROM flash_sales WHERE id = :id"), {"id": bench_id})).scalar()
         await engine.dispose()
         print(f"    bare UPDATE left {left} units (never below 0)")
-        print(f"  ratio gateway/bare UPDATE: throughput x{gw['rps'] / raw['rps']:.2f}, "
+        print(f"  ratio gateway/bare UPDATE: throughput x{gw['rate'] / raw['rate']:.2f}, "
               f"p50 x{gw['p50'] / raw['p50']:.2f}, p99 x{gw['p99'] / raw['p99']:.2f}")
-        print(f"  ratio gRPC/bare UPDATE: throughput x{direct['rps'] / raw['rps']:.2f}, "
+        print(f"  ratio gRPC/bare UPDATE: throughput x{direct['rate'] / raw['rate']:.2f}, "
               f"p50 x{direct['p50'] / raw['p50']:.2f}, p99 x{direct['p99'] / raw['p99']:.2f}")
     finally:
         for p in procs:

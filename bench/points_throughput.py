@@ -27,12 +27,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,49 +45,15 @@ from mallkit.db import create_engine
 from mallkit.settings import DEV_TOKEN_SECRET
 from mallkit.testing import MYSQL_ADMIN_URL, mysql_available
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import drive_each, free_port, summary, wait_port  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 MEMBERS = 400
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-async def wait_port(port: int, proc: subprocess.Popen, within: float = 60) -> None:
-    deadline = time.time() + within
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"points exited with {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        await asyncio.sleep(0.1)
-    raise SystemExit("points did not come up")
-
-
-async def drive(calls, concurrency: int) -> tuple[float, list[float]]:
-    """Run every call of ``calls`` (an iterator of coroutine factories) over ``concurrency`` workers."""
-    latencies: list[float] = []
-    it = iter(calls)
-
-    async def worker() -> None:
-        for call in it:
-            t0 = time.perf_counter()
-            await call()
-            latencies.append(time.perf_counter() - t0)
-
-    start = time.perf_counter()
-    await asyncio.wait_for(asyncio.gather(*[worker() for _ in range(concurrency)]), timeout=600)
-    return time.perf_counter() - start, latencies
-
-
-def summary(name: str, seconds: float, lat: list[float]) -> dict:
-    lat = sorted(lat)
-    row = {"ops": len(lat) / seconds, "p50": statistics.median(lat) * 1000, "p99": lat[max(0, int(len(lat) * 0.99) - 1)] * 1000}
-    print(f"  {name:<44} {row['ops']:>8.0f} ops/s   p50 {row['p50']:>7.2f} ms   p99 {row['p99']:>7.2f} ms", flush=True)
-    return row
 
 
 class RawDriver:
@@ -229,16 +192,16 @@ async def main() -> None:
         print(f"points: {n} grants and {n} redemptions per path, {conc} concurrent workers, database: {backend}",
               flush=True)
         # Warm-up on members of their own (not counted).
-        await drive(grants(900_000, True), conc)
-        await drive(grants(800_000, False), conc)
+        await drive_each(grants(900_000, True), conc)
+        await drive_each(grants(800_000, False), conc)
         # The service works on members 1..MEMBERS, the raw driver on 100001..; each member's ledger stays whole.
-        g_svc = summary("grants via gRPC CompleteTask", *await drive(grants(1, True), conc))
-        g_raw = summary("grants straight through the driver (baseline)", *await drive(grants(100_001, False), conc))
-        r_svc = summary("redemptions via gRPC RedeemItem", *await drive(redemptions(1, True), conc))
+        g_svc = summary("grants via gRPC CompleteTask", *await drive_each(grants(1, True), conc))
+        g_raw = summary("grants straight through the driver (baseline)", *await drive_each(grants(100_001, False), conc))
+        r_svc = summary("redemptions via gRPC RedeemItem", *await drive_each(redemptions(1, True), conc))
         r_raw = summary("redemptions straight through the driver (baseline)",
-                        *await drive(redemptions(100_001, False), conc))
-        print(f"  ratio service/driver: grants x{g_svc['ops'] / g_raw['ops']:.2f} throughput "
-              f"(p50 x{g_svc['p50'] / g_raw['p50']:.2f}), redemptions x{r_svc['ops'] / r_raw['ops']:.2f} throughput "
+                        *await drive_each(redemptions(100_001, False), conc))
+        print(f"  ratio service/driver: grants x{g_svc['rate'] / g_raw['rate']:.2f} throughput "
+              f"(p50 x{g_svc['p50'] / g_raw['p50']:.2f}), redemptions x{r_svc['rate'] / r_raw['rate']:.2f} throughput "
               f"(p50 x{r_svc['p50'] / r_raw['p50']:.2f})", flush=True)
         await channel.close()
         from points.checker import check_ledger
