@@ -77,3 +77,15 @@ async def test_staff_login_rejects_wrong_password_without_saying_which_part(memb
     with pytest.raises(grpc.aio.AioRpcError) as e2:
         await members.stub.LoginStaff(pb.LoginStaffRequest(username="nobody-here", password="wrong-password"))
     assert e2.value.details() == e.value.details()
+
+
+async def test_identity_is_for_services_only(members, fake_wechat):
+    from fakes.wechat import openid_for
+
+    login, md = await members.login("ident-user")
+    ident = await members.stub.GetMemberIdentity(pb.GetMemberIdentityRequest(member=login.member.name),
+                                                 metadata=members.service_md)
+    assert ident.openid == openid_for(fake_wechat.appid, "ident-user") and ident.app_id == fake_wechat.appid
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await members.stub.GetMemberIdentity(pb.GetMemberIdentityRequest(member=login.member.name), metadata=md)
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED

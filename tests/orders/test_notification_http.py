@@ -1,9 +1,11 @@
-"""WeChat Pay's notification through the gateway: the raw body and Wechatpay-* headers reach the verifier."""
+"""WeChat Pay through the gateway: the prepay names the member's real openid; the notification's raw body
+and Wechatpay-* headers reach the verifier."""
 
 from __future__ import annotations
 
 import json
 
+from mall.members.v1 import members_service_pb2 as mpb
 from mall.orders.v1 import orders_service_pb2 as pb
 
 
@@ -13,6 +15,9 @@ async def test_notification_route_verifies_signed_raw_body_once(orders_gateway, 
     product = await orders.product(price_fen=1_990, stock=5)
     order = await orders.order(member_md, product.skus[0].name)
     await orders.prepay(member_md, order)
+    identity = await members.stub.GetMemberIdentity(mpb.GetMemberIdentityRequest(member=login.member.name),
+                                                    metadata=members.service_md)
+    assert identity.openid.startswith("o") and orders.sim.transactions[order.out_trade_no]["openid"] == identity.openid
     headers, body = orders.sim.notification(order.out_trade_no)
 
     tampered = json.loads(body)

@@ -291,6 +291,13 @@ class MembersServicer(pb_grpc.MembersServiceServicer):
             m = await self.service.member(s, member_id)
             return member_pb(m, await self.service.attributes_of(s, member_id))
 
+    async def GetMemberIdentity(self, request, context):
+        member_id = parse_id(request.member, "members", "member")
+        async with self.sessions() as s:
+            m = await self.service.member(s, member_id)
+        return pb.MemberIdentity(member=f"members/{m.id}", app_id=self.wechat.appid, openid=m.openid,
+                                 unionid=m.unionid or "")
+
     async def ListMembers(self, request, context):
         size = page_size(request.page_size)
         tier_id = optional_id(request.tier, "tiers", "tier")

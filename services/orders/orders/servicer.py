@@ -172,6 +172,16 @@ class TierDiscounts:
                               metadata={"code": err.code().name}) from None
         return max(50, min(100, self._tiers.get(m.tier, 100)))
 
+    async def payer_openid(self, member_id: int) -> str:
+        """The member's openid for WeChat Pay (members keeps identities; never sent to clients)."""
+        stub = mpb_grpc.MembersServiceStub(self._channel())
+        try:
+            identity = await stub.GetMemberIdentity(mpb.GetMemberIdentityRequest(member=f"members/{member_id}"))
+        except grpc.aio.AioRpcError as err:
+            raise Unavailable("members service unavailable", reason=reasons.MEMBER_UNAVAILABLE,
+                              metadata={"code": err.code().name}) from None
+        return identity.openid
+
 
 class OrdersServicer(pb_grpc.OrdersServiceServicer):
     def __init__(self, service: OrdersService, sessions: async_sessionmaker[AsyncSession], idem: Idempotency,
@@ -531,7 +541,7 @@ class OrdersServicer(pb_grpc.OrdersServiceServicer):
             from .service import state_conflict
 
             raise state_conflict(o, "pay")
-        openid = o.openid or f"member-{member_id}"  # see docs/orders.md: the payer's openid
+        openid = o.openid or await self.tiers.payer_openid(member_id)
         try:
             prepay_id = o.prepay_id or await self.pay.jsapi_prepay(
                 out_trade_no=o.out_trade_no, description=f"订单 {o.id}", total_fen=o.payable_fen, openid=openid)
