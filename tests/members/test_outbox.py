@@ -88,7 +88,8 @@ async def test_event_survives_subscriber_down_and_is_applied_exactly_once(member
         assert consumer.applied.count(invitee.member.name) == 1
         # A redelivery of the same event (relay crashed before marking it) has no second effect.
         async with members.engine.connect() as conn:
-            payload = (await conn.execute(select(OutboxEvents.c.payload).order_by(OutboxEvents.c.id.desc()).limit(1))).scalar()
+            payload = (await conn.execute(select(OutboxEvents.c.payload).where(
+                OutboxEvents.c.event_type == "member.referred").order_by(OutboxEvents.c.id.desc()).limit(1))).scalar()
         stub = events_pb2_grpc.EventSinkServiceStub(members.app.peers.channel("points"))
         again = await stub.DeliverEvent(events_pb2.DeliverEventRequest(event=events_pb2.Event.FromString(payload)))
         assert again.duplicate and consumer.applied.count(invitee.member.name) == 1

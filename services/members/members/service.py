@@ -164,6 +164,10 @@ class MembersService:
         await s.flush()  # a concurrent login of the same openid fails here (unique openid)
         if entry:
             s.add(TierChange(member_id=m.id, from_tier_id=None, to_tier_id=entry.id, growth_value=0, create_time=now))
+        registered = pb.MemberRegisteredEvent(member=f"members/{m.id}",
+                                              inviter=f"members/{inviter.id}" if inviter else "")
+        registered.create_time.FromDatetime(now)
+        await self.outbox.add(s, "member.registered", registered, subject=f"members/{m.id}")
         if inviter:
             event = pb.MemberReferredEvent(inviter=f"members/{inviter.id}", invitee=f"members/{m.id}")
             event.create_time.FromDatetime(now)

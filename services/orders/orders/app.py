@@ -70,8 +70,15 @@ def _coupon_handler(source: str):
     return handle
 
 
+async def _welcome(service: OrdersService, s, event, payload) -> None:
+    """member.registered: issue every welcome coupon template to the new member (once: the inbox)."""
+    n = await service.issue_welcome_coupons(s, parse_id(payload.member, "members", "member"))
+    log.info("welcome coupons issued: %d", n, extra={"event_id": event.id})
+
+
 #: Events this service consumes: type -> (payload message, handler(service, session, event, payload)).
 EVENT_HANDLERS: dict = {
+    "member.registered": (mpb.MemberRegisteredEvent, _welcome),
     "points.coupon_redeemed": (points_events_pb2.CouponRedeemedEvent, _coupon_handler("points")),
     "community.coupon_claimed": (community_events_pb2.CouponClaimedEvent, _coupon_handler("community")),
 }
