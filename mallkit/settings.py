@@ -30,6 +30,7 @@ class PlatformSettings(BaseSettings):
     points_addr: str = Field("127.0.0.1:50052", description="host:port of the points service")
     orders_addr: str = Field("127.0.0.1:50053", description="host:port of the orders service")
     community_addr: str = Field("127.0.0.1:50054", description="host:port of the community service")
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server(s) of the event streams (comma-separated URLs)")
     call_timeout_seconds: float = Field(5.0, description="Deadline of service-to-service calls")
     log_level: str = Field("INFO", description="Log level")
     log_format: str = Field("json", description="json | text")
