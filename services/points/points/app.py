@@ -68,18 +68,18 @@ class PointsApp(ServiceApp):
         self.ledger.clock = clock
 
 
-def domain(settings: PointsSettings, outbox: Outbox) -> dict:
+def domain(settings: PointsSettings, outbox: Outbox, pages: PageTokens) -> dict:
     """The sub-domain objects of the service, by name (also used by the demo seed)."""
     ledger = Ledger(brand_timezone=settings.platform.brand_timezone, expiry_policy=settings.expiry_policy,
                     expiry_days=settings.expiry_days)
     reach = Reach()
     return {
         "ledger": ledger,
-        "statements": Statements(ledger, reminder_days=settings.expiry_reminder_days),
+        "statements": Statements(ledger, pages, reminder_days=settings.expiry_reminder_days),
         "check_ins": CheckIns(ledger, points=settings.check_in_points, streak_cycle=settings.check_in_streak_cycle,
                               streak_bonuses=settings.check_in_streak_bonuses),
-        "tasks": Tasks(ledger),
-        "mall": Mall(ledger, outbox),
+        "tasks": Tasks(ledger, pages),
+        "mall": Mall(ledger, outbox, pages),
         "purchases": Purchases(ledger, reach, points_per_yuan=settings.purchase_points_per_yuan,
                                reach_template=settings.reach_template_available),
         "expiry": Expiry(ledger, reach, reminder_days=settings.expiry_reminder_days,
@@ -96,11 +96,10 @@ def build(settings: PointsSettings, engine: AsyncEngine | None = None, *, backgr
     codec = TokenCodec(secret)
     peers = Peers(settings.platform.addr_of, codec=codec, caller="points", timeout=settings.platform.call_timeout_seconds)
     members = MembersClient(lambda: peers.channel("members"), settings.tier_cache_seconds)
-    parts = domain(settings, Outbox(OutboxEvents, "points", settings.event_routes))
+    parts = domain(settings, Outbox(OutboxEvents, "points", settings.event_routes), PageTokens(secret))
     servicer = PointsServicer(ledger=parts["ledger"], statements=parts["statements"], check_ins=parts["check_ins"],
                               tasks=parts["tasks"], mall=parts["mall"], purchases=parts["purchases"], members=members,
-                              sessions=sessions, idempotency=Idempotency(sessions, IdempotencyKeys),
-                              pages=PageTokens(secret))
+                              sessions=sessions, idempotency=Idempotency(sessions, IdempotencyKeys))
     relay = OutboxRelay(sessions, OutboxEvents, GrpcEventDelivery(peers.channel, settings.platform.call_timeout_seconds),
                         max_backoff=settings.outbox_max_backoff_seconds)
 

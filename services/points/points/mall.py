@@ -16,6 +16,8 @@ from mall.points.v1 import points_service_pb2 as pb
 from mallkit.db import insert_ignore
 from mallkit.errors import FailedPrecondition, NotFound
 from mallkit.outbox import Outbox
+from mallkit.pagination import PageTokens
+from mallkit.queries import keyset_page
 
 from . import errors as reasons
 from .ledger import Ledger
@@ -30,8 +32,9 @@ class TierRequired(Exception):
 
 
 class Mall:
-    def __init__(self, ledger: Ledger, outbox: Outbox):
+    def __init__(self, ledger: Ledger, outbox: Outbox, pages: PageTokens):
         self.ledger = ledger
+        self.pages = pages
         self.outbox = outbox
 
     # --- items ---------------------------------------------------------------------------------
@@ -58,18 +61,17 @@ class Mall:
         await s.flush()
         return it
 
-    async def list_items(self, s: AsyncSession, size: int, before_id: int | None, kind: int,
-                         offered_only: bool) -> list[Item]:
-        q = select(Item).order_by(Item.id.desc()).limit(size + 1)
-        if before_id is not None:
-            q = q.where(Item.id < before_id)
+    async def list_items(self, s: AsyncSession, size: int, token: str, kind: int,
+                         offered_only: bool) -> tuple[list[Item], str]:
+        q = select(Item)
         if kind:
             q = q.where(Item.kind == kind)
         if offered_only:
             now = self.ledger.clock()
             q = q.where(Item.state == pb.ITEM_STATE_ACTIVE, (Item.start_time.is_(None)) | (Item.start_time <= now),
                         (Item.end_time.is_(None)) | (Item.end_time > now))
-        return list((await s.execute(q)).scalars().all())
+        return await keyset_page(s, q, key=Item.id.desc(), tokens=self.pages, page_size=size, page_token=token,
+                                 filters=[kind, offered_only])
 
     def offered(self, it: Item, now: datetime) -> bool:
         return (it.state == pb.ITEM_STATE_ACTIVE and (it.start_time is None or it.start_time <= now)
@@ -140,16 +142,16 @@ class Mall:
                            zh="兑换记录不存在")
         return r
 
-    async def list_redemptions(self, s: AsyncSession, member_id: int | None, size: int, before_id: int | None,
-                               state: int) -> list[Redemption]:
-        q = select(Redemption).order_by(Redemption.id.desc()).limit(size + 1)
+    async def list_redemptions(self, s: AsyncSession, member_id: int | None, size: int, token: str,
+                               state: int) -> tuple[list[Redemption], str]:
+        """Redemptions of one member (or of all: ``member_id`` None), newest first."""
+        q = select(Redemption)
         if member_id is not None:
             q = q.where(Redemption.member_id == member_id)
-        if before_id is not None:
-            q = q.where(Redemption.id < before_id)
         if state:
             q = q.where(Redemption.state == state)
-        return list((await s.execute(q)).scalars().all())
+        return await keyset_page(s, q, key=Redemption.id.desc(), tokens=self.pages, page_size=size, page_token=token,
+                                 filters=[member_id, state])
 
     async def _transition(self, s: AsyncSession, r: Redemption, from_state: int, values: dict) -> None:
         moved = await s.execute(update(Redemption).where(Redemption.id == r.id, Redemption.state == from_state)

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mall.points.v1 import points_service_pb2 as pb
 from mallkit.db import run_transaction, session_factory, utcnow
 from mallkit.outbox import Outbox
+from mallkit.pagination import PageTokens
 
 from .app import domain
 from .config import PointsSettings
@@ -27,7 +28,8 @@ TASKS = [
 
 async def seed_demo(engine: AsyncEngine, settings: PointsSettings | None = None) -> None:
     settings = settings or PointsSettings()
-    service = domain(settings, Outbox(OutboxEvents, "points", settings.event_routes))
+    secret = settings.platform.token_secret.get_secret_value()
+    service = domain(settings, Outbox(OutboxEvents, "points", settings.event_routes), PageTokens(secret))
     sessions = session_factory(engine)
     async with sessions() as s:
         if (await s.execute(select(func.count()).select_from(Task))).scalar_one():

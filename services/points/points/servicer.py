@@ -17,7 +17,7 @@ from mallkit.auth import member_scope, principal
 from mallkit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from mallkit.idempotency import Idempotency
 from mallkit.names import parse_id
-from mallkit.pagination import PageTokens, next_token, page_size
+from mallkit.pagination import page_size
 from mallkit.validation import Validator
 
 from . import errors as reasons
@@ -52,7 +52,7 @@ from .tasks import Tasks
 class PointsServicer(pb_grpc.PointsServiceServicer):
     def __init__(self, *, ledger: Ledger, statements: Statements, check_ins: CheckIns, tasks: Tasks, mall: Mall,
                  purchases: Purchases, members: MembersClient, sessions: async_sessionmaker[AsyncSession],
-                 idempotency: Idempotency, pages: PageTokens):
+                 idempotency: Idempotency):
         self.ledger = ledger
         self.statements = statements
         self.check_ins = check_ins
@@ -62,11 +62,6 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         self.members = members
         self.sessions = sessions
         self.idem = idempotency
-        self.pages = pages
-
-    def _after(self, token: str, filters=()) -> int | None:
-        key = self.pages.decode(token, filters)
-        return int(key[0]) if key else None
 
     # --- statements --------------------------------------------------------------------------
 
@@ -79,8 +74,7 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         member_id = member_scope(request.parent, "parent")
         size = page_size(request.page_size)
         async with self.sessions() as s:
-            rows = await self.statements.list_entries(s, member_id, size, self._after(request.page_token, [member_id]))
-        rows, token = next_token(self.pages, rows, size, lambda e: [e.id], [member_id])
+            rows, token = await self.statements.list_entries(s, member_id, size, request.page_token)
         return pb.ListPointsEntriesResponse(points_entries=[entry_pb(e) for e in rows], next_page_token=token)
 
     async def CheckIn(self, request, context):
@@ -146,8 +140,7 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         size = page_size(request.page_size)
         active_only = principal().is_member
         async with self.sessions() as s:
-            rows = await self.tasks.list_tasks(s, size, self._after(request.page_token, [active_only]), active_only)
-        rows, token = next_token(self.pages, rows, size, lambda t: [t.id], [active_only])
+            rows, token = await self.tasks.list_tasks(s, size, request.page_token, active_only)
         return pb.ListTasksResponse(tasks=[task_pb(t) for t in rows], next_page_token=token)
 
     async def CompleteTask(self, request, context):
@@ -224,11 +217,8 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         v.enum("kind", request.kind, pb.ItemKind)
         v.done()
         offered_only = principal().is_member
-        filters = [request.kind, offered_only]
         async with self.sessions() as s:
-            rows = await self.mall.list_items(s, size, self._after(request.page_token, filters), request.kind,
-                                                 offered_only)
-        rows, token = next_token(self.pages, rows, size, lambda it: [it.id], filters)
+            rows, token = await self.mall.list_items(s, size, request.page_token, request.kind, offered_only)
         return pb.ListItemsResponse(items=[item_pb(it) for it in rows], next_page_token=token)
 
     # --- redemptions -------------------------------------------------------------------------
@@ -269,11 +259,8 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         v.enum("state", request.state, pb.RedemptionState)
         v.done()
         size = page_size(request.page_size)
-        filters = [member_id, request.state]
         async with self.sessions() as s:
-            rows = await self.mall.list_redemptions(s, member_id, size, self._after(request.page_token, filters),
-                                                       request.state)
-        rows, token = next_token(self.pages, rows, size, lambda r: [r.id], filters)
+            rows, token = await self.mall.list_redemptions(s, member_id, size, request.page_token, request.state)
         return pb.ListRedemptionsResponse(redemptions=[redemption_pb(r) for r in rows], next_page_token=token)
 
     async def CancelRedemption(self, request, context):

@@ -8,6 +8,9 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mallkit.pagination import PageTokens
+from mallkit.queries import keyset_page
+
 from .ledger import Ledger
 from .models import Account, CheckInDay, Entry, Lot
 
@@ -25,8 +28,9 @@ class AccountView:
 
 
 class Statements:
-    def __init__(self, ledger: Ledger, *, reminder_days: int):
+    def __init__(self, ledger: Ledger, pages: PageTokens, *, reminder_days: int):
         self.ledger = ledger
+        self.pages = pages
         self.reminder_days = reminder_days
 
     async def account(self, s: AsyncSession, member_id: int) -> AccountView:
@@ -52,8 +56,7 @@ class Statements:
         return AccountView(member_id, available, pending, int(soon[0]), next_expire if soon[0] else None, streak,
                            last.day if last else None, bool(last and last.day == today))
 
-    async def list_entries(self, s: AsyncSession, member_id: int, size: int, before_id: int | None) -> list[Entry]:
-        q = select(Entry).where(Entry.member_id == member_id).order_by(Entry.id.desc()).limit(size + 1)
-        if before_id is not None:
-            q = q.where(Entry.id < before_id)
-        return list((await s.execute(q)).scalars().all())
+    async def list_entries(self, s: AsyncSession, member_id: int, size: int, token: str) -> tuple[list[Entry], str]:
+        """The member's entries, newest first, and the next page's token."""
+        return await keyset_page(s, select(Entry).where(Entry.member_id == member_id), key=Entry.id.desc(),
+                                 tokens=self.pages, page_size=size, page_token=token, filters=[member_id])

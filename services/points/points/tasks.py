@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mall.points.v1 import points_service_pb2 as pb
 from mallkit.errors import AlreadyExists, NotFound
+from mallkit.pagination import PageTokens
+from mallkit.queries import get_or_not_found, keyset_page
 
 from . import errors as reasons
 from .ledger import Ledger
@@ -27,8 +29,9 @@ class TaskResult:
 
 
 class Tasks:
-    def __init__(self, ledger: Ledger):
+    def __init__(self, ledger: Ledger, pages: PageTokens):
         self.ledger = ledger
+        self.pages = pages
 
     def period_of(self, frequency: int, when: datetime) -> str:
         day = self.ledger.brand_day(when)
@@ -40,11 +43,8 @@ class Tasks:
         return "life"
 
     async def task(self, s: AsyncSession, task_id: int) -> Task:
-        t = await s.get(Task, task_id)
-        if t is None:
-            raise NotFound("task not found", reason=reasons.TASK_NOT_FOUND, resource=("task", f"tasks/{task_id}"),
-                           zh="任务不存在")
-        return t
+        return await get_or_not_found(s, Task, task_id, lambda: NotFound(
+            "task not found", reason=reasons.TASK_NOT_FOUND, resource=("task", f"tasks/{task_id}"), zh="任务不存在"))
 
     async def create_task(self, s: AsyncSession, fields: dict) -> Task:
         if (await s.execute(select(Task.id).where(Task.kind == fields["kind"]))).first():
@@ -64,13 +64,12 @@ class Tasks:
         await s.flush()
         return t
 
-    async def list_tasks(self, s: AsyncSession, size: int, after_id: int | None, active_only: bool) -> list[Task]:
-        q = select(Task).order_by(Task.id).limit(size + 1)
-        if after_id is not None:
-            q = q.where(Task.id > after_id)
+    async def list_tasks(self, s: AsyncSession, size: int, token: str, active_only: bool) -> tuple[list[Task], str]:
+        q = select(Task)
         if active_only:
             q = q.where(Task.active.is_(True))
-        return list((await s.execute(q)).scalars().all())
+        return await keyset_page(s, q, key=Task.id, tokens=self.pages, page_size=size, page_token=token,
+                                 filters=[active_only])
 
     async def complete_task(self, s: AsyncSession, member_id: int, kind: int, source_ref: str,
                             reward_override: int = 0) -> TaskResult:
