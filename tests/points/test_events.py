@@ -14,6 +14,7 @@ from mall.members.v1 import members_service_pb2 as mpb
 from mall.orders.v1 import orders_events_pb2 as opb
 from mall.points.v1 import points_service_pb2 as pb
 from members.models import OutboxEvents as MembersOutbox
+from points import jobs
 from points.models import Entry, Task
 from tests.fixtures.points import fresh_member_id, rid
 
@@ -110,7 +111,7 @@ async def test_order_points_pend_then_confirm_with_a_reminder_or_reverse(points,
     await points.deliver("order.completed", opb.OrderCompletedEvent(order=order_a, member=login.member.name))
     account = await points.account(member)
     assert (account.available_points, account.pending_points) == (expected, 0)
-    await points.app.jobs.send_reaches()
+    await jobs.send_reaches(points.app)
     touches = await members.stub.ListTouches(mpb.ListTouchesRequest(parent=login.member.name),
                                              metadata=members.service_md)
     assert [t.purpose for t in touches.touches].count("points.purchase_confirmed") == 1
@@ -121,6 +122,18 @@ async def test_order_points_pend_then_confirm_with_a_reminder_or_reverse(points,
     await points.deliver("order.refunded", opb.OrderRefundedEvent(order=order_b, member=login.member.name))
     account = await points.account(member)
     assert (account.available_points, account.pending_points) == (expected, 0)
+    await points.check()
+
+
+async def test_order_points_use_the_multiplier_the_order_carries_without_asking_members(points):
+    # A member the members service never heard of: any members call inside the handler would fail.
+    member = fresh_member_id()
+    order = f"orders/{uuid.uuid4().int % 10**12 + 1}"
+    paid = opb.OrderPaidEvent(order=order, member=f"members/{member}", paid_amount_fen=10_000, tier="tiers/3",
+                              points_multiplier_percent=150)
+    await points.deliver("order.paid", paid)
+    account = await points.account(member)
+    assert account.pending_points == 10_000 * points.app.settings.purchase_points_per_yuan * 150 // 10_000
     await points.check()
 
 
