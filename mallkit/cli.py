@@ -50,7 +50,7 @@ async def _dlq(name: str, settings, build, args: argparse.Namespace) -> int:
     from mallkit.events import list_dead_letters, replay_dead_letter
 
     app = build(settings)  # built, not started: its handlers, inbox and database
-    bus = await connect(settings.platform.nats_url)
+    bus = await connect(settings.platform)
     try:
         if args.action == "list":
             dead = await list_dead_letters(bus, name)

@@ -13,12 +13,13 @@ import argparse
 import asyncio
 import sys
 
-from mallkit.events import EventBus, get_dead_letter, list_dead_letters
+from mallkit.events import EventBus, StreamSettings, get_dead_letter, list_dead_letters
 from mallkit.settings import PlatformSettings
 
 
-async def connect(url: str, wait_seconds: float = 10.0) -> EventBus:
-    bus = EventBus(url, name="dlq-cli")
+async def connect(settings: PlatformSettings, wait_seconds: float = 10.0) -> EventBus:
+    url = settings.nats_url
+    bus = EventBus(url, name="dlq-cli", streams=StreamSettings(namespace=settings.event_namespace))
     try:
         async with asyncio.timeout(wait_seconds):
             await bus.wait_connected()
@@ -43,7 +44,7 @@ async def _main(argv: list[str] | None) -> int:
     sv = sub.add_parser("service", help="print the consuming service of dead letter SEQ")
     sv.add_argument("seq", type=int)
     args = parser.parse_args(argv)
-    bus = await connect(PlatformSettings().nats_url)
+    bus = await connect(PlatformSettings())
     try:
         if args.command == "list":
             dead = await list_dead_letters(bus, args.service or None, args.limit)

@@ -16,7 +16,7 @@ Consumer side
     and records its id in ``inbox_events`` in one transaction, then acks: a
     redelivery after a crash between commit and ack is a no-op. A failing event is
     redelivered with backoff; on its ``max_deliveries``-th delivery it goes to the
-    dead-letter stream (``MALL_DEADLETTER``) with the reason and is terminated.
+    dead-letter stream (``MALL_DEADLETTER``; ``MALL`` is the namespace) with the reason and is terminated.
     Operators list and replay dead letters (:func:`list_dead_letters`,
     ``python -m <svc> dlq``). The trace context travels in the message headers, so
     the consumer's work joins the trace of the request that caused the event.
@@ -69,24 +69,22 @@ tracer = trace.get_tracer("mallkit.events")
 #: Handler of one event type: ``(session, event, payload)`` inside the inbox transaction.
 Handler = Callable[[AsyncSession, events_pb2.Event, Message], Awaitable[None]]
 
-DEADLETTER_STREAM = "MALL_DEADLETTER"
-DEADLETTER_PREFIX = "mall.deadletter"
 
 
 # --- names -------------------------------------------------------------------------------------
 
 
-def stream_name(source: str) -> str:
+def stream_name(source: str, namespace: str = "mall") -> str:
     """``orders`` -> ``MALL_ORDERS``: the stream of one producing service."""
-    return f"MALL_{source.upper()}"
+    return f"{namespace.upper()}_{source.upper()}"
 
 
-def subject_of(source: str, event_type: str) -> str:
+def subject_of(source: str, event_type: str, namespace: str = "mall") -> str:
     """``("orders", "order.paid")`` -> ``mall.orders.order.paid``;
     ``("points", "points.coupon_redeemed")`` -> ``mall.points.coupon_redeemed``."""
     if event_type.startswith(source + "."):
         event_type = event_type[len(source) + 1:]
-    return f"mall.{source}.{event_type}"
+    return f"{namespace}.{source}.{event_type}"
 
 
 def source_of(payload_type: type[Message]) -> str:
@@ -173,6 +171,7 @@ class StreamSettings:
     max_age_days: float = 30.0  # 0: keep for ever
     duplicate_window_seconds: float = 1800.0
     replicas: int = 1
+    namespace: str = "mall"  # prefix of every stream and subject (one system on a shared NATS)
 
 
 class EventBus:
@@ -228,7 +227,8 @@ class EventBus:
         log.debug("NATS error: %s", type(exc).__name__)
 
     async def _disconnected(self) -> None:
-        log.warning("NATS disconnected; reconnecting")
+        if self.nc is not None and not (self.nc.is_closed or self.nc.is_draining):
+            log.warning("NATS disconnected; reconnecting")
 
     async def _reconnected(self) -> None:
         log.info("NATS reconnected")
@@ -237,13 +237,24 @@ class EventBus:
     def connected(self) -> bool:
         return self.nc is not None and self.nc.is_connected
 
+    @property
+    def namespace(self) -> str:
+        return self.streams.namespace
+
+    @property
+    def deadletter_stream(self) -> str:
+        return f"{self.namespace.upper()}_DEADLETTER"
+
+    def deadletter_subject(self, *parts: str) -> str:
+        return ".".join([self.namespace, "deadletter", *parts])
+
     async def ensure_stream(self, source: str) -> str:
         """Create (or update) the stream of a producing service; returns its name."""
-        name = stream_name(source)
+        name = stream_name(source, self.namespace)
         if name in self._ensured:
             return name
         cfg = api.StreamConfig(
-            name=name, subjects=[f"mall.{source}.>"], storage=api.StorageType.FILE,
+            name=name, subjects=[f"{self.namespace}.{source}.>"], storage=api.StorageType.FILE,
             retention=api.RetentionPolicy.LIMITS, num_replicas=self.streams.replicas,
             max_age=self.streams.max_age_days * 86400 if self.streams.max_age_days else None,
             duplicate_window=self.streams.duplicate_window_seconds,
@@ -253,13 +264,14 @@ class EventBus:
         return name
 
     async def ensure_deadletter_stream(self) -> str:
-        if DEADLETTER_STREAM not in self._ensured:
+        name = self.deadletter_stream
+        if name not in self._ensured:
             await self._add_or_update(api.StreamConfig(
-                name=DEADLETTER_STREAM, subjects=[f"{DEADLETTER_PREFIX}.>"], storage=api.StorageType.FILE,
+                name=name, subjects=[self.deadletter_subject(">")], storage=api.StorageType.FILE,
                 retention=api.RetentionPolicy.LIMITS, num_replicas=self.streams.replicas,
             ))
-            self._ensured.add(DEADLETTER_STREAM)
-        return DEADLETTER_STREAM
+            self._ensured.add(name)
+        return name
 
     async def _add_or_update(self, cfg: api.StreamConfig) -> None:
         try:
@@ -367,13 +379,13 @@ class Relay:
                                           kind=trace.SpanKind.PRODUCER) as span:
             span.set_attribute("messaging.system", "nats")
             span.set_attribute("messaging.message.id", event.id)
-            subject = subject_of(self.source, event.type)
+            subject = subject_of(self.source, event.type, self.bus.namespace)
             span.set_attribute("messaging.destination.name", subject)
             headers = {"Nats-Msg-Id": event.id, "Mall-Event-Type": event.type}
             propagate.inject(headers)
             try:
                 ack = await self.bus.js.publish(subject, row.payload, timeout=self.publish_timeout,
-                                                stream=stream_name(self.source), headers=headers)
+                                                stream=stream_name(self.source, self.bus.namespace), headers=headers)
             except Exception as exc:  # not acknowledged: the row stays due
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
                 return exc
@@ -444,7 +456,7 @@ class Consumer:
         self.dead_lettered = 0
 
     def config(self, source: str) -> api.ConsumerConfig:
-        subjects = sorted(subject_of(source, t) for t in self.sub.by_source[source])
+        subjects = sorted(subject_of(source, t, self.bus.namespace) for t in self.sub.by_source[source])
         return api.ConsumerConfig(
             durable_name=self.durable, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=self.ack_wait,
             deliver_policy=api.DeliverPolicy.ALL if self.sub.deliver_all else api.DeliverPolicy.NEW,
@@ -543,15 +555,25 @@ class Consumer:
             "Nats-Msg-Id": f"{self.durable}:{msg.metadata.stream}:{msg.metadata.sequence.stream}",
         }
         try:
-            await self.bus.ensure_deadletter_stream()
-            await self.bus.js.publish(f"{DEADLETTER_PREFIX}.{self.service}.{self.sub.purpose}", msg.data,
-                                      stream=DEADLETTER_STREAM, headers=headers)
+            stream = await self.bus.ensure_deadletter_stream()
+            await self.bus.js.publish(self.bus.deadletter_subject(self.service, self.sub.purpose), msg.data,
+                                      stream=stream, headers=headers)
         except Exception as exc:  # not dead-lettered: keep it in the stream, try again later
             log.warning("dead-lettering failed (%s); redelivered later", type(exc).__name__)
             await msg.nak(delay=backoff(deliveries, cap=self.max_backoff))
             return
         self.dead_lettered += 1
         await msg.term()
+
+
+    async def deliver(self, event: events_pb2.Event) -> bool:
+        """Apply one event through this consumer's inbox and handler, without the transport
+        (tests, replays); True if it was a duplicate."""
+        payload_type, handler = self.sub.handlers[event.type]
+        payload = payload_type()
+        if not event.data.Unpack(payload):
+            raise PoisonEvent(f"payload is not {payload_type.DESCRIPTOR.full_name}")
+        return await apply_event(self.sessions, self.inbox, event, payload, handler)
 
 
 class PoisonEvent(Exception):
@@ -597,14 +619,14 @@ class DeadLetter:
 
 async def list_dead_letters(bus: EventBus, service: str | None = None, limit: int = 100) -> list[DeadLetter]:
     """Dead letters in the stream, oldest first (optionally of one consuming service)."""
-    await bus.ensure_deadletter_stream()
-    info = await bus.js.stream_info(DEADLETTER_STREAM)
+    stream = await bus.ensure_deadletter_stream()
+    info = await bus.js.stream_info(stream)
     out: list[DeadLetter] = []
     seq = info.state.first_seq
-    subject = f"{DEADLETTER_PREFIX}.{service}.>" if service else f"{DEADLETTER_PREFIX}.>"
+    subject = bus.deadletter_subject(service, ">") if service else bus.deadletter_subject(">")
     while len(out) < limit and seq <= info.state.last_seq:
         try:
-            raw = await bus.js.get_msg(DEADLETTER_STREAM, seq=seq, subject=subject, next=True)
+            raw = await bus.js.get_msg(stream, seq=seq, subject=subject, next=True)
         except nats.js.errors.NotFoundError:
             break
         out.append(_dead_letter(raw))
@@ -613,12 +635,12 @@ async def list_dead_letters(bus: EventBus, service: str | None = None, limit: in
 
 
 async def get_dead_letter(bus: EventBus, seq: int) -> DeadLetter:
-    await bus.ensure_deadletter_stream()
-    return _dead_letter(await bus.js.get_msg(DEADLETTER_STREAM, seq=seq))
+    stream = await bus.ensure_deadletter_stream()
+    return _dead_letter(await bus.js.get_msg(stream, seq=seq))
 
 
 async def delete_dead_letter(bus: EventBus, seq: int) -> None:
-    await bus.js.delete_msg(DEADLETTER_STREAM, seq)
+    await bus.js.delete_msg(await bus.ensure_deadletter_stream(), seq)
 
 
 def _dead_letter(raw) -> DeadLetter:

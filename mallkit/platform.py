@@ -96,7 +96,7 @@ class Platform:
         self.outbox = Outbox(outbox, self.service)
         self.bus = EventBus(p.nats_url, name=self.service, streams=StreamSettings(
             max_age_days=p.event_retention_days, duplicate_window_seconds=p.event_duplicate_window_seconds,
-            replicas=p.event_stream_replicas))
+            replicas=p.event_stream_replicas, namespace=p.event_namespace))
         self.relay = Relay(self.sessions, outbox, self.service, self.bus, max_backoff=s.outbox_max_backoff_seconds)
 
     @classmethod

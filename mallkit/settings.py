@@ -31,6 +31,8 @@ class PlatformSettings(BaseSettings):
     orders_addr: str = Field("127.0.0.1:50053", description="host:port of the orders service")
     community_addr: str = Field("127.0.0.1:50054", description="host:port of the community service")
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server(s) of the event streams (comma-separated URLs)")
+    event_namespace: str = Field("mall", pattern=r"^[a-z][a-z0-9_]{0,30}$",
+                                 description="Prefix of every stream and subject (several systems on one NATS)")
     event_max_deliveries: int = Field(5, ge=1, description="Deliveries of a failing event before it is dead-lettered")
     event_ack_wait_seconds: float = Field(30.0, gt=0, description="Redelivery of an event not acknowledged within this")
     event_retention_days: float = Field(30.0, ge=0, description="How long the streams keep events for replay (0: for ever)")

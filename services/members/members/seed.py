@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mall.members.v1 import members_service_pb2 as pb
 from mallkit.db import session_factory
-from mallkit.outbox import Outbox
+from mallkit.events import Outbox
 
 from .config import MembersSettings
 from .models import OutboxEvents, Staff
@@ -19,7 +19,7 @@ DEMO_USERS = ["alice", "bob", "carol"]
 
 
 def _service(settings: MembersSettings) -> MembersService:
-    outbox = Outbox(OutboxEvents, "members", settings.event_routes)
+    outbox = Outbox(OutboxEvents, "members")
     return MembersService(wechat=None, outbox=outbox, brand_timezone=settings.platform.brand_timezone,  # type: ignore[arg-type]
                           reach_daily_cap=settings.reach_daily_cap)
 

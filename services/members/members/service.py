@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mall.members.v1 import members_service_pb2 as pb
 from mallkit.db import insert_ignore, is_duplicate_key, utcnow
 from mallkit.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unauthenticated
-from mallkit.outbox import Outbox
+from mallkit.events import Outbox
 
 from . import errors as reasons
 from .models import (

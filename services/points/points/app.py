@@ -1,4 +1,4 @@
-"""Composition root: settings -> engine -> sub-domains -> servicer -> server.
+"""Composition root: the platform (mallkit.platform) -> sub-domains -> servicer -> server.
 
 Nothing is created at import time; tests build the app with their own
 settings (database, ports, peers) and call ``start``/``stop``.
@@ -6,34 +6,27 @@ settings (database, ports, peers) and call ``start``/``stop``.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mall.events.v1 import events_pb2, events_pb2_grpc
 from mall.points.v1 import points_service_pb2 as pb
 from mall.points.v1 import points_service_pb2_grpc as pb_grpc
-from mallkit.auth import TokenCodec
-from mallkit.clients import Peers
-from mallkit.db import create_engine, ping, session_factory
-from mallkit.idempotency import Idempotency
-from mallkit.outbox import EventSink, GrpcEventDelivery, Outbox, OutboxRelay
+from mallkit.events import Outbox
+from mallkit.members import MembersClient
 from mallkit.pagination import PageTokens
-from mallkit.server import ServiceApp, ServiceHost
+from mallkit.platform import Platform, ServiceApp, Servicer, Tables
 
-from . import jobs
+from . import events, jobs
 from .check_in import CheckIns
 from .config import PointsSettings
 from .errors import DOMAIN
-from .events import HANDLERS
 from .expiry import Expiry
 from .ledger import Ledger
 from .mall import Mall
-from .members_client import MembersClient
 from .models import IdempotencyKeys, InboxEvents, OutboxEvents
 from .purchases import Purchases
 from .reach import Reach
@@ -42,17 +35,12 @@ from .statements import Statements
 from .tasks import Tasks
 
 SERVICE_DIR = Path(__file__).resolve().parent.parent  # holds alembic.ini and migrations/
+TABLES = Tables(outbox=OutboxEvents, inbox=InboxEvents, idempotency=IdempotencyKeys)
 
 
 @dataclass
 class PointsApp(ServiceApp):
-    settings: PointsSettings
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    host: ServiceHost
-    relay: OutboxRelay
-    peers: Peers
-    members: MembersClient
+    platform: Platform
     ledger: Ledger
     statements: Statements
     check_ins: CheckIns
@@ -61,7 +49,10 @@ class PointsApp(ServiceApp):
     purchases: Purchases
     expiry: Expiry
     reach: Reach
-    owns_engine: bool = field(default=True)
+
+    @property
+    def members(self) -> MembersClient:
+        return self.platform.members
 
     def set_clock(self, clock: Callable[[], datetime]) -> None:
         """Move "now" (tests): what the use cases and the jobs believe the time is."""
@@ -89,39 +80,12 @@ def domain(settings: PointsSettings, outbox: Outbox, pages: PageTokens) -> dict:
 
 
 def build(settings: PointsSettings, engine: AsyncEngine | None = None, *, background: bool = True) -> PointsApp:
-    owns_engine = engine is None
-    engine = engine or create_engine(settings.database_url, pool_size=settings.db_pool_size)
-    sessions = session_factory(engine)
-    secret = settings.platform.token_secret.get_secret_value()
-    codec = TokenCodec(secret)
-    peers = Peers(settings.platform.addr_of, codec=codec, caller="points", timeout=settings.platform.call_timeout_seconds)
-    members = MembersClient(lambda: peers.channel("members"), settings.tier_cache_seconds)
-    parts = domain(settings, Outbox(OutboxEvents, "points", settings.event_routes), PageTokens(secret))
-    servicer = PointsServicer(ledger=parts["ledger"], statements=parts["statements"], check_ins=parts["check_ins"],
-                              tasks=parts["tasks"], mall=parts["mall"], purchases=parts["purchases"], members=members,
-                              sessions=sessions, idempotency=Idempotency(sessions, IdempotencyKeys))
-    relay = OutboxRelay(sessions, OutboxEvents, GrpcEventDelivery(peers.channel, settings.platform.call_timeout_seconds),
-                        max_backoff=settings.outbox_max_backoff_seconds)
-
-    async def run_relay(stop):
-        await relay.run(stop, settings.outbox_poll_seconds)
-
-    host = ServiceHost(
-        service="points",
-        domain=DOMAIN,
-        codec=codec,
-        descriptors=[pb.DESCRIPTOR.services_by_name["PointsService"],
-                     events_pb2.DESCRIPTOR.services_by_name["EventSinkService"]],
-        host=settings.host,
-        port=settings.port,
-        readiness=lambda: ping(engine),
-        background=[],
-        drain_seconds=settings.drain_seconds,
-    )
-    app = PointsApp(settings, engine, sessions, host, relay, peers, members, owns_engine=owns_engine, **parts)
-    if background:
-        host.background = [run_relay, *jobs.background(app)]
-    host.add(pb_grpc.add_PointsServiceServicer_to_server, servicer)
-    handlers = {kind: (message, functools.partial(handler, app)) for kind, (message, handler) in HANDLERS.items()}
-    host.add(events_pb2_grpc.add_EventSinkServiceServicer_to_server, EventSink(sessions, InboxEvents, handlers))
+    platform = Platform.create("points", settings, tables=TABLES, engine=engine)
+    app = PointsApp(platform, **domain(settings, platform.outbox, platform.tokens))
+    servicer = PointsServicer(ledger=app.ledger, statements=app.statements, check_ins=app.check_ins, tasks=app.tasks,
+                              mall=app.mall, purchases=app.purchases, members=platform.members,
+                              sessions=platform.sessions, idempotency=platform.idempotency)
+    platform.serve(app, domain=DOMAIN, handlers=events.HANDLERS, jobs=jobs.schedule(app), background=background,
+                   servicers=[Servicer(pb.DESCRIPTOR.services_by_name["PointsService"],
+                                       pb_grpc.add_PointsServiceServicer_to_server, servicer)])
     return app

@@ -1,7 +1,7 @@
 """Events the points service consumes: type -> (payload message, handler).
 
 Each handler runs in the inbox transaction of the event (applied once per event id) and
-reaches the domain through the app; an error makes the producer's relay retry later (e.g.
+reaches the domain through the app; an error makes the consumer redeliver it with backoff (e.g.
 order.completed arriving before order.paid). No handler calls another service: order.paid
 carries the tier's points multiplier snapshotted when the order was priced.
 """

@@ -114,7 +114,7 @@ async def run_once(app: PointsApp, now: datetime | None = None) -> None:
     await send_reaches(app, now)
 
 
-def background(app: PointsApp):
-    """The periodic loops of the jobs, for the service host."""
-    return [jobs.periodic("points_expiry", app.settings.expiry_job_seconds, lambda: expiry_pass(app)),
-            jobs.periodic("points_reach", app.settings.reach_job_seconds, lambda: send_reaches(app))]
+def schedule(app: PointsApp) -> list[jobs.Job]:
+    """The service's scheduled jobs, run by the platform's host."""
+    return [jobs.Job("points_expiry", app.settings.expiry_job_seconds, lambda: expiry_pass(app)),
+            jobs.Job("points_reach", app.settings.reach_job_seconds, lambda: send_reaches(app))]

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mall.points.v1 import points_service_pb2 as pb
 from mallkit.db import run_transaction, session_factory, utcnow
-from mallkit.outbox import Outbox
+from mallkit.events import Outbox
 from mallkit.pagination import PageTokens
 
 from .app import domain
@@ -29,7 +29,7 @@ TASKS = [
 async def seed_demo(engine: AsyncEngine, settings: PointsSettings | None = None) -> None:
     settings = settings or PointsSettings()
     secret = settings.platform.token_secret.get_secret_value()
-    service = domain(settings, Outbox(OutboxEvents, "points", settings.event_routes), PageTokens(secret))
+    service = domain(settings, Outbox(OutboxEvents, "points"), PageTokens(secret))
     sessions = session_factory(engine)
     async with sessions() as s:
         if (await s.execute(select(func.count()).select_from(Task))).scalar_one():

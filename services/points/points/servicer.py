@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from mall.members.v1 import members_service_pb2 as mpb
 from mall.points.v1 import points_service_pb2 as pb
 from mall.points.v1 import points_service_pb2_grpc as pb_grpc
 from mallkit.auth import member_scope, principal
 from mallkit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from mallkit.idempotency import Idempotency
+from mallkit.members import MembersClient
 from mallkit.names import parse_id
 from mallkit.pagination import page_size
 from mallkit.validation import Validator
@@ -24,7 +26,6 @@ from . import errors as reasons
 from .check_in import CheckIns
 from .ledger import Ledger
 from .mall import TIER_UNKNOWN, Mall, TierRequired
-from .members_client import MembersClient, profile_complete
 from .messages import (
     ITEM_FIELDS,
     SOURCE_REF,
@@ -47,6 +48,11 @@ from .messages import (
 from .purchases import Purchases
 from .statements import Statements
 from .tasks import Tasks
+
+
+def profile_complete(m: mpb.Member) -> bool:
+    """The profile task's rule: nickname, gender, birthday and city filled in."""
+    return bool(m.nickname and m.gender and m.birthday.year and m.region.city)
 
 
 class PointsServicer(pb_grpc.PointsServiceServicer):
@@ -239,7 +245,8 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         try:
             return await self.idem.run(request, pb.Redemption, use_case)
         except TierRequired:  # rolled back before any write; the members call happens outside a transaction
-            tier["id"] = await self.members.tier_of(member_id)
+            m = await self.members.member(member_id)
+            tier["id"] = int(m.tier.rsplit("/", 1)[1]) if m.tier else None
             return await self.idem.run(request, pb.Redemption, use_case)
 
     async def GetRedemption(self, request, context):
@@ -301,7 +308,8 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         v = Validator()
         v.range("paid_amount_fen", request.paid_amount_fen, 0, 10**11)
         v.done()
-        _, multiplier = await self.members.tier_and_multiplier(member_id)
+        _, t = await self.members.member_tier(member_id)  # outside any transaction
+        multiplier = (t.benefits.points_multiplier_percent or 100) if t is not None else 100
 
         async def use_case(s):
             return purchase_pb(await self.purchases.pend(s, order_id, member_id, request.paid_amount_fen,
