@@ -24,7 +24,7 @@ class Expiry:
 
     async def due_lots(self, s: AsyncSession, now: datetime, batch: int) -> list[tuple[int, int]]:
         rows = await s.execute(select(Lot.id, Lot.member_id).where(Lot.expire_time <= now, Lot.remaining > 0,
-                                                                    Lot.expired.is_(False))
+                                                                   Lot.expired.is_(False))
                                .order_by(Lot.expire_time, Lot.id).limit(batch))
         return [tuple(r) for r in rows.all()]
 

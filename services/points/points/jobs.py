@@ -51,7 +51,7 @@ async def expire(app: PointsApp, now: datetime | None = None) -> int:
         for lot_id, member_id in due:
             total += await run_transaction(
                 app.sessions, lambda s, lot_id=lot_id, member_id=member_id: app.expiry.expire_lot(s, lot_id, member_id,
-                                                                                                 now))
+                                                                                                  now))
         if len(due) < BATCH:
             return total
 

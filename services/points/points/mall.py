@@ -115,7 +115,7 @@ class Mall:
         s.add(r)
         await s.flush()
         e = await self.ledger.entry(s, member_id, f"redeem:{r.id}", pb.ENTRY_KIND_SPEND, pb.ENTRY_SOURCE_REDEMPTION,
-                              f"items/{item_id}", -cost, 0, now, f"兑换 {it.display_name} x{quantity}", fresh=True)
+                                    f"items/{item_id}", -cost, 0, now, f"兑换 {it.display_name} x{quantity}", fresh=True)
         await self.ledger.consume_lots(s, e, cost)
         if it.per_member_limit:
             await insert_ignore(s, MemberItemCount.__table__, [{"item_id": item_id, "member_id": member_id,
@@ -168,7 +168,7 @@ class Mall:
         await self._transition(s, r, pb.REDEMPTION_STATE_PENDING_SHIPMENT, {"state": pb.REDEMPTION_STATE_CANCELLED})
         spent = await self.ledger.applied(s, f"redeem:{r.id}")
         e = await self.ledger.entry(s, member_id, f"cancel:{r.id}", pb.ENTRY_KIND_REVERSE, pb.ENTRY_SOURCE_REDEMPTION,
-                              f"items/{r.item_id}", r.points, 0, now, f"取消兑换 {r.item_display_name}", fresh=True)
+                                    f"items/{r.item_id}", r.points, 0, now, f"取消兑换 {r.item_display_name}", fresh=True)
         await s.execute(update(Account).where(Account.member_id == member_id)
                         .values(available=Account.available + r.points))
         moves = [(lot_id, delta, expired or expire_time <= now) for lot_id, delta, expired, expire_time in (
@@ -183,7 +183,7 @@ class Mall:
                 expired_back += -delta
         if expired_back:  # points returned to lots past their expiry expire again at once
             x = await self.ledger.entry(s, member_id, f"cancel-expire:{r.id}", pb.ENTRY_KIND_EXPIRE, pb.ENTRY_SOURCE_EXPIRY,
-                                  f"items/{r.item_id}", -expired_back, 0, now, "退回的积分已过期")
+                                        f"items/{r.item_id}", -expired_back, 0, now, "退回的积分已过期")
             await s.execute(update(Account).where(Account.member_id == member_id)
                             .values(available=Account.available - expired_back))
             for lot_id, delta, expired in moves:

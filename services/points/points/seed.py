@@ -42,7 +42,7 @@ async def seed_demo(engine: AsyncEngine, settings: PointsSettings | None = None)
 async def _seed(s, service: dict) -> None:
     for kind, name, reward, frequency, limit in TASKS:
         await service["tasks"].create_task(s, {"kind": kind, "display_name": name, "reward_points": reward,
-                                                "frequency": frequency, "limit_per_period": limit, "active": True})
+                                               "frequency": frequency, "limit_per_period": limit, "active": True})
     now = utcnow()
     for fields in [
         {"display_name": "10元无门槛券", "kind": pb.ITEM_KIND_COUPON, "points_price": 500, "stock": 1000,

@@ -109,7 +109,7 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
 
         async def use_case(s):
             e = await self.ledger.adjust(s, member_id, request.points, request.reason, operator,
-                                          key=f"adjust:{operator}:{request.request_id}")
+                                         key=f"adjust:{operator}:{request.request_id}")
             return entry_pb(e)
 
         return await self.idem.run(request, pb.PointsEntry, use_case, required=True)
@@ -193,7 +193,7 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         it = request.item
         item_id = parse_id(it.name, "items", "item.name")
         paths = set(mask(request.update_mask.paths, it, ITEM_FIELDS,
-                          {"name", "kind", "redeemed_count", "create_time", "update_time"}, "Item"))
+                         {"name", "kind", "redeemed_count", "create_time", "update_time"}, "Item"))
 
         async def use_case(s):
             current = await self.mall.item(s, item_id)
@@ -288,7 +288,7 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
 
         async def use_case(s):
             return redemption_pb(await self.mall.ship_redemption(s, member_id, rid, request.carrier,
-                                                                    request.tracking_number))
+                                                                 request.tracking_number))
 
         return await self.idem.run(request, pb.Redemption, use_case)
 
@@ -313,7 +313,7 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
 
         async def use_case(s):
             return purchase_pb(await self.purchases.pend(s, order_id, member_id, request.paid_amount_fen,
-                                                                multiplier))
+                                                         multiplier))
 
         return await self.idem.run(request, pb.PurchasePoints, use_case)
 
