@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mall.community.v1 import community_events_pb2 as evpb
 from mall.community.v1 import community_service_pb2 as pb
 from mallkit.errors import FailedPrecondition
-from mallkit.outbox import Outbox
+from mallkit.events import Outbox
 
 from . import errors as reasons
 from .common import insert_once, ts

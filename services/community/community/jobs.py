@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from mallkit.db import run_transaction
-from mallkit.jobs import periodic
+from mallkit.jobs import Job
 
 if TYPE_CHECKING:
     from .app import CommunityApp
@@ -38,7 +38,7 @@ async def run_once(app: CommunityApp, now: datetime | None = None) -> None:
     await close_ended_groups(app, now)
 
 
-def background(app: CommunityApp):
-    """The periodic loops of the jobs, for the service host."""
-    return [periodic("publish_due_posts", app.settings.publish_interval_seconds, lambda: publish_due_posts(app)),
-            periodic("close_ended_groups", app.settings.close_interval_seconds, lambda: close_ended_groups(app))]
+def schedule(app: CommunityApp) -> list[Job]:
+    """The service's scheduled jobs, run by the platform's host."""
+    return [Job("publish_due_posts", app.settings.publish_interval_seconds, lambda: publish_due_posts(app)),
+            Job("close_ended_groups", app.settings.close_interval_seconds, lambda: close_ended_groups(app))]

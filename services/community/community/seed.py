@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mall.community.v1 import community_service_pb2 as pb
 from mallkit.db import session_factory, utcnow
-from mallkit.outbox import Outbox
+from mallkit.events import Outbox
 from mallkit.pagination import PageTokens
 
 from .app import domain
@@ -26,7 +26,7 @@ GUIDE = 3
 
 
 async def seed_demo(engine: AsyncEngine, settings: CommunitySettings) -> None:
-    service = domain(settings, Outbox(OutboxEvents, "community", settings.event_routes),
+    service = domain(settings, Outbox(OutboxEvents, "community"),
                      PageTokens(settings.platform.token_secret.get_secret_value()))
     now = utcnow()
     async with session_factory(engine)() as s, s.begin():

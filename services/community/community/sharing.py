@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mall.community.v1 import community_events_pb2 as evpb
 from mallkit.db import insert_ignore
 from mallkit.errors import FailedPrecondition, NotFound
-from mallkit.outbox import Outbox
+from mallkit.events import Outbox
 
 from . import errors as reasons
 from .common import ts
