@@ -1,13 +1,13 @@
 """outbox per event (events on NATS JetStream)
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-01 23:00:00
 """
 from mallkit import migration_ops
 
-revision = '0003'
-down_revision = '0002'
+revision = '0004'
+down_revision = '0003'
 branch_labels = None
 depends_on = None
 
