@@ -8,6 +8,7 @@ from datetime import UTC, timedelta
 import pytest
 
 from mall.orders.v1 import orders_service_pb2 as pb
+from orders import jobs
 
 try:  # the points service is built in parallel; skip cleanly while it is absent
     import points.app  # noqa: F401
@@ -39,7 +40,7 @@ async def test_real_points_pend_once_then_confirm(orders, members, points):
         assert (await points.account(mid)).pending_points == pending  # pended once
         await orders.stub.ShipOrder(pb.ShipOrderRequest(name=o.name), metadata=orders.staff_md)
         shipped = (await orders.stub.GetOrder(pb.GetOrderRequest(name=o.name), metadata=md)).ship_time.ToDatetime()
-        await orders.app.complete_due(shipped.replace(tzinfo=UTC) + timedelta(days=settings.after_sales_days, seconds=1))
+        await jobs.complete_due(orders.app, shipped.replace(tzinfo=UTC) + timedelta(days=settings.after_sales_days, seconds=1))
         account = None
         for _ in range(400):
             account = await points.account(mid)
