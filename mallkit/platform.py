@@ -126,9 +126,11 @@ class Platform:
         if handlers:
             self.subscribe(app, handlers)
         tasks = []
+        s = self.settings
         if background:
             poll = self.settings.outbox_poll_seconds
-            tasks.append(lambda stop: self.relay.run(stop, poll))
+            if s.relay_enabled:
+                tasks.append(lambda stop: self.relay.run(stop, poll))
             tasks += [c.run for c in self.consumers]
             tasks += [periodic(j.name, j.interval, j.run) for j in jobs]
         host = ServiceHost(

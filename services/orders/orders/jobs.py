@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from mallkit.db import run_transaction, utcnow
 from mallkit.errors import FailedPrecondition
+from mallkit.jobs import Job
 
 if TYPE_CHECKING:
     from .app import OrdersApp
@@ -71,3 +72,10 @@ async def run_once(app: OrdersApp, now: datetime | None = None) -> None:
     for _ in range(10):  # up to 500 journey messages a pass, 50 per batch
         if await run_journey(app, now) < 50:
             break
+
+
+def schedule(app: OrdersApp) -> list[Job]:
+    """The service's scheduled jobs, run by the platform's host (``ORDERS_JOBS_ENABLED``)."""
+    if not app.settings.jobs_enabled:
+        return []
+    return [Job("orders", app.settings.jobs_interval_seconds, lambda: run_once(app))]

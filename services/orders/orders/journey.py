@@ -10,7 +10,7 @@ replays instead of sending twice.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import grpc
@@ -18,9 +18,9 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mall.members.v1 import members_service_pb2 as mpb
-from mall.members.v1 import members_service_pb2_grpc as mpb_grpc
 from mallkit import jobs
 from mallkit.db import insert_ignore, run_transaction, utcnow
+from mallkit.members import MembersClient
 
 from .models import JourneyStep, Order
 
@@ -32,7 +32,7 @@ TEXT = {"payment_success": "订单支付成功", "care": "商品使用得还好�
 
 
 class Journey:
-    def __init__(self, *, sessions: async_sessionmaker[AsyncSession], members: Callable[[], grpc.aio.Channel],
+    def __init__(self, *, sessions: async_sessionmaker[AsyncSession], members: MembersClient,
                  template_ids: dict[str, str]):
         self.sessions = sessions
         self.members = members
@@ -67,7 +67,6 @@ class Journey:
     async def send_due(self, now: datetime) -> int:
         """Send one batch of due steps (up to 50); returns how many were recorded."""
         ids = await run_transaction(self.sessions, lambda s: self.due_steps(s, now))
-        stub = mpb_grpc.MembersServiceStub(self.members())
         sent = 0
         for sid in ids:
             got = await run_transaction(self.sessions, lambda s, sid=sid: self._claim(s, sid))
@@ -75,11 +74,11 @@ class Journey:
                 continue
             member_id, step, order_id, otn = got
             try:
-                touch = await stub.SendReach(mpb.SendReachRequest(
-                    member=f"members/{member_id}", template_id=self.template_ids.get(step, step),
-                    data={"thing1": TEXT.get(step, step), "character_string2": str(order_id)},
-                    page=f"{PAGES.get(step, 'pages/index')}?order={order_id}", purpose=f"orders.{step}",
-                    request_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"orders/{otn}/journey/{step}"))))
+                touch = await self.members.send_reach(
+                    member_id, self.template_ids.get(step, step),
+                    {"thing1": TEXT.get(step, step), "character_string2": str(order_id)},
+                    f"{PAGES.get(step, 'pages/index')}?order={order_id}", f"orders.{step}",
+                    str(uuid.uuid5(uuid.NAMESPACE_URL, f"orders/{otn}/journey/{step}")))
                 outcome = mpb.TouchState.Name(touch.state)
             except grpc.aio.AioRpcError as err:
                 if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):

@@ -20,7 +20,7 @@ from mall.orders.v1 import orders_events_pb2 as events
 from mall.orders.v1 import orders_service_pb2 as pb
 from mallkit.db import insert_ignore, utcnow
 from mallkit.errors import FailedPrecondition, NotFound, PermissionDenied
-from mallkit.outbox import Outbox
+from mallkit.events import Outbox
 from mallkit.pagination import PageTokens
 from mallkit.queries import keyset_page
 

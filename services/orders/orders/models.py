@@ -8,7 +8,7 @@ from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, SmallInt
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from mall.orders.v1 import orders_service_pb2 as pb
-from mallkit import idempotency, outbox
+from mallkit import events, idempotency
 from mallkit.db import UTCDateTime, new_metadata
 
 # BIGINT on MySQL, INTEGER on SQLite (so that it is SQLite's rowid alias).
@@ -31,7 +31,7 @@ class Base(DeclarativeBase):
 
 
 IdempotencyKeys = idempotency.define_table(Base.metadata)
-OutboxEvents, InboxEvents = outbox.define_tables(Base.metadata)
+OutboxEvents, InboxEvents = events.define_tables(Base.metadata)
 
 
 class Category(Base):

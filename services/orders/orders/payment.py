@@ -21,7 +21,7 @@ from mall.orders.v1 import orders_events_pb2 as events
 from mallkit import jobs
 from mallkit.db import run_transaction, utcnow
 from mallkit.errors import FailedPrecondition, NotFound, PermissionDenied, Unavailable
-from mallkit.outbox import Outbox
+from mallkit.events import Outbox
 
 from . import errors as reasons
 from .group_buy import GroupBuying
