@@ -3,7 +3,7 @@
 ``order.paid`` adds growth value (one per paid yuan, through
 :meth:`MembersService.add_growth`) and records the purchase fact and the
 member's aggregates; ``order.refunded`` records the refund. Both run inside
-the EventSink's inbox transaction, so each event applies once.
+the consumer's inbox transaction, so each event applies once.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from mall.points.v1 import points_events_pb2 as epb
 from mall.points.v1 import points_service_pb2 as pb
 from mallkit.db import insert_ignore
 from mallkit.errors import FailedPrecondition, NotFound
-from mallkit.outbox import Outbox
+from mallkit.events import Outbox
 from mallkit.pagination import PageTokens
 from mallkit.queries import keyset_page
 
