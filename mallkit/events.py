@@ -148,15 +148,19 @@ class Outbox:
 
     async def add(self, session: AsyncSession, event_type: str, data: Message, subject: str = "") -> str:
         """Record an event in the caller's transaction; returns its id."""
-        event = self.envelope(event_type, data, subject)
+        return (await self.add_many(session, [(event_type, data, subject)]))[0]
+
+    async def add_many(self, session: AsyncSession, items: list[tuple[str, Message, str]]) -> list[str]:
+        """Record several events ``(type, payload, subject)`` in one statement; returns their ids."""
         now = utcnow()
-        await session.execute(
-            insert(self.table).values(
-                event_id=event.id, event_type=event_type, payload=event.SerializeToString(),
-                create_time=now, attempts=0, next_attempt_time=now,
-            )
-        )
-        return event.id
+        rows = []
+        for event_type, data, subject in items:
+            event = self.envelope(event_type, data, subject)
+            rows.append({"event_id": event.id, "event_type": event_type, "payload": event.SerializeToString(),
+                         "create_time": now, "attempts": 0, "next_attempt_time": now})
+        if rows:
+            await session.execute(insert(self.table), rows)
+        return [r["event_id"] for r in rows]
 
 
 def backoff(attempts: int, base: float = 0.5, cap: float = 300.0) -> float:
