@@ -491,7 +491,7 @@ class Consumer:
                     psub = await self.bus.js.pull_subscribe_bind(self.durable, stream)
                 try:
                     msgs = await psub.fetch(self.batch, timeout=1.0)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats.errors.TimeoutError or asyncio's: nothing to fetch
                     continue
                 failures = 0
                 await asyncio.gather(*(one(m) for m in msgs))

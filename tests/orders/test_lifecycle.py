@@ -68,7 +68,7 @@ async def test_order_paid_carries_the_tier_snapshot_taken_when_priced(orders, me
     login, md = await members.login()
     await members.stub.AddGrowth(mpb.AddGrowthRequest(member=login.member.name, amount=950_000, source="activity",
                                                       request_id=rid()), metadata=members.service_md)
-    _, plain = await members.login()  # no tier
+    plain_login, plain = await members.login()  # the entry tier, if the suite made one (growth 0)
     product = await orders.product(price_fen=2_000, stock=10)
     o = await orders.order(md, product.skus[0].name)
     assert o.tier_discount_fen == 100  # the same read priced the order
@@ -83,7 +83,10 @@ async def test_order_paid_carries_the_tier_snapshot_taken_when_priced(orders, me
     names = [o.name, flash[md].name, flash[plain].name]
     assert await _until(lambda: all(n in orders.points.paid for n in names))
     got = [(orders.points.paid[n].tier, orders.points.paid[n].points_multiplier_percent) for n in names]
-    assert got == [(gold.name, 150), (gold.name, 150), ("", 100)]
+    entry = (await members.stub.GetMember(mpb.GetMemberRequest(name=plain_login.member.name),
+                                           metadata=members.service_md)).tier
+    entry_multiplier = next((t.benefits.points_multiplier_percent or 100 for t in tiers if t.name == entry), 100)
+    assert got == [(gold.name, 150), (gold.name, 150), (entry, entry_multiplier)]
 
 
 async def test_illegal_transitions_are_refused(orders, members):
