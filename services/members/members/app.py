@@ -1,4 +1,4 @@
-"""Composition root: the platform (mallkit.platform) -> service -> servicer -> server.
+"""Composition root: the platform (mallkit.platform) -> sub-domains -> servicer -> server.
 
 Nothing is created at import time; tests build the app with their own
 settings (database, ports) and call ``start``/``stop``.
@@ -9,18 +9,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mall.members.v1 import members_service_pb2 as pb
 from mall.members.v1 import members_service_pb2_grpc as pb_grpc
+from mallkit.events import Outbox
+from mallkit.pagination import PageTokens
 from mallkit.platform import Platform, ServiceApp, Servicer, Tables
 
-from . import events
+from . import events, jobs
+from .channels import Channels
 from .config import MembersSettings
 from .errors import DOMAIN
+from .identity import Identity
 from .models import IdempotencyKeys, InboxEvents, OutboxEvents
-from .service import MembersService
+from .portrait import Portrait
+from .purchases import Purchases
+from .reach import Reach
 from .servicer import MembersServicer
+from .staff import Staffing
+from .tags import Tags
+from .tiers import Tiers
 from .wechat import WechatClient
 
 SERVICE_DIR = Path(__file__).resolve().parent.parent  # holds alembic.ini and migrations/
@@ -31,21 +40,49 @@ TABLES = Tables(outbox=OutboxEvents, inbox=InboxEvents, idempotency=IdempotencyK
 class MembersApp(ServiceApp):
     platform: Platform
     wechat: WechatClient
-    service: MembersService
+    identity: Identity
+    portrait: Portrait
+    channels: Channels
+    tiers: Tiers
+    tags: Tags
+    staffing: Staffing
+    reach: Reach
+    purchases: Purchases
 
     async def close(self) -> None:
         await self.wechat.close()
+
+
+def domain(settings: MembersSettings, outbox: Outbox, pages: PageTokens, wechat: WechatClient | None = None,
+           sessions: async_sessionmaker[AsyncSession] | None = None) -> dict:
+    """The sub-domain objects of the service, by name (also used by the demo seed, without WeChat)."""
+    portrait = Portrait(pages)
+    staffing = Staffing(pages)
+    tags = Tags(portrait, pages)
+    tiers = Tiers(portrait, outbox, pages)
+    channels = Channels(portrait, tags, staffing, pages)
+    return {
+        "identity": Identity(portrait, tiers, channels, outbox, wechat, sessions),
+        "portrait": portrait,
+        "channels": channels,
+        "tiers": tiers,
+        "tags": tags,
+        "staffing": staffing,
+        "reach": Reach(portrait, wechat, pages, brand_timezone=settings.platform.brand_timezone,  # type: ignore[arg-type]
+                       daily_cap=settings.reach_daily_cap),
+        "purchases": Purchases(portrait, tiers),
+    }
 
 
 def build(settings: MembersSettings, engine: AsyncEngine | None = None) -> MembersApp:
     platform = Platform.create("members", settings, tables=TABLES, engine=engine)
     wechat = WechatClient(settings.wechat_base_url, settings.wechat_appid, settings.wechat_secret.get_secret_value(),
                           timeout=settings.wechat_timeout_seconds)
-    service = MembersService(wechat=wechat, outbox=platform.outbox, brand_timezone=settings.platform.brand_timezone,
-                             reach_daily_cap=settings.reach_daily_cap)
-    app = MembersApp(platform, wechat, service)
-    servicer = MembersServicer(service, platform.sessions, platform.idempotency, platform.codec, platform.tokens, wechat)
-    platform.serve(app, domain=DOMAIN, handlers=events.HANDLERS,
+    parts = domain(settings, platform.outbox, platform.tokens, wechat, platform.sessions)
+    app = MembersApp(platform, wechat, **parts)
+    servicer = MembersServicer(**{k: v for k, v in parts.items() if k != "purchases"}, sessions=platform.sessions,
+                               idempotency=platform.idempotency, codec=platform.codec, wechat=wechat)
+    platform.serve(app, domain=DOMAIN, handlers=events.HANDLERS, jobs=jobs.schedule(app),
                    servicers=[Servicer(pb.DESCRIPTOR.services_by_name["MembersService"],
                                        pb_grpc.add_MembersServiceServicer_to_server, servicer)])
     return app
