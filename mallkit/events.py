@@ -534,7 +534,7 @@ class Consumer:
                 duplicate = await apply_event(self.sessions, self.inbox, event, payload, handler)
             except Exception as exc:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
-                reason = f"{type(exc).__name__}: {getattr(exc, 'reason', '') or exc}"[:500]
+                reason = failure_reason(exc)
                 if deliveries >= self.max_deliveries:
                     log.error("event %s failed %d times: dead-lettered (%s)", event.type, deliveries, reason,
                               extra={"event_id": event.id})
@@ -578,6 +578,16 @@ class Consumer:
         if not event.data.Unpack(payload):
             raise PoisonEvent(f"payload is not {payload_type.DESCRIPTOR.full_name}")
         return await apply_event(self.sessions, self.inbox, event, payload, handler)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What an operator reads about a failure: the type, our reason code and message; for other
+    errors only the first line (a driver's message goes on with SQL and its parameters)."""
+    code = getattr(exc, "reason", "") or ""
+    text = str(exc).split("\n", 1)[0]
+    if "[SQL:" in text:
+        text = text.split("[SQL:", 1)[0]
+    return f"{type(exc).__name__}{f' {code}' if code else ''}: {text}".strip()[:500]
 
 
 class PoisonEvent(Exception):
