@@ -24,7 +24,19 @@ kubectl apply -f "$rendered" -l 'app.kubernetes.io/component notin (server,migra
 
 kubectl -n "$ns" delete job -l app.kubernetes.io/component=migration --ignore-not-found --wait=true
 kubectl apply -f "$rendered" -l app.kubernetes.io/component=migration
-kubectl -n "$ns" wait --for=condition=complete job -l app.kubernetes.io/component=migration --timeout=600s
+for job in $(kubectl -n "$ns" get job -l app.kubernetes.io/component=migration -o name); do
+  # whichever comes first: complete (go on) or failed (stop: the previous release keeps serving)
+  kubectl -n "$ns" wait --for=condition=complete "$job" --timeout=600s >/dev/null & complete=$!
+  kubectl -n "$ns" wait --for=condition=failed "$job" --timeout=600s >/dev/null & failed=$!
+  if wait -n "$complete" "$failed" && ! kill -0 "$complete" 2>/dev/null; then
+    kill "$failed" 2>/dev/null || true
+    echo "$job complete"
+  else
+    kill "$complete" "$failed" 2>/dev/null || true
+    echo "$job failed or timed out: stopping before the rollout (kubectl -n $ns logs $job)" >&2
+    exit 1
+  fi
+done
 
 kubectl apply -f "$rendered" -l app.kubernetes.io/component=server
 for deploy in members points orders community gateway; do
