@@ -11,6 +11,7 @@ K8S_VERSION ?= 1.32.0
 OVERLAY ?= dev
 PYTHON_IMAGE ?= python:3.11.7-slim-bookworm
 IMAGE ?= mall:$(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
+IMAGE_BUILD_FLAGS ?=
 SERVICES := members points orders community
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -75,11 +76,11 @@ bench: protos ## Run every benchmark in bench/ (figures and ratios against a bas
 check-points: protos ## Verify every points account equals its ledger and lots (POINTS_DATABASE_URL)
 	$(PY) -m points check
 
-image: ## Build the image with docker or podman: make image [IMAGE=mall:tag] [PYTHON_IMAGE=python:3.11.7-slim-bookworm]
-	@if docker info >/dev/null 2>&1; then engine=docker; \
-	elif command -v podman >/dev/null 2>&1; then engine=podman; \
+image: ## Build the image with docker or podman: make image [IMAGE=mall:tag] [PYTHON_IMAGE=...] [IMAGE_BUILD_FLAGS=...]
+	@if docker info >/dev/null 2>&1; then engine="docker build"; \
+	elif command -v podman >/dev/null 2>&1; then engine="podman build --format docker"; \
 	else echo "make image: no container engine here (a docker daemon or podman); make k8s-check still lints the Dockerfile" >&2; exit 1; fi; \
-	echo "$$engine build -t $(IMAGE)"; $$engine build --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t $(IMAGE) .
+	set -x; $$engine $(IMAGE_BUILD_FLAGS) --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t $(IMAGE) .
 
 $(K8S_VENV)/.installed: k8s/requirements-check.txt
 	test -x $(K8S_VENV)/bin/python || $(PYTHON) -m venv $(K8S_VENV)
