@@ -76,6 +76,13 @@ bench: protos ## Run every benchmark in bench/ (figures and ratios against a bas
 check-points: protos ## Verify every points account equals its ledger and lots (POINTS_DATABASE_URL)
 	$(PY) -m points check
 
+dlq: protos ## List dead-lettered events of every service (MALL_NATS_URL)
+	$(PY) -m mallkit.dlq list
+
+dlq-replay: protos ## Replay dead letter SEQ through its consuming service: make dlq-replay SEQ=12
+	@test -n "$(SEQ)" || { echo "usage: make dlq-replay SEQ=<seq from make dlq>"; exit 2; }
+	svc=$$($(PY) -m mallkit.dlq service $(SEQ)) && $(PY) -m $$svc dlq replay $(SEQ)
+
 image: ## Build the image with docker or podman: make image [IMAGE=mall:tag] [PYTHON_IMAGE=...] [IMAGE_BUILD_FLAGS=...]
 	@if docker info >/dev/null 2>&1; then engine="docker build"; \
 	elif command -v podman >/dev/null 2>&1; then engine="podman build --format docker"; \
@@ -106,4 +113,4 @@ clean: ## Remove generated code, caches and the venvs
 	rm -rf $(GEN) gen/k8s $(VENV) $(K8S_VENV) .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: run reset test test-sqlite migrate revision create-admin bench check-points clean
+.PHONY: run reset test test-sqlite migrate revision create-admin bench check-points dlq dlq-replay clean
