@@ -149,7 +149,6 @@ def test_sigterm_to_a_service_then_to_the_gateway_under_load_loses_no_call(tmp_p
         "MALL_LOG_LEVEL": "WARNING",
         "MEMBERS_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'members.db'}",
         "MEMBERS_WECHAT_BASE_URL": f"http://127.0.0.1:{ports['wechat']}",
-        "MEMBERS_EVENT_ROUTES": "{}",
         "MEMBERS_DRAIN_SECONDS": str(DRAIN),
         "MEMBERS_GRACE_SECONDS": str(GRACE),
         # the gateway balances over both members processes, as over a headless Service

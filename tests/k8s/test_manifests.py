@@ -377,13 +377,19 @@ def test_network_policy_selectors_select_real_pods(ov):
 
 
 def callers_in_code() -> dict[str, set[str]]:
-    """Which service opens a channel to which, read from the services' code."""
+    """Which service calls which, read from the services' code: a peer channel opened by
+    name (``peers.channel("points")``), or a call through the one members client
+    (mallkit.members.MembersClient, ``...members.tier(...)``)."""
+    members_calls = re.compile(r"members\.(member|tiers|tier|member_tier|ensure_exists|identity|send_reach|stub)\(")
     callers: dict[str, set[str]] = {s: set() for s in SERVICES}
     for caller in SERVICES:
-        for path in (ROOT / "services" / caller / caller).glob("*.py"):
-            for callee in re.findall(r"""channel\(\s*["'](\w+)["']\s*\)""", path.read_text()):
+        for path in (ROOT / "services" / caller / caller).rglob("*.py"):
+            text = path.read_text()
+            for callee in re.findall(r"""channel\(\s*["'](\w+)["']\s*\)""", text):
                 if callee in SERVICES and callee != caller:
                     callers[callee].add(caller)
+            if caller != "members" and members_calls.search(text):
+                callers["members"].add(caller)
     return callers
 
 

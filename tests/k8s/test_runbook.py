@@ -23,9 +23,6 @@ KINDS = {
 }
 VERBS = {"get", "describe", "logs", "exec", "apply", "delete", "wait", "rollout", "patch", "scale", "cordon",
          "drain", "uncordon", "top", "config", "kustomize"}
-#: Targets and commands that arrive with the NATS JetStream events change (dead letters);
-#: once it is merged they exist and this allowance no longer matters.
-ARRIVING_WITH_NATS = {"dlq", "dlq-replay"}
 
 
 def commands() -> list[str]:
@@ -66,19 +63,29 @@ def selects(rendered: dict[str, Rendered], selector: str) -> bool:
     return False
 
 
+def subcommands(path) -> set[str]:
+    text = (ROOT / path).read_text()
+    return set(re.findall(r"""add_parser\(\s*["']([\w-]+)["']""", text)) | set(re.findall(r"""["']([\w-]+)["']:\s*Command\(""", text))
+
+
 def check_python_command(tokens: list[str]) -> list[str]:
-    problems = []
+    """``python -m <svc> <command>`` (mallkit/cli.py and the service's own commands) or
+    ``python -m mallkit.dlq <command>``."""
     if "python" not in tokens:
-        return problems
+        return []
     rest = tokens[tokens.index("python"):]
     assert rest[1] == "-m", rest
-    svc, cmd = rest[2], (rest[3] if len(rest) > 3 else "serve")
-    main = ROOT / "services" / svc / svc / "__main__.py"
+    module, cmd = rest[2], (rest[3] if len(rest) > 3 else "serve")
+    if module == "mallkit.dlq":
+        return [] if cmd in subcommands("mallkit/dlq.py") else [f"python -m mallkit.dlq has no command {cmd}"]
+    main = ROOT / "services" / module / module / "__main__.py"
     if not main.exists():
-        return [f"no service {svc}"]
-    if cmd not in {"serve", "migrate", "seed"} | ARRIVING_WITH_NATS and f'"{cmd}"' not in main.read_text():
-        problems.append(f"python -m {svc} has no command {cmd}")
-    return problems
+        return [f"no service {module}"]
+    if cmd not in subcommands("mallkit/cli.py") | subcommands(main):
+        return [f"python -m {module} has no command {cmd}"]
+    if cmd == "dlq" and rest[4] not in {"list", "replay"}:
+        return [f"python -m {module} dlq {rest[4]}?"]
+    return []
 
 
 def check_kubectl(tokens: list[str], rendered) -> list[str]:
@@ -110,7 +117,7 @@ def check_kubectl(tokens: list[str], rendered) -> list[str]:
 
 def check_make(tokens: list[str]) -> list[str]:
     problems = []
-    targets = makefile_targets() | ARRIVING_WITH_NATS
+    targets = makefile_targets()
     for tok in tokens[1:]:
         if "=" in tok:
             var, value = tok.split("=", 1)
