@@ -21,7 +21,7 @@ from contextvars import ContextVar
 from typing import TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, UniqueConstraint, insert, select
+from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, UniqueConstraint, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -80,8 +80,13 @@ class Idempotency:
         *,
         request_id: str | None = None,
         required: bool = False,
+        key_first: bool = False,
     ) -> M:
-        """Run ``use_case(session)`` in a transaction; replay on a repeated key."""
+        """Run ``use_case(session)`` in a transaction; replay on a repeated key.
+
+        ``key_first``: for a use case with an effect outside the database (a message sent
+        to WeChat), the key goes in before the effect, so a concurrent repeat waits on it
+        and never reaches the effect (two statements instead of one)."""
         rid = request_id if request_id is not None else getattr(request, "request_id", "")
         if not rid:
             if required:
@@ -91,6 +96,13 @@ class Idempotency:
             raise InvalidArgument.field("request_id", "must be 8 to 64 letters, digits, '-' or '_' (a UUID)")
         scope, digest = self.scope(), request_hash(request)
         t = self.table
+
+        async def key_then_effect(s: AsyncSession):
+            await s.execute(insert(t).values(scope=scope, request_id=rid, request_hash=digest, create_time=utcnow()))
+            response = await use_case(s)
+            await s.execute(update(t).where(t.c.scope == scope, t.c.request_id == rid)
+                            .values(response=response.SerializeToString(deterministic=True)))
+            return response
 
         async def first_time(s: AsyncSession):
             # Happy path in one statement: the effect, then the key with its response. A
@@ -103,7 +115,7 @@ class Idempotency:
             return response
 
         try:
-            outcome = await run_transaction(self.sessions, first_time)
+            outcome = await run_transaction(self.sessions, key_then_effect if key_first else first_time)
         except (IntegrityError, MallError) as exc:
             # A repeat: its effect (rolled back) hit the key, or a rule the first call's effect
             # now trips (a limit, a state). Only this path reads the stored response.
