@@ -2,8 +2,16 @@
 
 ``order.paid`` adds growth value (one per paid yuan, through
 :meth:`MembersService.add_growth`) and records the purchase fact and the
-member's aggregates; ``order.refunded`` records the refund. Both run inside
-the consumer's inbox transaction, so each event applies once.
+member's aggregates; ``order.refunded`` records the refund and takes back the
+growth the refunded amount gave (:func:`growth.take_back`: the tier follows
+down, with history). Both run inside the consumer's inbox transaction, so each
+event applies once; a second refund event of the same order cannot take more
+than was paid.
+
+An ``order.paid`` of a member this service does not know is refused, not
+retried: members are created before they can order, so it can never apply. It is
+recorded (the inbox row, a WARNING line with the event id and
+``mall_events_refused_total{reason="MEMBER_NOT_FOUND"}``) and skipped.
 """
 
 from __future__ import annotations
@@ -14,9 +22,11 @@ from sqlalchemy import case, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mallkit.db import insert_ignore, utcnow
+from mallkit.events import refused
 from mallkit.names import parse_id
 
-from .models import MemberPurchase, MemberPurchaseCategory, MemberPurchaseStats
+from . import growth as growth_
+from .models import Member, MemberPurchase, MemberPurchaseCategory, MemberPurchaseStats
 from .service import MembersService
 
 
@@ -26,7 +36,9 @@ async def on_order_paid(service: MembersService, s: AsyncSession, event, payload
     categories: dict[str, int] = {}
     for item in payload.items:
         categories[item.category] = categories.get(item.category, 0) + item.amount_fen
-    await service.member(s, member_id)  # NOT_FOUND: the relay retries (the member must exist)
+    if await s.get(Member, member_id) is None:
+        refused("members", event, "MEMBER_NOT_FOUND", f"{payload.order} of unknown {payload.member}: no growth")
+        return
     inserted = await s.execute(
         select(MemberPurchase.id).where(MemberPurchase.order == payload.order))
     if inserted.first() is not None:
@@ -61,12 +73,22 @@ async def on_order_paid(service: MembersService, s: AsyncSession, event, payload
 async def on_order_refunded(service: MembersService, s: AsyncSession, event, payload) -> None:
     member_id = parse_id(payload.member, "members", "member")
     when = payload.refund_time.ToDatetime(tzinfo=UTC) if payload.HasField("refund_time") else utcnow()
-    done = await s.execute(update(MemberPurchase)
-                           .where(MemberPurchase.order == payload.order, MemberPurchase.member_id == member_id)
-                           .values(refunded_fen=MemberPurchase.refunded_fen + payload.refund_amount_fen, refund_time=when))
+    mp = MemberPurchase
+    done = await s.execute(update(mp)
+                           .where(mp.order == payload.order, mp.member_id == member_id,
+                                  mp.refunded_fen + payload.refund_amount_fen <= mp.paid_fen)
+                           .values(refunded_fen=mp.refunded_fen + payload.refund_amount_fen, refund_time=when))
     if done.rowcount != 1:  # type: ignore[attr-defined]
-        return  # no paid fact recorded (e.g. refunded before the paid event applied): nothing to adjust
+        # No paid fact recorded (e.g. refunded before the paid event applied), or more than was paid
+        # (the same refund under another event id): nothing to adjust.
+        return
     st = MemberPurchaseStats
     await s.execute(update(st).where(st.member_id == member_id).values(
         refund_count=st.refund_count + 1, total_refunded_fen=st.total_refunded_fen + payload.refund_amount_fen,
         update_time=utcnow()))
+    paid, refunded = (await s.execute(select(mp.paid_fen, mp.refunded_fen).where(
+        mp.order == payload.order, mp.member_id == member_id))).one()
+    keep = max(0, paid - refunded) // 100  # the growth the part not refunded still earns
+    take = await growth_.held_from(s, member_id, payload.order) - keep
+    if take > 0:
+        await growth_.take_back(service, s, member_id, take, "refund", payload.order)

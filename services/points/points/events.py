@@ -19,7 +19,9 @@ from mall.community.v1 import community_events_pb2 as cpb
 from mall.members.v1 import members_service_pb2 as mpb
 from mall.orders.v1 import orders_events_pb2 as opb
 from mall.points.v1 import points_service_pb2 as pb
-from mallkit.names import parse_id
+from mallkit.errors import MallError
+from mallkit.events import refused
+from mallkit.names import parse_id, parse_ids
 
 if TYPE_CHECKING:
     from .app import PointsApp
@@ -70,6 +72,23 @@ async def on_quiz(app: PointsApp, s: AsyncSession, event, p: cpb.QuizAnsweredEve
     await app.tasks.complete_task(s, _member(p.member, "member"), pb.TASK_KIND_ANSWER_QUIZ, p.post, reward)
 
 
+async def on_coupon_refused(app: PointsApp, s: AsyncSession, event, p: opb.CouponRefusedEvent) -> None:
+    """The compensation of a points-mall coupon the orders service could not issue: the redemption
+    FAILED, its points and stock back, the member told (once, whatever the redeliveries)."""
+    if p.granted_by != "points":
+        return  # another service's grant (a community coupon drop): not ours to compensate
+    try:
+        member_id, redemption_id = parse_ids(p.source_ref, "members/{}/redemptions/{}", "source_ref")
+    except MallError:
+        refused("points", event, "INVALID_SOURCE_REF", p.source_ref[:80])
+        return
+    if not await app.mall.fail_redemption(s, member_id, redemption_id, p.reason):
+        refused("points", event, "REDEMPTION_NOT_COMPLETED", f"{p.source_ref} is not a completed coupon redemption")
+        return
+    log.info("redemption %s failed (%s): points and stock returned", p.source_ref, p.reason,
+             extra={"event_id": event.id})
+
+
 HANDLERS: dict[str, tuple[type[Message], Handler]] = {
     "member.referred": (mpb.MemberReferredEvent, on_referred),
     "order.paid": (opb.OrderPaidEvent, on_paid),
@@ -78,4 +97,5 @@ HANDLERS: dict[str, tuple[type[Message], Handler]] = {
     "community.group_joined": (cpb.GroupJoinedEvent, on_group_joined),
     "community.content_shared": (cpb.ContentSharedEvent, on_shared),
     "community.quiz_answered": (cpb.QuizAnsweredEvent, on_quiz),
+    "orders.coupon_refused": (opb.CouponRefusedEvent, on_coupon_refused),
 }
