@@ -246,3 +246,31 @@ async def test_purchase_of_an_unknown_member_is_recorded_and_skipped_not_retried
         pended = (await conn.execute(select(PurchasePoints.points).where(
             PurchasePoints.order_id == int(order.split("/")[1])))).scalar_one()
     assert pended == 100
+
+
+async def test_a_refund_before_its_paid_event_is_retried_until_the_growth_can_be_taken_back(members):
+    """Redeliveries may reorder order.paid and order.refunded: the refund waits (retried), so the
+    growth the paid event gives is still taken back; a refund of an unknown member is skipped."""
+    from mallkit.errors import FailedPrecondition
+
+    login, _ = await members.login()
+    name = login.member.name
+    order = f"orders/{uuid.uuid4().int % 10**9}"
+    refund = oev.OrderRefundedEvent(order=order, member=name, refund_amount_fen=50_000)
+    early = event("order.refunded", refund, "orders")
+    try:
+        await deliver(members.app, early)
+        raise AssertionError("an early refund must be retried, not dropped")
+    except FailedPrecondition as err:
+        assert err.reason == "ORDER_NOT_APPLIED_YET"
+    paid = oev.OrderPaidEvent(order=order, member=name, paid_amount_fen=50_000)
+    paid.pay_time.GetCurrentTime()
+    await deliver(members.app, event("order.paid", paid, "orders"))
+    grown = (await members.stub.GetMember(mpb.GetMemberRequest(name=name), metadata=members.service_md)).growth_value
+    assert grown >= 500
+    assert not (await deliver(members.app, early)).duplicate  # the redelivery now applies
+    after = (await members.stub.GetMember(mpb.GetMemberRequest(name=name), metadata=members.service_md)).growth_value
+    assert after == grown - 500
+    ghost = oev.OrderRefundedEvent(order=f"orders/{uuid.uuid4().int % 10**9}",
+                                   member=f"members/{9_100_000_000 + uuid.uuid4().int % 10**8}", refund_amount_fen=1)
+    assert not (await deliver(members.app, event("order.refunded", ghost, "orders"))).duplicate

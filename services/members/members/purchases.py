@@ -6,7 +6,8 @@ member's aggregates; ``order.refunded`` records the refund and takes back the
 growth the refunded amount gave (:func:`growth.take_back`: the tier follows
 down, with history). Both run inside the consumer's inbox transaction, so each
 event applies once; a second refund event of the same order cannot take more
-than was paid.
+than was paid; a refund that arrives before its order's paid event is retried
+until that one is applied.
 
 An ``order.paid`` of a member this service does not know is refused, not
 retried: members are created before they can order, so it can never apply. It is
@@ -22,6 +23,7 @@ from sqlalchemy import case, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mallkit.db import insert_ignore, utcnow
+from mallkit.errors import FailedPrecondition
 from mallkit.events import refused
 from mallkit.names import parse_id
 
@@ -79,9 +81,15 @@ async def on_order_refunded(service: MembersService, s: AsyncSession, event, pay
                                   mp.refunded_fen + payload.refund_amount_fen <= mp.paid_fen)
                            .values(refunded_fen=mp.refunded_fen + payload.refund_amount_fen, refund_time=when))
     if done.rowcount != 1:  # type: ignore[attr-defined]
-        # No paid fact recorded (e.g. refunded before the paid event applied), or more than was paid
-        # (the same refund under another event id): nothing to adjust.
-        return
+        if (await s.execute(select(mp.id).where(mp.order == payload.order))).first() is not None:
+            return  # more than was paid: the same refund under another event id, nothing more to take
+        if await s.get(Member, member_id) is None:
+            refused("members", event, "MEMBER_NOT_FOUND", f"{payload.order} of unknown {payload.member}")
+            return
+        # The order's paid event is not applied yet (redeliveries may reorder them): retried with
+        # backoff until it is, so the growth it gives is taken back.
+        raise FailedPrecondition("the paid event of this order is not applied yet", reason="ORDER_NOT_APPLIED_YET",
+                                 metadata={"order": payload.order})
     st = MemberPurchaseStats
     await s.execute(update(st).where(st.member_id == member_id).values(
         refund_count=st.refund_count + 1, total_refunded_fen=st.total_refunded_fen + payload.refund_amount_fen,

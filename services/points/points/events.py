@@ -39,8 +39,17 @@ def _order(name: str) -> int:
     return parse_id(name, "orders", "order")
 
 
+def _record(event, result) -> None:
+    """A task reward the task's rules refuse (no active task of the kind, the period's cap reached)
+    is recorded, not retried; nothing was taken from the member, so nothing is compensated (the
+    quiz stays answered, the group joined)."""
+    if result.outcome in ("NO_ACTIVE_TASK", "LIMIT_REACHED"):
+        refused("points", event, result.outcome, "task reward not granted")
+
+
 async def on_referred(app: PointsApp, s: AsyncSession, event, p: mpb.MemberReferredEvent) -> None:
-    await app.tasks.complete_task(s, _member(p.inviter, "inviter"), pb.TASK_KIND_INVITE_FRIEND, p.invitee)
+    _record(event, await app.tasks.complete_task(s, _member(p.inviter, "inviter"), pb.TASK_KIND_INVITE_FRIEND,
+                                                 p.invitee))
 
 
 async def on_paid(app: PointsApp, s: AsyncSession, event, p: opb.OrderPaidEvent) -> None:
@@ -60,16 +69,18 @@ async def on_refunded(app: PointsApp, s: AsyncSession, event, p: opb.OrderRefund
 
 
 async def on_group_joined(app: PointsApp, s: AsyncSession, event, p: cpb.GroupJoinedEvent) -> None:
-    await app.tasks.complete_task(s, _member(p.member, "member"), pb.TASK_KIND_JOIN_GROUP, p.group)
+    _record(event, await app.tasks.complete_task(s, _member(p.member, "member"), pb.TASK_KIND_JOIN_GROUP, p.group))
 
 
 async def on_shared(app: PointsApp, s: AsyncSession, event, p: cpb.ContentSharedEvent) -> None:
-    await app.tasks.complete_task(s, _member(p.sharer, "sharer"), pb.TASK_KIND_SHARE_CONTENT, p.post)
+    _record(event, await app.tasks.complete_task(s, _member(p.sharer, "sharer"), pb.TASK_KIND_SHARE_CONTENT,
+                                                 p.post))
 
 
 async def on_quiz(app: PointsApp, s: AsyncSession, event, p: cpb.QuizAnsweredEvent) -> None:
     reward = max(0, min(p.reward_points, 100_000))
-    await app.tasks.complete_task(s, _member(p.member, "member"), pb.TASK_KIND_ANSWER_QUIZ, p.post, reward)
+    _record(event, await app.tasks.complete_task(s, _member(p.member, "member"), pb.TASK_KIND_ANSWER_QUIZ, p.post,
+                                                 reward))
 
 
 async def on_coupon_refused(app: PointsApp, s: AsyncSession, event, p: opb.CouponRefusedEvent) -> None:
