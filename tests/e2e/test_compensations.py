@@ -77,7 +77,7 @@ async def outbox_events(engine, table, event_type: str, payload_type) -> list[tu
 
 
 async def test_a_refused_points_mall_coupon_fails_the_redemption_and_gives_points_and_stock_back_once(
-        orders, points, members):
+        orders, points, members, points_gateway):
     from orders.models import CouponRefusal, OutboxEvents
     from points.models import ReachRequest
 
@@ -101,6 +101,13 @@ async def test_a_refused_points_mall_coupon_fails_the_redemption_and_gives_point
     assert await until(failed)
     r = await points.stub.GetRedemption(ppb.GetRedemptionRequest(name=second.name), metadata=md)
     assert r.failure_reason == "COUPON_LIMIT_REACHED"
+    # What the member sees in the mini-program (through the gateway): failed, why, and the points back.
+    headers = {k: v for k, v in md}
+    seen = await points_gateway.get(f"/v1/{second.name}", headers=headers)
+    assert seen.status_code == 200, seen.text
+    assert seen.json()["state"] == "REDEMPTION_STATE_FAILED" and seen.json()["failureReason"] == "COUPON_LIMIT_REACHED"
+    account = await points_gateway.get("/v1/members/me/pointsAccount", headers=headers)
+    assert account.status_code == 200 and account.json()["availablePoints"] == "900"
     assert (await points.stub.GetRedemption(ppb.GetRedemptionRequest(name=first.name), metadata=md)).state \
         == ppb.REDEMPTION_STATE_COMPLETED
     assert (await points.account(mid)).available_points == 900  # the second redemption's 100 are back
@@ -274,3 +281,38 @@ async def test_a_refund_before_its_paid_event_is_retried_until_the_growth_can_be
     ghost = oev.OrderRefundedEvent(order=f"orders/{uuid.uuid4().int % 10**9}",
                                    member=f"members/{9_100_000_000 + uuid.uuid4().int % 10**8}", refund_amount_fen=1)
     assert not (await deliver(members.app, event("order.refunded", ghost, "orders"))).duplicate
+
+
+async def test_a_quiz_reward_the_points_rules_refuse_is_recorded_not_retried(points):
+    """The quiz task's cap reached: no points, the refusal counted, the event applied once (the
+    quiz stays answered in community; nothing was taken from the member, nothing to give back)."""
+    from prometheus_client import REGISTRY
+
+    from mall.community.v1 import community_events_pb2 as cev
+    from points.models import Entry
+    from tests.community.test_real_consumers import _quiz_task
+    from tests.fixtures.points import fresh_member_id
+
+    await _quiz_task(points)
+    tasks = await points.stub.ListTasks(ppb.ListTasksRequest(page_size=100), metadata=points.staff_md())
+    task = next(t for t in tasks.tasks if t.kind == ppb.TASK_KIND_ANSWER_QUIZ)
+    member = fresh_member_id()
+
+    def refused() -> float:
+        return REGISTRY.get_sample_value("mall_events_refused_total", {
+            "service": "points", "event_type": "community.quiz_answered", "reason": "LIMIT_REACHED"}) or 0.0
+
+    def answered(n: int) -> events_pb2.Event:
+        return event("community.quiz_answered", cev.QuizAnsweredEvent(
+            post=f"groups/1/posts/{900_000 + n}", member=f"members/{member}", reward_points=5), "community")
+
+    for n in range(task.limit_per_period):
+        await deliver(points.app, answered(n))
+    before = refused()
+    over = answered(task.limit_per_period)
+    assert not (await deliver(points.app, over)).duplicate  # applied (no exception): never redelivered
+    assert refused() == before + 1
+    assert (await deliver(points.app, over)).duplicate
+    async with points.engine.connect() as conn:
+        rewarded = (await conn.execute(select(Entry.source_ref).where(Entry.member_id == member))).scalars().all()
+    assert len(rewarded) == task.limit_per_period and f"groups/1/posts/{900_000 + task.limit_per_period}" not in rewarded
