@@ -9,10 +9,8 @@ event applies once; a second refund event of the same order cannot take more
 than was paid; a refund that arrives before its order's paid event is retried
 until that one is applied.
 
-An ``order.paid`` of a member this service does not know is refused, not
-retried: members are created before they can order, so it can never apply. It is
-recorded (the inbox row, a WARNING line with the event id and
-``mall_events_refused_total{reason="MEMBER_NOT_FOUND"}``) and skipped.
+An event of a member this service does not know is refused in ``events.py``, not
+retried: members are created before they can order, so it can never apply.
 """
 
 from __future__ import annotations
@@ -24,11 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mallkit.db import insert_ignore, utcnow
 from mallkit.errors import FailedPrecondition
-from mallkit.events import refused
 from mallkit.names import parse_id
 
 from . import growth as growth_
-from .models import Member, MemberPurchase, MemberPurchaseCategory, MemberPurchaseStats
+from .models import MemberPurchase, MemberPurchaseCategory, MemberPurchaseStats
 from .service import MembersService
 
 
@@ -38,9 +35,7 @@ async def on_order_paid(service: MembersService, s: AsyncSession, event, payload
     categories: dict[str, int] = {}
     for item in payload.items:
         categories[item.category] = categories.get(item.category, 0) + item.amount_fen
-    if await s.get(Member, member_id) is None:
-        refused("members", event, "MEMBER_NOT_FOUND", f"{payload.order} of unknown {payload.member}: no growth")
-        return
+    await service.member(s, member_id)  # events.py refuses an unknown member before this
     inserted = await s.execute(
         select(MemberPurchase.id).where(MemberPurchase.order == payload.order))
     if inserted.first() is not None:
@@ -83,9 +78,6 @@ async def on_order_refunded(service: MembersService, s: AsyncSession, event, pay
     if done.rowcount != 1:  # type: ignore[attr-defined]
         if (await s.execute(select(mp.id).where(mp.order == payload.order))).first() is not None:
             return  # more than was paid: the same refund under another event id, nothing more to take
-        if await s.get(Member, member_id) is None:
-            refused("members", event, "MEMBER_NOT_FOUND", f"{payload.order} of unknown {payload.member}")
-            return
         # The order's paid event is not applied yet (redeliveries may reorder them): retried with
         # backoff until it is, so the growth it gives is taken back.
         raise FailedPrecondition("the paid event of this order is not applied yet", reason="ORDER_NOT_APPLIED_YET",
@@ -96,7 +88,4 @@ async def on_order_refunded(service: MembersService, s: AsyncSession, event, pay
         update_time=utcnow()))
     paid, refunded = (await s.execute(select(mp.paid_fen, mp.refunded_fen).where(
         mp.order == payload.order, mp.member_id == member_id))).one()
-    keep = max(0, paid - refunded) // 100  # the growth the part not refunded still earns
-    take = await growth_.held_from(s, member_id, payload.order) - keep
-    if take > 0:
-        await growth_.take_back(service, s, member_id, take, "refund", payload.order)
+    await growth_.reverse_order(s, service.outbox, member_id, payload.order, paid, refunded)
