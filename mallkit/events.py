@@ -22,8 +22,10 @@ Consumer side
     the consumer's work joins the trace of the request that caused the event.
 
 A handler that refuses an event for a business reason must not raise (that would
-retry a refusal forever, then dead-letter it): it records the refusal and writes
-the compensating event to its own outbox in the same transaction.
+retry a refusal forever, then dead-letter it): it records the refusal (:func:`refused`:
+a WARNING line and the ``mall_events_refused_total`` metric; the inbox row marks the
+event applied) and writes the compensating event to its own outbox in the same
+transaction, when something was taken that must be given back.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mall.events.v1 import events_pb2
 from mallkit.db import UTCDateTime, is_duplicate_key, run_transaction, utcnow
+from mallkit.telemetry import EVENTS_REFUSED
 
 log = logging.getLogger("mallkit.events")
 tracer = trace.get_tracer("mallkit.events")
@@ -69,6 +72,15 @@ tracer = trace.get_tracer("mallkit.events")
 #: Handler of one event type: ``(session, event, payload)`` inside the inbox transaction.
 Handler = Callable[[AsyncSession, events_pb2.Event, Message], Awaitable[None]]
 
+
+
+def refused(service: str, event: events_pb2.Event, reason: str, detail: str = "") -> None:
+    """Record that a handler refuses ``event`` for a business reason (``reason``: an error reason such as
+    ``MEMBER_NOT_FOUND``): one WARNING line with the event id and ``mall_events_refused_total``. The
+    handler then returns normally, so the event counts as applied and is never redelivered."""
+    EVENTS_REFUSED.labels(service, event.type, reason).inc()
+    log.warning("%s refused %s: %s%s", service, event.type, reason, f" ({detail})" if detail else "",
+                extra={"event_id": event.id, "reason": reason})
 
 
 # --- names -------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from mallkit.events import Consumer, EventBus, Outbox, Relay, StreamSettings, Su
 from mallkit.idempotency import Idempotency
 from mallkit.jobs import Job, periodic
 from mallkit.members import MembersClient
+from mallkit.output import filter_outputs
 from mallkit.pagination import PageTokens
 from mallkit.server import ServiceHost
 
@@ -138,8 +139,8 @@ class Platform:
             host=self.settings.host, port=self.settings.port, readiness=lambda: ping(self.engine),
             background=tasks, drain_seconds=self.settings.drain_seconds,
         )
-        for s in servicers:
-            host.add(s.register, s.servicer)
+        for s in servicers:  # answers never carry an INPUT_ONLY field (mallkit.output)
+            host.add(s.register, filter_outputs(s.servicer, s.descriptor))
         self.host = host
         return host
 

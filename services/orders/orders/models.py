@@ -106,6 +106,22 @@ class CouponTemplate(Base):
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class CouponRefusal(Base):
+    """A coupon granted by another service (points redemption, community drop, welcome) that could not be
+    issued, with the reason; written with the compensating event, once per granting event."""
+
+    __tablename__ = "coupon_refusals"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    granted_event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    granted_by: Mapped[str] = mapped_column(String(16))
+    source_ref: Mapped[str] = mapped_column(String(128))
+    member: Mapped[str] = mapped_column(String(64))
+    coupon_template: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(64))
+    compensation_event_id: Mapped[str] = mapped_column(String(36), default="")
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class CouponHolding(Base):
     """How many coupons of a template a member has received (the per-member limit counter)."""
 

@@ -37,3 +37,6 @@ class PointsSettings(ServiceSettings):
     reach_job_seconds: float = Field(2.0, gt=0, description="Interval of the job sending queued reaches")
     reach_template_available: str = Field("points_available", description="Template of 'your points are available'")
     reach_template_expiring: str = Field("points_expiring", description="Template of 'your points expire soon'")
+    reach_template_redemption_failed: str = Field(
+        "redemption_failed", description="Template of 'your redemption failed, the points are back'"
+    )

@@ -79,7 +79,8 @@ def redemption_pb(r: Redemption) -> pb.Redemption:
     out = pb.Redemption(name=f"members/{r.member_id}/redemptions/{r.id}", item=f"items/{r.item_id}",
                         item_display_name=r.item_display_name, item_kind=r.item_kind, quantity=r.quantity,
                         points=r.points, cash_fen=r.cash_fen, state=r.state, carrier=r.carrier,
-                        tracking_number=r.tracking_number, coupon_template=r.coupon_template)
+                        tracking_number=r.tracking_number, coupon_template=r.coupon_template,
+                        failure_reason=r.failure_reason)
     if r.recipient:
         out.shipping_address.CopyFrom(pb.ShippingAddress(recipient=r.recipient, phone=r.phone, province=r.province,
                                                          city=r.city, district=r.district, detail=r.detail))

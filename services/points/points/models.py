@@ -206,6 +206,7 @@ class Redemption(Base):
     coupon_template: Mapped[str] = mapped_column(String(64), default="")
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
     update_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    failure_reason: Mapped[str] = mapped_column(String(64), default="", server_default="")
     __table_args__ = (Index("ix_redemptions_member_id_id", "member_id", "id"),)
 
 
