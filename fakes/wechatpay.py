@@ -21,7 +21,7 @@
 Tests use :meth:`WechatPaySimulator.notification` to build the signed request
 and hand it to the orders service themselves (any number of times).
 
-Run: ``python -m fakes.wechatpay --port 9200`` (dev keys from ``orders.devkeys``).
+Run: ``python -m fakes.wechatpay --port 9200`` (dev keys from ``mallkit.wechatpay_devkeys``).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class WechatPaySimulator:
 
     @classmethod
     def dev(cls) -> WechatPaySimulator:
-        from orders import devkeys
+        from mallkit import wechatpay_devkeys as devkeys
 
         return cls(mchid=devkeys.MCHID, appid=devkeys.APPID, apiv3_key=devkeys.APIV3_KEY,
                    merchant_public_key=devkeys.MERCHANT_PUBLIC_KEY, platform_private_key=devkeys.PLATFORM_PRIVATE_KEY,

@@ -39,7 +39,7 @@ from .models import IdempotencyKeys, InboxEvents, OutboxEvents
 from .payment import Payment
 from .reviews import Reviews
 from .servicer import OrdersServicer
-from .wechatpay import WechatPay
+from mallkit.wechatpay import WechatPay
 
 SERVICE_DIR = Path(__file__).resolve().parent.parent  # holds alembic.ini and migrations/
 TABLES = Tables(outbox=OutboxEvents, inbox=InboxEvents, idempotency=IdempotencyKeys)

@@ -7,7 +7,7 @@ from pydantic_settings import SettingsConfigDict
 
 from mallkit.settings import ServiceSettings
 
-from . import devkeys
+from mallkit import wechatpay_devkeys as devkeys
 
 
 class OrdersSettings(ServiceSettings):

@@ -43,7 +43,7 @@ from .models import (
     PaymentNotification,
     Refund,
 )
-from .wechatpay import NotificationRejected, PaidTransaction, PayApiError, RefundNotice, WechatPay
+from mallkit.wechatpay import NotificationRejected, PaidTransaction, PayApiError, RefundNotice, WechatPay
 
 log = logging.getLogger("orders.payment")
 

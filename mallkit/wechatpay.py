@@ -1,5 +1,9 @@
 """WeChat Pay v3 (JSAPI) as the merchant sees it: signed requests out, verified notifications in.
 
+The protocol only (no business rule): the services that take payments (orders
+for orders, points for the cash part of points + cash redemptions) each build
+one client from their own settings and decide what a payment or refund means.
+
 * Requests to WeChat Pay carry ``Authorization: WECHATPAY2-SHA256-RSA2048
   mchid=..,nonce_str=..,signature=..,timestamp=..,serial_no=..``; the
   signature is RSA-SHA256 (PKCS#1 v1.5) with the merchant private key over
