@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mall.orders.v1 import orders_service_pb2 as pb
 from mall.orders.v1 import orders_service_pb2_grpc as pb_grpc
 from mallkit.platform import Platform, ServiceApp, Servicer, Tables
+from mallkit.wechatpay import WechatPay
 
 from . import events, jobs
 from .addresses import Addresses
@@ -39,7 +40,6 @@ from .models import IdempotencyKeys, InboxEvents, OutboxEvents
 from .payment import Payment
 from .reviews import Reviews
 from .servicer import OrdersServicer
-from mallkit.wechatpay import WechatPay
 
 SERVICE_DIR = Path(__file__).resolve().parent.parent  # holds alembic.ini and migrations/
 TABLES = Tables(outbox=OutboxEvents, inbox=InboxEvents, idempotency=IdempotencyKeys)

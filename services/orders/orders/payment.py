@@ -25,6 +25,7 @@ from mallkit import jobs
 from mallkit.db import run_transaction, utcnow
 from mallkit.errors import FailedPrecondition, NotFound, PermissionDenied, Unavailable
 from mallkit.events import Outbox
+from mallkit.wechatpay import NotificationRejected, PaidTransaction, PayApiError, RefundNotice, WechatPay
 
 from . import errors as reasons
 from .group_buy import GroupBuying
@@ -43,7 +44,6 @@ from .models import (
     PaymentNotification,
     Refund,
 )
-from mallkit.wechatpay import NotificationRejected, PaidTransaction, PayApiError, RefundNotice, WechatPay
 
 log = logging.getLogger("orders.payment")
 
