@@ -140,3 +140,27 @@ async def test_unpaid_redemption_expires_once_returning_points_and_stock_and_a_l
     assert got.state == pb.REDEMPTION_STATE_EXPIRED
     assert (await points.account(member_id)).available_points == 700  # the second redemption holds its points
     await points.check()
+
+
+async def test_a_paid_physical_redemption_cancelled_returns_points_stock_and_its_cash_once(points, members,
+                                                                                           wechatpay_sim):
+    member_id, md = await _member(points, members)
+    item = await points.create_item(kind=pb.ITEM_KIND_PHYSICAL, points_price=200, cash_price_fen=2_990, stock=3)
+    address = pb.ShippingAddress(recipient="王五", phone="13700137000", province="浙江省", city="杭州市",
+                                 detail="文一西路 100 号")
+    r = await points.stub.RedeemItem(pb.RedeemItemRequest(name=item.name, shipping_address=address, request_id=rid()),
+                                     metadata=md)
+    await points.stub.PayRedemption(pb.PayRedemptionRequest(name=r.name), metadata=md)
+    assert (await points.stub.HandleWechatPayNotification(_notify_request(
+        *wechatpay_sim.notification(r.out_trade_no)))).message == ""
+    paid = await points.stub.GetRedemption(pb.GetRedemptionRequest(name=r.name), metadata=md)
+    assert paid.state == pb.REDEMPTION_STATE_PENDING_SHIPMENT
+    outcomes = await asyncio.gather(*[points.stub.CancelRedemption(pb.CancelRedemptionRequest(
+        name=r.name, request_id=rid()), metadata=md) for _ in range(5)], return_exceptions=True)
+    assert sum(not isinstance(o, Exception) for o in outcomes) == 1
+    assert (await points.account(member_id)).available_points == 1_000 and await _stock(points, item) == 3
+    done = await asyncio.gather(*[points.app.cash.process_refunds() for _ in range(3)])
+    assert sum(done) == 1
+    refunds = [x for x in wechatpay_sim.refunds.values() if x["out_trade_no"] == r.out_trade_no]
+    assert [x["amount"]["refund"] for x in refunds] == [2_990]
+    await points.check()

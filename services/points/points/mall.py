@@ -176,6 +176,9 @@ class Mall:
         await self.ledger.lock(s, member_id, now)
         r = await self.redemption(s, member_id, redemption_id)
         await self._transition(s, r, from_state, {"state": to_state})
+        if r.transaction_id is not None:  # a paid points + cash redemption: its cash is refunded too (points.cash)
+            await s.execute(update(Redemption).where(Redemption.id == r.id, Redemption.refund_state == 0)
+                            .values(refund_state=1))
         spent = await self.ledger.applied(s, f"redeem:{r.id}")
         e = await self.ledger.entry(s, member_id, f"cancel:{r.id}", pb.ENTRY_KIND_REVERSE, pb.ENTRY_SOURCE_REDEMPTION,
                                     f"items/{r.item_id}", r.points, 0, now, f"取消兑换 {r.item_display_name}", fresh=True)
