@@ -8,6 +8,7 @@ refund before its paid event) is redelivered with backoff.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,8 @@ from .models import Member
 
 if TYPE_CHECKING:
     from .app import MembersApp
+
+log = logging.getLogger("members.events")
 
 Handler = Callable[["MembersApp", AsyncSession, Any, Any], Awaitable[None]]
 
@@ -57,7 +60,19 @@ async def on_order_refunded(app: MembersApp, s: AsyncSession, event, p: opb.Orde
     await app.purchases.record_refund(s, member_id, p.order, p.refund_amount_fen, when)
 
 
+async def on_bargain_helped(app: MembersApp, s: AsyncSession, event, p: opb.BargainHelpedEvent) -> None:
+    """A helper arrived through a bargain's share: a touchpoint under the activity's share channel code."""
+    if not p.share_scene:
+        return
+    channel = await app.channels.by_scene(s, p.share_scene)
+    if channel is None:
+        log.info("bargain share scene matches no channel code; no touchpoint")
+        return
+    await app.channels.create_touchpoint(s, parse_id(p.helper, "members", "helper"), p.share_scene)
+
+
 HANDLERS: dict[str, tuple[type[Message], Handler]] = {
     "order.paid": (opb.OrderPaidEvent, on_order_paid),
     "order.refunded": (opb.OrderRefundedEvent, on_order_refunded),
+    "order.bargain_helped": (opb.BargainHelpedEvent, on_bargain_helped),
 }

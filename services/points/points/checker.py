@@ -43,7 +43,8 @@ async def check_ledger(engine: AsyncEngine, limit: int = 50) -> LedgerReport:
     entry_moves = (select(LotMove.entry_id.label("entry_id"), func.sum(LotMove.delta).label("total"))
                    .group_by(LotMove.entry_id).subquery())
     live = (select(Redemption.item_id.label("item_id"), func.sum(Redemption.quantity).label("quantity"))
-            .where(Redemption.state.notin_([pb.REDEMPTION_STATE_CANCELLED, pb.REDEMPTION_STATE_FAILED]))
+            .where(Redemption.state.notin_([pb.REDEMPTION_STATE_CANCELLED, pb.REDEMPTION_STATE_FAILED,
+                                            pb.REDEMPTION_STATE_EXPIRED]))
             .group_by(Redemption.item_id).subquery())
     zero = literal(0)
     async with engine.connect() as conn:

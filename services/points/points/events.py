@@ -100,11 +100,17 @@ async def on_coupon_refused(app: PointsApp, s: AsyncSession, event, p: opb.Coupo
              extra={"event_id": event.id})
 
 
+async def on_reviewed(app: PointsApp, s: AsyncSession, event, p: opb.OrderReviewedEvent) -> None:
+    """The review-order task: rewarded once per order, however many of its items are reviewed."""
+    await app.tasks.complete_task(s, _member(p.member, "member"), pb.TASK_KIND_REVIEW_ORDER, p.order)
+
+
 HANDLERS: dict[str, tuple[type[Message], Handler]] = {
     "member.referred": (mpb.MemberReferredEvent, on_referred),
     "order.paid": (opb.OrderPaidEvent, on_paid),
     "order.completed": (opb.OrderCompletedEvent, on_completed),
     "order.refunded": (opb.OrderRefundedEvent, on_refunded),
+    "order.reviewed": (opb.OrderReviewedEvent, on_reviewed),
     "community.group_joined": (cpb.GroupJoinedEvent, on_group_joined),
     "community.content_shared": (cpb.ContentSharedEvent, on_shared),
     "community.quiz_answered": (cpb.QuizAnsweredEvent, on_quiz),

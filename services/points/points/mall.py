@@ -103,6 +103,8 @@ class Mall:
                                      metadata={"field": "shipping_address"}, zh="请填写收货地址")
         cost = it.points_price * quantity
         state = pb.REDEMPTION_STATE_PENDING_SHIPMENT if it.kind == pb.ITEM_KIND_PHYSICAL else pb.REDEMPTION_STATE_COMPLETED
+        if it.cash_price_fen:  # points + cash: held until the cash part is paid (points.cash)
+            state = pb.REDEMPTION_STATE_PENDING_PAYMENT
         # Lock order: the member's account, then the item, then rows referring to the item
         # (their foreign-key checks take shared locks on it, which must come after our own lock).
         await self.ledger.take(s, member_id, cost)  # locks the account row (or fails: no points)
@@ -131,12 +133,16 @@ class Mall:
             if counted.rowcount != 1:
                 raise FailedPrecondition("per-member limit reached", reason=reasons.REDEMPTION_LIMIT_REACHED,
                                          metadata={"limit": it.per_member_limit}, zh="已达到该商品的兑换上限")
-        if it.kind == pb.ITEM_KIND_COUPON:
-            event = epb.CouponRedeemedEvent(redemption=f"members/{member_id}/redemptions/{r.id}",
-                                            member=f"members/{member_id}", coupon_template=it.coupon_template)
-            event.redeem_time.FromDatetime(now)
-            await self.outbox.add(s, "points.coupon_redeemed", event, subject=f"members/{member_id}")
+        if it.kind == pb.ITEM_KIND_COUPON and state != pb.REDEMPTION_STATE_PENDING_PAYMENT:
+            await self.coupon_redeemed(s, r, now)
         return r
+
+    async def coupon_redeemed(self, s: AsyncSession, r: Redemption, now: datetime) -> None:
+        """The orders service issues the coupon of a coupon redemption (event points.coupon_redeemed)."""
+        event = epb.CouponRedeemedEvent(redemption=f"members/{r.member_id}/redemptions/{r.id}",
+                                        member=f"members/{r.member_id}", coupon_template=r.coupon_template)
+        event.redeem_time.FromDatetime(now)
+        await self.outbox.add(s, "points.coupon_redeemed", event, subject=f"members/{r.member_id}")
 
     async def redemption(self, s: AsyncSession, member_id: int, redemption_id: int) -> Redemption:
         r = await s.get(Redemption, redemption_id, populate_existing=True)
@@ -164,12 +170,19 @@ class Mall:
             raise FailedPrecondition("redemption is not in a state that allows this", reason=reasons.REDEMPTION_STATE,
                                      metadata={"state": pb.RedemptionState.Name(r.state)}, zh="当前状态不允许此操作")
 
-    async def cancel_redemption(self, s: AsyncSession, member_id: int, redemption_id: int) -> Redemption:
-        """Points back to the lots they came from, stock and count back; once."""
+    async def cancel_redemption(self, s: AsyncSession, member_id: int, redemption_id: int, *,
+                                from_state: int = pb.REDEMPTION_STATE_PENDING_SHIPMENT,
+                                to_state: int = pb.REDEMPTION_STATE_CANCELLED) -> Redemption:
+        """Points back to the lots they came from, stock and count back; once (the state transition guards it).
+
+        Also the expiry of an unpaid points + cash redemption (PENDING_PAYMENT -> EXPIRED)."""
         now = self.ledger.clock()
         await self.ledger.lock(s, member_id, now)
         r = await self.redemption(s, member_id, redemption_id)
-        await self._transition(s, r, pb.REDEMPTION_STATE_PENDING_SHIPMENT, {"state": pb.REDEMPTION_STATE_CANCELLED})
+        await self._transition(s, r, from_state, {"state": to_state})
+        if r.transaction_id is not None:  # a paid points + cash redemption: its cash is refunded too (points.cash)
+            await s.execute(update(Redemption).where(Redemption.id == r.id, Redemption.refund_state == 0)
+                            .values(refund_state=1))
         await self._give_back(s, r, "cancel", f"取消兑换 {r.item_display_name}", now)
         return await self.redemption(s, member_id, redemption_id)
 

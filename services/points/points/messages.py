@@ -86,6 +86,9 @@ def redemption_pb(r: Redemption) -> pb.Redemption:
                                                          city=r.city, district=r.district, detail=r.detail))
     _ts(out.create_time, r.create_time)
     _ts(out.update_time, r.update_time)
+    _ts(out.pay_deadline_time, r.pay_deadline_time)
+    _ts(out.pay_time, r.pay_time)
+    out.out_trade_no = r.out_trade_no or ""
     return out
 
 
