@@ -27,6 +27,7 @@ bad field by its proto path, such as ``member.gender`` or ``tags[2]``.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 
 from google.protobuf import json_format
@@ -71,6 +72,14 @@ _QUERYABLE_MESSAGES = SPECIAL_JSON - {
 }
 _MAX_VIOLATIONS = 20
 _MAX_DEPTH = 32
+#: Integers in the path and the query: ASCII only (``int()`` would read "١" as 1 and "1_0" as 10).
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
+_NUMBER = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
+_INTEGER_TYPES = INT32_TYPES | UINT32_TYPES | INT64_TYPES | UINT64_TYPES
+_INTEGER_WRAPPERS = {
+    "google.protobuf.Int32Value", "google.protobuf.UInt32Value", "google.protobuf.Int64Value",
+    "google.protobuf.UInt64Value",
+}
 
 
 # -- helpers on descriptors ---------------------------------------------------
@@ -283,6 +292,10 @@ def _query_value(f: FieldDescriptor, raw: str) -> object:
         if lowered in ("false", "0"):
             return False
         return raw  # json_format will refuse it with the right message
+    if (f.type in _INTEGER_TYPES or (
+        f.type == _FD.TYPE_MESSAGE and f.message_type.full_name in _INTEGER_WRAPPERS
+    )) and not _INTEGER.fullmatch(raw):
+        return {"not": "an integer"}  # json_format refuses it with the field's message
     if f.type == _FD.TYPE_MESSAGE and f.message_type.full_name == "google.protobuf.FieldMask":
         # Accept snake_case paths too ("avatar_url"); the JSON form is camelCase.
         return ",".join(_lower_camel(p.strip()) for p in raw.split(",") if p.strip())
@@ -343,9 +356,13 @@ def _path_scalar(f: FieldDescriptor, raw: str, name: str) -> object:
             value = f.enum_type.values_by_name.get(raw)
             return value.number if value is not None else f.enum_type.values_by_number[int(raw)].number
         if f.type in (_FD.TYPE_DOUBLE, _FD.TYPE_FLOAT):
+            if not _NUMBER.fullmatch(raw):
+                raise ValueError(raw)
             return float(raw)
         if f.type == _FD.TYPE_BYTES:
             return raw.encode()
+        if not _INTEGER.fullmatch(raw):
+            raise ValueError(raw)
         return int(raw)
     except (KeyError, ValueError):
         raise InvalidFieldError.one(name, expected(f)) from None
