@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from mallkit.auth import TokenCodec, access_policy, authorize, bearer, current_principal
+from mallkit.constraints import check_request
 from mallkit.db import is_unavailable
 from mallkit.errors import MallError, Unavailable, internal_status
 from mallkit.idempotency import current_method
@@ -64,6 +65,7 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):
                 principal = self.codec.verify(token) if token else None
                 current_principal.set(principal)
                 authorize(policy, principal)
+                check_request(request)  # the field rules declared in the proto (mallkit.constraints)
                 return await inner(request, context)
             except MallError as err:
                 code = err.code

@@ -155,12 +155,26 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """An object's members; a key given twice is refused (which one would win is not the client's guess)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def parse_json(body: bytes) -> object:
-    """The JSON value of a body; None for an empty body."""
+    """The JSON value of a body; None for an empty body. Duplicate keys in an object are refused."""
     if not body.strip():
         return None
     try:
-        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
         # "\ud800" parses into a str that is not valid Unicode: refuse it here,
         # before it reaches the protobuf runtime.
         json.dumps(value, ensure_ascii=False).encode("utf-8")
@@ -170,6 +184,8 @@ def parse_json(body: bytes) -> object:
         raise InvalidJsonError("contains an unpaired surrogate escape such as \\ud800") from None
     except RecursionError:
         raise InvalidJsonError("is nested too deeply") from None
+    except _DuplicateKey as exc:
+        raise InvalidJsonError(f"has the key {json.dumps(str(exc), ensure_ascii=False)} more than once") from None
     except ValueError as exc:
         raise InvalidJsonError(f"is not valid JSON ({exc})") from None
     return value

@@ -73,11 +73,11 @@ async def test_path_variables_override_the_body(gw, upstream, member_auth):
 
 
 async def test_multi_segment_path_variable(gw, upstream, admin_auth):
-    r = await gw.delete("/v1/tagGroups/life/tags/baby", headers=admin_auth)
+    r = await gw.delete("/v1/tagGroups/3/tags/7", headers=admin_auth)
     assert r.status_code == 200 and r.json() == {}
-    assert upstream.servicer.last("DeleteTag").request.name == "tagGroups/life/tags/baby"
-    r = await gw.get("/v1/tagGroups/-/tags", headers=admin_auth)
-    assert upstream.servicer.last("ListTags").request.parent == "tagGroups/-"
+    assert upstream.servicer.last("DeleteTag").request.name == "tagGroups/3/tags/7"
+    r = await gw.get("/v1/tagGroups/3/tags", headers=admin_auth)
+    assert upstream.servicer.last("ListTags").request.parent == "tagGroups/3"
 
 
 async def test_patch_derives_the_update_mask_from_the_body(gw, upstream, member_auth):

@@ -71,16 +71,21 @@ async def test_injection_and_markup_are_refused(members):
         assert await _violations(e.value) == ["name"]
 
 
-async def test_unknown_mask_path_is_refused_and_output_only_ignored(members):
+async def test_unknown_and_output_only_mask_paths_are_refused(members):
     _, md = await members.login()
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await members.stub.UpdateMember(pb.UpdateMemberRequest(
             member=pb.Member(name="members/me"), update_mask=field_mask_pb2.FieldMask(paths=["openid"])), metadata=md)
     assert await _violations(e.value) == ["update_mask"]
-    out = await members.stub.UpdateMember(pb.UpdateMemberRequest(
-        member=pb.Member(name="members/me", growth_value=10**9, nickname="ok"),
-        update_mask=field_mask_pb2.FieldMask(paths=["growth_value", "nickname"])), metadata=md)
-    assert out.growth_value == 0 and out.nickname == "ok"
+    # Output-only fields are INVALID_ARGUMENT, never silently ignored (mallkit.constraints, for every service).
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await members.stub.UpdateMember(pb.UpdateMemberRequest(
+            member=pb.Member(name="members/me", growth_value=10**9, nickname="ok"),
+            update_mask=field_mask_pb2.FieldMask(paths=["growth_value", "nickname"])), metadata=md)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(await _violations(e.value)) == {"update_mask", "member.growth_value"}
+    out = await members.stub.GetMember(pb.GetMemberRequest(name="members/me"), metadata=md)
+    assert out.growth_value == 0 and out.nickname != "ok"  # nothing was applied
 
 
 async def test_member_cannot_read_or_change_another_member(members):
