@@ -265,7 +265,30 @@ def locate_errors(desc: Descriptor, value: object, path: str = "", depth: int = 
     return out[:_MAX_VIOLATIONS]
 
 
+def enum_numbers(desc: Descriptor, value: object, path: str = "", depth: int = 0) -> list[FieldViolation]:
+    """Enum fields given as numbers: the API takes enums by name only (as the document says)."""
+    if not isinstance(value, dict) or depth > _MAX_DEPTH:
+        return []
+    out: list[FieldViolation] = []
+    for key, v in value.items():
+        f = field_by_json_key(desc, key)
+        if f is None or v is None:
+            continue
+        fpath = _join(path, f.name)
+        if f.type == _FD.TYPE_ENUM:
+            items = v if isinstance(v, list) and is_repeated(f) else [v]
+            if any(isinstance(i, (int, float)) and not isinstance(i, bool) for i in items):
+                out.append(FieldViolation(fpath, expected(f)))
+        elif is_plain_message(f) and not is_map(f):
+            for i, item in enumerate(v if isinstance(v, list) and is_repeated(f) else [v]):
+                out += enum_numbers(f.message_type, item, f"{fpath}[{i}]" if is_repeated(f) else fpath, depth + 1)
+    return out
+
+
 def _parse_into(data: dict, msg: Message) -> None:
+    numbers = enum_numbers(msg.DESCRIPTOR, data)
+    if numbers:
+        raise InvalidFieldError(numbers)
     try:
         json_format.ParseDict(data, msg)
     except Exception as exc:  # noqa: BLE001 - never a 500 for bad input
@@ -308,6 +331,8 @@ def _query_value(f: FieldDescriptor, raw: str) -> object:
         if lowered in ("false", "0"):
             return False
         return raw  # json_format will refuse it with the right message
+    if f.type == _FD.TYPE_ENUM and raw not in f.enum_type.values_by_name:
+        return {"not": "an enum name"}  # by name only, as the document says; json_format refuses it
     if (f.type in _INTEGER_TYPES or (
         f.type == _FD.TYPE_MESSAGE and f.message_type.full_name in _INTEGER_WRAPPERS
     )) and not _INTEGER.fullmatch(raw):
@@ -369,8 +394,7 @@ def _path_scalar(f: FieldDescriptor, raw: str, name: str) -> object:
         if f.type == _FD.TYPE_BOOL:
             return {"true": True, "false": False}[raw]
         if f.type == _FD.TYPE_ENUM:
-            value = f.enum_type.values_by_name.get(raw)
-            return value.number if value is not None else f.enum_type.values_by_number[int(raw)].number
+            return f.enum_type.values_by_name[raw].number  # by name only
         if f.type in (_FD.TYPE_DOUBLE, _FD.TYPE_FLOAT):
             if not _NUMBER.fullmatch(raw):
                 raise ValueError(raw)
@@ -410,6 +434,8 @@ def bind_request(
     msg = route.request_class()
     desc = msg.DESCRIPTOR
     body_json = parse_json(body) if route.body else None
+    if body_json is None and route.body not in ("", "*"):
+        raise InvalidFieldError.one(route.body, "is required: send it as the JSON body")
     if body_json is not None:
         if route.body == "*":
             if not isinstance(body_json, dict):

@@ -247,7 +247,9 @@ class SchemaBuilder:
             return {"type": "string", "contentEncoding": "base64"}
         return {"type": "string"}
 
-    def field(self, f: FieldDescriptor, comment_key: str | None = None) -> dict:
+    def field(self, f: FieldDescriptor, comment_key: str | None = None, *, nullable: bool = True) -> dict:
+        """A field's schema. In JSON bodies ``null`` stands for the default value (proto3 JSON
+        mapping), so fields that are not REQUIRED also admit ``null``."""
         rules = rules_of(f)
         if is_map(f):
             value = f.message_type.fields_by_name["value"]
@@ -259,6 +261,8 @@ class SchemaBuilder:
         else:
             schema = {**self.scalar(f), **rule_keywords(rules, f)}
         behaviors = _behaviors(f)
+        if nullable and field_behavior_pb2.REQUIRED not in behaviors:
+            schema = _nullable(schema)
         if field_behavior_pb2.OUTPUT_ONLY in behaviors:
             schema["readOnly"] = True
         if field_behavior_pb2.INPUT_ONLY in behaviors:
@@ -269,6 +273,18 @@ class SchemaBuilder:
         if comment:
             schema["description"] = comment
         return schema
+
+
+def _nullable(schema: dict) -> dict:
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return {**schema, "type": [kind, "null"]}
+    if isinstance(kind, list):
+        return schema if "null" in kind else {**schema, "type": [*kind, "null"]}
+    if "$ref" in schema:
+        rest = {k: v for k, v in schema.items() if k != "$ref"}
+        return {"anyOf": [{"$ref": schema["$ref"]}, {"type": "null"}], **rest}
+    return schema  # google.protobuf.Value: anything
 
 
 ERROR_SCHEMA = {
@@ -449,7 +465,7 @@ def _operation(route: Route, schemas: SchemaBuilder, comments: dict[str, str], o
         }
     if route.response_body:
         f = method.output_type.fields_by_name[route.response_body]
-        response_schema = schemas.field(f)
+        response_schema = schemas.field(f, nullable=False)
     else:
         response_schema = schemas.message_ref(method.output_type)
     op["responses"] = {
@@ -511,7 +527,7 @@ def _body_schema(route: Route, schemas: SchemaBuilder) -> dict:
         if not in_path:
             return schemas.message_ref(request)
         return schemas.message_schema(request, exclude=in_path)
-    return schemas.field(request.fields_by_name[route.body])
+    return schemas.field(request.fields_by_name[route.body], nullable=False)
 
 
 def _query_parameters(route: Route, request: Descriptor, schemas: SchemaBuilder, comments) -> list[dict]:
@@ -541,7 +557,7 @@ def _query_parameters(route: Route, request: Descriptor, schemas: SchemaBuilder,
             param = {
                 "name": name,
                 "in": "query",
-                "schema": schemas.field(f),
+                "schema": schemas.field(f, nullable=False),
                 "description": comments.get(f"{desc.full_name}.{f.name}", ""),
             }
             param["schema"].pop("description", None)

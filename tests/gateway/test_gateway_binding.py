@@ -216,9 +216,11 @@ def _get_route(method: str, path: str):
 def test_repeated_and_nested_query_parameters():
     route = _get_route("ApplyTags", "/x")
     msg = bind_request(
-        route, "GET", {}, [("members", "members/1"), ("members", "members/2"), ("source", "3")], b""
+        route, "GET", {}, [("members", "members/1"), ("members", "members/2"), ("source", "TAG_SOURCE_RULE")], b""
     )
     assert list(msg.members) == ["members/1", "members/2"] and msg.source == pb.TAG_SOURCE_RULE
+    with pytest.raises(InvalidFieldError):  # enums by name only, as the OpenAPI document says
+        bind_request(route, "GET", {}, [("source", "3")], b"")
     route = _get_route("UpdateMember", "/x/{member.name=members/*}")
     msg = bind_request(
         route,
