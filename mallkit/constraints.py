@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from google.api import field_behavior_pb2
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.api import annotations_pb2, field_behavior_pb2
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
+from mallkit.auth import current_principal
+from mallkit.errors import PermissionDenied
+from mallkit.names import is_id
 from mallkit.validation import Validator
 
 _FD = FieldDescriptor
@@ -176,11 +180,47 @@ def _output_only(v: Validator, msg: Message) -> None:
             v.fail(f"{resource.name}.{f.name}", "is output only and cannot be set")
 
 
-def check_request(msg: Message) -> None:
-    """INVALID_ARGUMENT naming every field of ``msg`` that breaks its declared rules."""
+def _member_names(msg: Message, depth: int = 0):
+    """The values of the fields declared as member names (pattern ``members/(me|...``), one level deep."""
+    for f in msg.DESCRIPTOR.fields:
+        if f.is_repeated:
+            continue
+        if f.type == _FD.TYPE_STRING:
+            r = rules_of(f)
+            if r.pattern is not None and r.pattern.pattern.startswith(_MEMBER_PREFIX):
+                yield f.name, getattr(msg, f.name)
+        elif depth == 0 and f.type == _FD.TYPE_MESSAGE and not f.message_type.full_name.startswith("google.") \
+                and msg.HasField(f.name):
+            for name, value in _member_names(getattr(msg, f.name), 1):
+                yield f"{f.name}.{name}", value
+
+
+_MEMBER_PREFIX = "members/(me|"
+
+
+def owner_first(msg: Message) -> None:
+    """A member naming another member in any member-name field is PERMISSION_DENIED, before any
+    other check or lookup (so neither a validation error nor a NOT_FOUND says whether it exists)."""
+    p = current_principal.get()
+    if p is None or not p.is_member:
+        return
+    for _, value in _member_names(msg):
+        key = value.split("/")[1] if value.startswith("members/") and value.count("/") >= 1 else ""
+        if is_id(key) and key != p.id:
+            raise PermissionDenied(
+                "members may only access their own data", reason="NOT_OWNER", zh="无权访问他人的信息"
+            )
+
+
+def check_request(msg: Message, *, required: bool = True) -> None:
+    """INVALID_ARGUMENT naming every field of ``msg`` that breaks its declared rules
+    (after :func:`owner_first`). ``required=False`` skips the REQUIRED checks."""
+    owner_first(msg)
     v = Validator()
     update = _is_update(msg.DESCRIPTOR)
-    if update:
+    if not required:
+        _walk(v, msg, "", False, 0)
+    elif update:
         _output_only(v, msg)
         for f in msg.DESCRIPTOR.fields:  # REQUIRED holds at the top level of an update, not inside its resource
             r = rules_of(f)
@@ -191,3 +231,21 @@ def check_request(msg: Message) -> None:
         _walk(v, msg, "", True, 0)
     v.done()
 
+
+class RequestRules:
+    """What the server interceptor calls for each RPC of ``descriptors``.
+
+    Patterns, lengths, ranges and output-only hold for every RPC; REQUIRED is
+    enforced on the RPCs the gateway exposes (those with a ``google.api.http``
+    rule), whose requests clients build from the OpenAPI document. RPCs meant
+    for other services only (events, growth) keep their own checks.
+    """
+
+    def __init__(self, descriptors: Iterable[ServiceDescriptor]):
+        self.public = {
+            f"/{sd.full_name}/{m.name}" for sd in descriptors for m in sd.methods
+            if m.GetOptions().HasExtension(annotations_pb2.http)
+        }
+
+    def check(self, method: str, request: Message) -> None:
+        check_request(request, required=method in self.public)

@@ -277,7 +277,7 @@ def enum_numbers(desc: Descriptor, value: object, path: str = "", depth: int = 0
         fpath = _join(path, f.name)
         if f.type == _FD.TYPE_ENUM:
             items = v if isinstance(v, list) and is_repeated(f) else [v]
-            if any(isinstance(i, (int, float)) and not isinstance(i, bool) for i in items):
+            if any(isinstance(i, (int, float)) for i in items):  # bool too: json_format reads false as 0
                 out.append(FieldViolation(fpath, expected(f)))
         elif is_plain_message(f) and not is_map(f):
             for i, item in enumerate(v if isinstance(v, list) and is_repeated(f) else [v]):
@@ -434,6 +434,8 @@ def bind_request(
     msg = route.request_class()
     desc = msg.DESCRIPTOR
     body_json = parse_json(body) if route.body else None
+    if body_json is None and body.strip() and route.body == "*":
+        raise InvalidFieldError.one("body", "must be a JSON object")  # a literal null
     if body_json is None and route.body not in ("", "*"):
         raise InvalidFieldError.one(route.body, "is required: send it as the JSON body")
     if body_json is not None:

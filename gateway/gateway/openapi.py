@@ -216,7 +216,8 @@ class SchemaBuilder:
             props[f.json_name] = self.field(f, f"{desc.full_name}.{f.name}")
             if field_behavior_pb2.REQUIRED in _behaviors(f):
                 required.append(f.json_name)
-        schema: dict = {"type": "object", "properties": props}
+        # The gateway refuses keys that are not fields ("is not a field of this request").
+        schema: dict = {"type": "object", "properties": props, "additionalProperties": False}
         if required:
             schema["required"] = required
         if self.comments.get(desc.full_name):

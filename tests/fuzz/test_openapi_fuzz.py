@@ -57,7 +57,7 @@ async def _run(url: str, token: str, report: Path) -> dict:
     proc = await asyncio.create_subprocess_exec(
         str(st), "run", f"{url}/openapi.json", "--url", url, "-H", f"Authorization: Bearer {token}",
         "--checks", CHECKS, "--mode", "all", "--phases", PHASES, "--max-examples", str(EXAMPLES),
-        "--seed", SEED, "--workers", "2", "--request-timeout", "30", "--no-color",
+        "--seed", SEED, "--workers", "1", "--request-timeout", "30", "--no-color",
         "--suppress-health-check", "all", "--report", "ndjson", "--report-ndjson-path", str(report),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
