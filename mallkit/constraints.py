@@ -9,6 +9,7 @@ the shared server interceptor before every handler, so no service can forget
 it; the gateway's OpenAPI document states the same rules
 (:func:`rules_of` is what both read), so they cannot drift apart.
 
+Enum fields must hold a value the enum defines (proto3 keeps unknown numbers).
 A rule applies to a value that is set (a non-empty string, a non-zero number,
 each element of a repeated field). Inside the resource of an update (a
 request with ``update_mask``) REQUIRED is not enforced: a partial update sends
@@ -103,7 +104,10 @@ def _is_update(desc: Descriptor) -> bool:
 
 
 def _scalar(v: Validator, path: str, r: Rules, f: FieldDescriptor, value) -> None:
-    if f.type == _FD.TYPE_STRING:
+    if f.type == _FD.TYPE_ENUM:
+        if f.enum_type.values_by_number.get(value) is None:
+            v.fail(path, "is not a known value")  # proto3 keeps unknown numbers: no service must see one
+    elif f.type == _FD.TYPE_STRING:
         if value == "":
             return
         if r.max_len is not None and len(value) > r.max_len or r.min_len is not None and len(value) < r.min_len:
@@ -130,7 +134,7 @@ def _walk(v: Validator, msg: Message, prefix: str, require: bool, depth: int) ->
         r = rules_of(f)
         message_typed = f.type == _FD.TYPE_MESSAGE
         ours = message_typed and not f.message_type.full_name.startswith("google.")
-        if r.empty and not ours:
+        if r.empty and not ours and f.type != _FD.TYPE_ENUM:
             continue
         path = prefix + f.name
         if f.is_repeated:
