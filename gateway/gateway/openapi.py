@@ -509,6 +509,10 @@ def _field_key(desc: Descriptor, field_path: tuple[str, ...]) -> str:
     return f"{desc.full_name}.{field_path[-1]}"
 
 
+#: A body key that a path variable binds: the path's value wins (http.proto), whatever the body says.
+_SET_BY_PATH = {"description": "Set by the path; a value sent here is ignored."}
+
+
 def _body_schema(route: Route, schemas: SchemaBuilder) -> dict:
     request = route.method.input_type
     mask = request.fields_by_name.get("update_mask")
@@ -521,13 +525,19 @@ def _body_schema(route: Route, schemas: SchemaBuilder) -> dict:
         schema["properties"] = {
             k: v for k, v in schema["properties"].items() if not v.get("readOnly")
         }
+        for p in route.path_fields:
+            if len(p) == 2 and p[0] == route.body:
+                schema["properties"][f.message_type.fields_by_name[p[1]].json_name] = dict(_SET_BY_PATH)
         schema["additionalProperties"] = False
         return schema
     if route.body == "*":
         in_path = {p[0] for p in route.path_fields if len(p) == 1}
         if not in_path:
             return schemas.message_ref(request)
-        return schemas.message_schema(request, exclude=in_path)
+        schema = schemas.message_schema(request, exclude=in_path)
+        for name in in_path:
+            schema["properties"][request.fields_by_name[name].json_name] = dict(_SET_BY_PATH)
+        return schema
     return schemas.field(request.fields_by_name[route.body], nullable=False)
 
 

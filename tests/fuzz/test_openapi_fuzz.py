@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.app import create_app
@@ -70,9 +71,41 @@ def _events(report: Path) -> list[dict]:
     return [json.loads(line) for line in report.read_text().splitlines() if line.strip()] if report.exists() else []
 
 
+def figures(events: list[dict]) -> dict[str, int]:
+    """Operations, requests, 5xx, response schema violations and accepted forbidden requests of a run."""
+    ops, out = set(), {"requests": 0, "5xx": 0, "schema_violations": 0, "forbidden_accepted": 0, "failed_checks": 0}
+    for event in events:
+        done = event.get("ScenarioFinished")
+        if not done or not done.get("recorder"):
+            continue
+        recorder = done["recorder"]
+        if recorder.get("interactions"):
+            ops.add(recorder["label"])
+        for interaction in recorder.get("interactions", {}).values():
+            out["requests"] += 1
+            if (interaction.get("response") or {}).get("status_code", 0) >= 500:
+                out["5xx"] += 1
+        for checks in recorder.get("checks", {}).values():
+            for check in checks:
+                if check["status"] != "failure":
+                    continue
+                out["failed_checks"] += 1
+                if check["name"] == "response_schema_conformance":
+                    out["schema_violations"] += 1
+                if check["name"] == "negative_data_rejection":
+                    out["forbidden_accepted"] += 1
+    return {"operations": len(ops), **out}
+
+
 @pytest.mark.parametrize("who", ["member", "staff"])
 async def test_fuzz_every_operation(who, fuzz_url, members, staff_caller, tmp_path):
     caller = await new_member(members) if who == "member" else staff_caller
     result = await _run(fuzz_url, caller.token, tmp_path / f"fuzz-{who}.ndjson")
-    print(result["output"][-6000:])
+    numbers = figures(result["events"])
+    print(f"fuzz[{who}]:", " ".join(f"{k}={v}" for k, v in numbers.items()))
     assert result["exit"] == 0, result["output"][-20000:]
+    async with httpx.AsyncClient(base_url=fuzz_url) as http:
+        documented = sum(len(ops) for ops in (await http.get("/openapi.json")).json()["paths"].values())
+    assert numbers["operations"] == documented, numbers  # every operation was called
+    assert numbers["5xx"] == numbers["schema_violations"] == numbers["forbidden_accepted"] == 0, numbers
+    assert numbers["requests"] > 5 * documented, numbers

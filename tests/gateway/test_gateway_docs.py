@@ -72,7 +72,8 @@ async def test_openapi_has_the_member_routes_and_not_the_internal_ones(gw):
     path, method, record = ops["RecordSubscriptions"]
     assert path == "/v1/members/{member}/subscriptions:record"
     body = record["requestBody"]["content"]["application/json"]["schema"]
-    assert "parent" not in body["properties"] and "acceptedTemplateIds" in body["properties"]
+    assert "acceptedTemplateIds" in body["properties"]
+    assert body["properties"]["parent"] == {"description": "Set by the path; a value sent here is ignored."}
 
     _, _, list_members = ops["ListMembers"]
     query = {p["name"]: p for p in list_members["parameters"] if p["in"] == "query"}
