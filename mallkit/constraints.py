@@ -98,6 +98,18 @@ def rules_of(f: FieldDescriptor) -> Rules:
     return _NONE if rules == _NONE else rules
 
 
+def is_enforced_required(f: FieldDescriptor) -> bool:
+    """Whether REQUIRED can be checked on this field: a string, message or list must be set, an enum
+    must not be UNSPECIFIED, a number must be set when its range excludes 0. A bool, or a number whose
+    range holds 0, is always "set" in proto3 (0 and false are values), so REQUIRED there only documents."""
+    r = rules_of(f)
+    if not r.required:
+        return False
+    if f.is_repeated or f.type in (_FD.TYPE_STRING, _FD.TYPE_MESSAGE, _FD.TYPE_BYTES, _FD.TYPE_ENUM):
+        return True
+    return f.type in _INTEGERS and r.min is not None and r.min > 0
+
+
 def _is_update(desc: Descriptor) -> bool:
     mask = desc.fields_by_name.get("update_mask")
     return mask is not None and mask.message_type is not None and mask.message_type.full_name == "google.protobuf.FieldMask"
@@ -158,7 +170,7 @@ def _walk(v: Validator, msg: Message, prefix: str, require: bool, depth: int) ->
                 v.fail(path, "is required")
         else:
             value = getattr(msg, f.name)
-            if require and r.required and f.type == _FD.TYPE_STRING and value == "":
+            if require and is_enforced_required(f) and not value:
                 v.fail(path, "is required")
             else:
                 _scalar(v, path, r, f, value)

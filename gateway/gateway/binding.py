@@ -26,6 +26,7 @@ bad field by its proto path, such as ``member.gender`` or ``tags[2]``.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -482,9 +483,51 @@ def _derive_update_mask(route: Route, msg: Message, body_json: object) -> None:
 
 
 # -- responses -------------------------------------------------------------------
+@functools.cache
+def _input_only(desc: Descriptor) -> tuple[frozenset[str], tuple[tuple[str, Descriptor], ...]]:
+    """JSON names of the INPUT_ONLY fields of a message, and its message fields that may hold some."""
+    from google.api import field_behavior_pb2
+
+    own = frozenset(f.json_name for f in desc.fields
+                    if field_behavior_pb2.INPUT_ONLY in f.GetOptions().Extensions[field_behavior_pb2.field_behavior])
+    nested = tuple((f.json_name, f.message_type) for f in desc.fields
+                   if is_plain_message(f) and f.message_type is not desc and _reaches_input_only(f.message_type))
+    return own, nested
+
+
+@functools.cache
+def _reaches_input_only(desc: Descriptor, depth: int = 0) -> bool:
+    if depth > 8:
+        return False
+    from google.api import field_behavior_pb2
+
+    for f in desc.fields:
+        if field_behavior_pb2.INPUT_ONLY in f.GetOptions().Extensions[field_behavior_pb2.field_behavior]:
+            return True
+        if is_plain_message(f) and f.message_type is not desc and _reaches_input_only(f.message_type, depth + 1):
+            return True
+    return False
+
+
+def _drop_input_only(desc: Descriptor, data: object) -> None:
+    """INPUT_ONLY fields (a staff password) are never part of an answer, not even empty."""
+    if not isinstance(data, dict):
+        return
+    own, nested = _input_only(desc)
+    for key in own:
+        data.pop(key, None)
+    for key, child in nested:
+        value = data.get(key)
+        for item in value if isinstance(value, list) else [value]:
+            _drop_input_only(child, item)
+
+
 def response_json(route: Route, msg: Message) -> object:
-    """The proto3 JSON of a response: lowerCamelCase, int64 as strings, defaults included."""
+    """The proto3 JSON of a response: lowerCamelCase, int64 as strings, defaults included
+    (except INPUT_ONLY fields, which are never output)."""
     data = json_format.MessageToDict(msg, always_print_fields_with_no_presence=True)
+    if _reaches_input_only(msg.DESCRIPTOR):
+        _drop_input_only(msg.DESCRIPTOR, data)
     if route.response_body:
         return data.get(msg.DESCRIPTOR.fields_by_name[route.response_body].json_name)
     return data

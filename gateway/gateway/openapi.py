@@ -33,7 +33,7 @@ from gateway.binding import (
     is_repeated,
 )
 from gateway.routing import LITERAL, WILDCARD, Route, Variable
-from mallkit.constraints import Rules, rules_of
+from mallkit.constraints import Rules, is_enforced_required, rules_of
 
 log = logging.getLogger(__name__)
 _FD = FieldDescriptor
@@ -214,7 +214,7 @@ class SchemaBuilder:
             if f.name in skip:
                 continue
             props[f.json_name] = self.field(f, f"{desc.full_name}.{f.name}")
-            if field_behavior_pb2.REQUIRED in _behaviors(f):
+            if is_enforced_required(f):  # what the services refuse when missing (mallkit.constraints)
                 required.append(f.json_name)
         # The gateway refuses keys that are not fields ("is not a field of this request").
         schema: dict = {"type": "object", "properties": props, "additionalProperties": False}
@@ -262,7 +262,7 @@ class SchemaBuilder:
         else:
             schema = {**self.scalar(f), **rule_keywords(rules, f)}
         behaviors = _behaviors(f)
-        if nullable and field_behavior_pb2.REQUIRED not in behaviors:
+        if nullable and not is_enforced_required(f):
             schema = _nullable(schema)
         if field_behavior_pb2.OUTPUT_ONLY in behaviors:
             schema["readOnly"] = True
@@ -522,8 +522,8 @@ def _body_schema(route: Route, schemas: SchemaBuilder) -> dict:
         f = request.fields_by_name[route.body]
         schema = schemas.message_schema(f.message_type)
         schema.pop("required", None)
-        schema["properties"] = {
-            k: v for k, v in schema["properties"].items() if not v.get("readOnly")
+        schema["properties"] = {  # nothing is required in a partial update: null (the default) is fine too
+            k: _nullable(v) for k, v in schema["properties"].items() if not v.get("readOnly")
         }
         for p in route.path_fields:
             if len(p) == 2 and p[0] == route.body:
@@ -574,7 +574,7 @@ def _query_parameters(route: Route, request: Descriptor, schemas: SchemaBuilder,
             param["schema"].pop("description", None)
             if is_repeated(f):
                 param["style"], param["explode"] = "form", True
-            if field_behavior_pb2.REQUIRED in behaviors and not proto:
+            if is_enforced_required(f) and not proto:
                 param["required"] = True
             out.append(param)
 

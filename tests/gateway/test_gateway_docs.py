@@ -109,7 +109,8 @@ async def test_schemas_follow_the_proto3_json_mapping(gw):
     assert set(schemas["google.type.Date"]["properties"]) == {"year", "month", "day"}
     assert schemas["mall.members.v1.Gender"]["enum"] == ["GENDER_UNSPECIFIED", "GENDER_MALE", "GENDER_FEMALE"]
     tier = schemas["mall.members.v1.Tier"]
-    assert set(tier["required"]) == {"displayName", "growthThreshold"}  # REQUIRED
+    # REQUIRED, as far as the services can tell: growthThreshold 0 (the base tier) is the same as absent.
+    assert set(tier["required"]) == {"displayName"}
     assert schemas["mall.members.v1.ChannelCode"]["properties"]["tags"] == {
         "type": ["array", "null"], "items": {"type": "string"}, "description": schemas["mall.members.v1.ChannelCode"][
             "properties"]["tags"]["description"],

@@ -7,6 +7,7 @@ real services.
 
 from __future__ import annotations
 
+from gateway.app import create_app
 from gateway.routing import DEEP, LITERAL, Route
 from mallkit.names import is_id, parse_key
 from mallkit.testing import HttpServer
@@ -100,7 +101,7 @@ UNKNOWN = ["/", "/nope", "/v1", "/v1/", "/v1/nothing/here", "/v2/members/me", "/
 
 
 async def test_unknown_paths_are_404_json_over_real_http(mall_gateway):
-    server = HttpServer(mall_gateway.app)
+    server = HttpServer(create_app(mall_gateway.app.state.settings))  # its own app: its own lifespan and channels
     await server.start()
     try:
         import httpx
