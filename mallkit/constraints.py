@@ -14,6 +14,13 @@ A rule applies to a value that is set (a non-empty string, a non-zero number,
 each element of a repeated field). Inside the resource of an update (a
 request with ``update_mask``) REQUIRED is not enforced: a partial update sends
 only what changes.
+
+Why an option of our own and not protovalidate (``buf.validate``): protovalidate
+2.1.0 on PyPI is a Rust extension built on a second protobuf runtime
+(``protobuf-py``) and needs ``buf/validate/validate.proto`` vendored into our
+protoc build; the rules we need (pattern, lengths, range, items) are a small
+subset, and the OpenAPI document must state each of them anyway, which this
+module's :func:`rules_of` gives to both sides from one declaration.
 """
 
 from __future__ import annotations
