@@ -69,9 +69,7 @@ def rule_keywords(rules: Rules, f: FieldDescriptor, *, for_item: bool = False) -
         if rules.max is not None:
             bounds["maximum"] = rules.max
         zero_ok = (rules.min is None or rules.min <= 0) and (rules.max is None or rules.max >= 0)
-        if bounds and f.type in INT64_TYPES | UINT64_TYPES:
-            out["x-mall-range"] = bounds  # a string in JSON: the bounds are stated, validators skip them
-        elif bounds and (zero_ok or not optional):
+        if bounds and (zero_ok or not optional):
             out.update(bounds)
         elif bounds:
             out["anyOf"] = [{"const": 0}, bounds]
@@ -230,10 +228,11 @@ class SchemaBuilder:
             return self.message_ref(f.message_type)
         if t == _FD.TYPE_ENUM:
             return self.enum_ref(f.enum_type)
+        # proto3 JSON: answers carry 64-bit integers as strings; requests may send a string or a number.
         if t in INT64_TYPES:
-            return {"type": "string", "format": "int64", "pattern": _INT64_STRING}
+            return {"type": ["string", "integer"], "format": "int64", "pattern": _INT64_STRING}
         if t in UINT64_TYPES:
-            return {"type": "string", "format": "uint64", "pattern": _UINT64_STRING}
+            return {"type": ["string", "integer"], "format": "uint64", "pattern": _UINT64_STRING, "minimum": 0}
         if t in INT32_TYPES:
             return {"type": "integer", "format": "int32"}
         if t in UINT32_TYPES:
@@ -522,8 +521,9 @@ def _body_schema(route: Route, schemas: SchemaBuilder) -> dict:
         f = request.fields_by_name[route.body]
         schema = schemas.message_schema(f.message_type)
         schema.pop("required", None)
-        schema["properties"] = {  # nothing is required in a partial update: null (the default) is fine too
-            k: _nullable(v) for k, v in schema["properties"].items() if not v.get("readOnly")
+        schema["properties"] = {  # nothing is required in a partial update: null or "" (the default) is fine too
+            k: _nullable({kw: x for kw, x in v.items() if kw != "minLength"})
+            for k, v in schema["properties"].items() if not v.get("readOnly")
         }
         for p in route.path_fields:
             if len(p) == 2 and p[0] == route.body:

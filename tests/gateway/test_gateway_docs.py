@@ -97,7 +97,8 @@ async def test_schemas_follow_the_proto3_json_mapping(gw):
     props = member["properties"]
     assert member["description"].startswith("A member")
     # Not REQUIRED: null is the default value in proto3 JSON, so the schema admits it.
-    assert props["growthValue"]["type"] == ["string", "null"] and props["growthValue"]["format"] == "int64"
+    # int64: a string in answers, a string or a number in requests (proto3 JSON).
+    assert props["growthValue"]["type"] == ["string", "integer", "null"] and props["growthValue"]["format"] == "int64"
     assert props["growthValue"]["readOnly"] is True  # OUTPUT_ONLY
     assert props["createTime"]["type"] == ["string", "null"] and props["createTime"]["format"] == "date-time"
     assert props["gender"]["anyOf"] == [{"$ref": "#/components/schemas/mall.members.v1.Gender"}, {"type": "null"}]
