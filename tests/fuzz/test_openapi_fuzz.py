@@ -61,6 +61,7 @@ async def _run(url: str, token: str, report: Path) -> dict:
         "--seed", SEED, "--workers", "1", "--request-timeout", "30", "--no-color",
         "--suppress-health-check", "all", "--report", "ndjson", "--report-ndjson-path", str(report),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        cwd=report.parent,  # schemathesis keeps its cache (.schemathesis/) in the working directory
     )
     out, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT)
     text = out.decode(errors="replace")

@@ -18,7 +18,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from mallkit import idempotency, outbox
+from mallkit import events, idempotency
 from mallkit.db import UTCDateTime, new_metadata
 
 # BIGINT on MySQL, INTEGER on SQLite (so that it is SQLite's rowid alias).
@@ -30,7 +30,7 @@ class Base(DeclarativeBase):
 
 
 IdempotencyKeys = idempotency.define_table(Base.metadata)
-OutboxEvents, InboxEvents = outbox.define_tables(Base.metadata)
+OutboxEvents, InboxEvents = events.define_tables(Base.metadata)
 
 
 class Group(Base):
@@ -125,6 +125,18 @@ class QuizReward(Base):
     member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     token: Mapped[str] = mapped_column(String(36))  # which of racing answers won
     event_id: Mapped[str] = mapped_column(String(36), default="")
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class QuizAnswer(Base):
+    """A member's first answer to a quiz (the one that counts): at most one per (post, member)."""
+
+    __tablename__ = "quiz_answers"
+    post_id: Mapped[int] = mapped_column(ForeignKey("posts.id"), primary_key=True)
+    member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    token: Mapped[str] = mapped_column(String(36))  # which of racing answers won
+    chosen_option: Mapped[int] = mapped_column(SmallInteger)
+    correct: Mapped[bool] = mapped_column(Boolean)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

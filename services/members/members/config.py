@@ -20,10 +20,6 @@ class MembersSettings(ServiceSettings):
     wechat_secret: SecretStr = Field(SecretStr(DEV_WECHAT_SECRET), description="Mini-program app secret")
     wechat_timeout_seconds: float = Field(5.0, description="Timeout of calls to WeChat")
     reach_daily_cap: int = Field(3, description="Subscribe messages a member gets per brand day at most")
-    event_routes: dict[str, list[str]] = Field(
-        default_factory=lambda: {"member.referred": ["points"], "member.registered": ["orders"]},
-        description="Event type -> subscribing services (JSON)",
-    )
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> MembersSettings:

@@ -17,7 +17,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from mallkit import idempotency, outbox
+from mallkit import events, idempotency
 from mallkit.db import UTCDateTime, new_metadata
 
 # BIGINT on MySQL, INTEGER on SQLite (so that it is SQLite's rowid alias).
@@ -29,7 +29,7 @@ class Base(DeclarativeBase):
 
 
 IdempotencyKeys = idempotency.define_table(Base.metadata)
-OutboxEvents, InboxEvents = outbox.define_tables(Base.metadata)
+OutboxEvents, InboxEvents = events.define_tables(Base.metadata)
 
 
 class Store(Base):
@@ -144,7 +144,7 @@ class TierChange(Base):
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id"))
     from_tier_id: Mapped[int | None] = mapped_column(ForeignKey("tiers.id"), nullable=True)
-    to_tier_id: Mapped[int] = mapped_column(ForeignKey("tiers.id"))
+    to_tier_id: Mapped[int | None] = mapped_column(ForeignKey("tiers.id"), nullable=True)
     growth_value: Mapped[int] = mapped_column(BigInteger)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
     __table_args__ = (Index("ix_tier_changes_member_id_id", "member_id", "id"),)

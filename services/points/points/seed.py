@@ -9,11 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mall.points.v1 import points_service_pb2 as pb
 from mallkit.db import run_transaction, session_factory, utcnow
-from mallkit.outbox import Outbox
+from mallkit.events import Outbox
+from mallkit.pagination import PageTokens
 
+from .app import domain
 from .config import PointsSettings
 from .models import OutboxEvents, Task
-from .service import PointsService
 
 TASKS = [
     (pb.TASK_KIND_COMPLETE_PROFILE, "完善个人资料", 50, pb.TASK_FREQUENCY_ONCE, 1),
@@ -27,7 +28,8 @@ TASKS = [
 
 async def seed_demo(engine: AsyncEngine, settings: PointsSettings | None = None) -> None:
     settings = settings or PointsSettings()
-    service = PointsService(settings, Outbox(OutboxEvents, "points", settings.event_routes))
+    secret = settings.platform.token_secret.get_secret_value()
+    service = domain(settings, Outbox(OutboxEvents, "points"), PageTokens(secret))
     sessions = session_factory(engine)
     async with sessions() as s:
         if (await s.execute(select(func.count()).select_from(Task))).scalar_one():
@@ -37,10 +39,10 @@ async def seed_demo(engine: AsyncEngine, settings: PointsSettings | None = None)
     print("points: demo data created (6 tasks, 4 mall items)")
 
 
-async def _seed(s, service: PointsService) -> None:
+async def _seed(s, service: dict) -> None:
     for kind, name, reward, frequency, limit in TASKS:
-        await service.create_task(s, {"kind": kind, "display_name": name, "reward_points": reward,
-                                      "frequency": frequency, "limit_per_period": limit, "active": True})
+        await service["tasks"].create_task(s, {"kind": kind, "display_name": name, "reward_points": reward,
+                                               "frequency": frequency, "limit_per_period": limit, "active": True})
     now = utcnow()
     for fields in [
         {"display_name": "10元无门槛券", "kind": pb.ITEM_KIND_COUPON, "points_price": 500, "stock": 1000,
@@ -52,4 +54,4 @@ async def _seed(s, service: PointsService) -> None:
         {"display_name": "金卡专享 婴儿湿巾礼盒", "kind": pb.ITEM_KIND_PHYSICAL, "points_price": 800, "stock": 50,
          "allowed_tiers": "3,4", "description": "金卡及以上会员专享"},
     ]:
-        await service.create_item(s, {"state": pb.ITEM_STATE_ACTIVE, **fields})
+        await service["mall"].create_item(s, {"state": pb.ITEM_STATE_ACTIVE, **fields})
