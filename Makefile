@@ -61,6 +61,13 @@ test: protos ## Run the whole test suite (MariaDB when it answers, else SQLite w
 test-sqlite: protos ## Run the suite on SQLite even where MariaDB answers
 	MALL_TEST_MYSQL_URL=mysql+aiomysql://nobody@127.0.0.1:1/ $(PY) -m pytest
 
+fuzz: protos ## Fuzz the gateway against its OpenAPI document (schemathesis; the bounded profile of make test)
+	$(PY) -m pytest tests/fuzz -q
+
+fuzz-nightly: protos ## The long fuzzing profile (100 examples per operation and token; MALL_FUZZ_EXAMPLES to change)
+	MALL_FUZZ_EXAMPLES=$${MALL_FUZZ_EXAMPLES:-100} MALL_FUZZ_SEED=$${MALL_FUZZ_SEED:-$$RANDOM} \
+	MALL_FUZZ_TIMEOUT_SECONDS=$${MALL_FUZZ_TIMEOUT_SECONDS:-7200} $(PY) -m pytest tests/fuzz -q -s
+
 migrate: protos ## Apply migrations of SVC (default members) to its <SVC>_DATABASE_URL
 	$(PY) -m $(or $(SVC),members) migrate
 
@@ -113,4 +120,4 @@ clean: ## Remove generated code, caches and the venvs
 	rm -rf $(GEN) gen/k8s $(VENV) $(K8S_VENV) .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: run reset test test-sqlite migrate revision create-admin bench check-points dlq dlq-replay clean
+.PHONY: run reset test test-sqlite fuzz fuzz-nightly migrate revision create-admin bench check-points dlq dlq-replay clean

@@ -23,6 +23,7 @@ import jwt
 from google.protobuf.descriptor import MethodDescriptor
 
 from mallkit.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from mallkit.names import member_key
 
 ALGORITHM = "HS256"
 ISSUER = "mall"
@@ -180,16 +181,11 @@ def member_scope(name: str, field: str = "name", collection: str = "members") ->
     member but not ``me``. Returns the numeric member id.
     """
     p = principal()
-    prefix = f"{collection}/"
-    if not name.startswith(prefix) or "/" in name[len(prefix):] or not name[len(prefix):]:
-        raise InvalidArgument.field(field, f"must look like {collection}/{{id}} or {collection}/me")
-    key = name[len(prefix):]
+    key = member_key(name, field, collection)
     if key == "me":
         if not p.is_member:
             raise InvalidArgument.field(field, "'me' is only valid for members")
         return int(p.id)
-    if not key.isdigit() or len(key) > 18:
-        raise InvalidArgument.field(field, f"must look like {collection}/{{id}}")
     if p.is_member and key != p.id:
         raise PermissionDenied(
             "members may only access their own data", reason="NOT_OWNER", zh="无权访问他人的信息"

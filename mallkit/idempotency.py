@@ -34,7 +34,7 @@ M = TypeVar("M", bound=Message)
 #: Full name of the RPC being served (set by the server interceptor).
 current_method: ContextVar[str] = ContextVar("current_method", default="")
 
-REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")  # fullmatch: "$" would allow a trailing newline
 
 
 def define_table(metadata: MetaData) -> Table:
@@ -92,7 +92,7 @@ class Idempotency:
             if required:
                 raise InvalidArgument.field("request_id", "is required for this method")
             return await run_transaction(self.sessions, use_case)
-        if not REQUEST_ID.match(rid):
+        if not REQUEST_ID.fullmatch(rid):
             raise InvalidArgument.field("request_id", "must be 8 to 64 letters, digits, '-' or '_' (a UUID)")
         scope, digest = self.scope(), request_hash(request)
         t = self.table

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from mallkit.auth import TokenCodec, access_policy, authorize, bearer, current_principal
+from mallkit.constraints import RequestRules
 from mallkit.db import is_unavailable
 from mallkit.errors import MallError, Unavailable, internal_status
 from mallkit.idempotency import current_method
@@ -42,6 +43,7 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):
         self.service = service
         self.domain = domain
         self.codec = codec
+        self.rules = RequestRules(descriptors)
         self.policies = {
             f"/{sd.full_name}/{m.name}": access_policy(m) for sd in descriptors for m in sd.methods
         }
@@ -64,6 +66,7 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):
                 principal = self.codec.verify(token) if token else None
                 current_principal.set(principal)
                 authorize(policy, principal)
+                self.rules.check(method, request)  # the field rules declared in the proto (mallkit.constraints)
                 return await inner(request, context)
             except MallError as err:
                 code = err.code

@@ -187,7 +187,7 @@ class WechatPay:
         now = time.time() if now is None else now
         if serial != self.platform_serial:
             raise NotificationRejected("NOTIFICATION_SERIAL_UNKNOWN", "unknown platform serial")
-        if not timestamp.isdigit() or abs(now - int(timestamp)) > self.window_seconds:
+        if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12) or abs(now - int(timestamp)) > self.window_seconds:
             raise NotificationRejected("NOTIFICATION_STALE", "timestamp outside the accepted window")
         if not verify(self.platform_public_key, f"{timestamp}\n{nonce}\n{body}\n", signature):
             raise NotificationRejected("NOTIFICATION_SIGNATURE_INVALID", "signature does not verify")

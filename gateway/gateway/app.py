@@ -26,6 +26,7 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -34,7 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.config import SERVICES, GatewaySettings
 from gateway.docs import render_docs
-from gateway.errors import DOMAIN, error_response
+from gateway.errors import DOMAIN, MethodNotAllowedError, RouteNotFoundError, error_response
 from gateway.handler import REQUEST_ID, ROUTE_KEY, ApiEndpoint
 from gateway.metrics import UNMATCHED, GatewayMetrics
 from gateway.openapi import build_openapi
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 UNTRACED = ("/healthz", "/metrics")
 _FIXED = {"/healthz", "/metrics", "/openapi.json", "/docs"}
 _METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # fullmatch: "$" allows a trailing newline
 
 
 def _traceparent() -> str | None:
@@ -72,7 +73,7 @@ class EdgeMiddleware:
             return
         start = time.perf_counter()
         incoming = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if _REQUEST_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})[REQUEST_ID] = request_id
         status, started = 500, False
 
@@ -102,6 +103,17 @@ class EdgeMiddleware:
             self.metrics.observe(method, route, status, time.perf_counter() - start)
 
 
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (should the catch-all route ever miss): the AIP-193 JSON error."""
+    status = getattr(exc, "status_code", 500)
+    if status == 405:
+        allow = (getattr(exc, "headers", None) or {}).get("Allow", "GET")
+        return error_response(MethodNotAllowedError(request.method, [m.strip() for m in allow.split(",")]))
+    if status == 404:
+        return error_response(RouteNotFoundError(f"no route for {request.method} {request.url.path}"))
+    return error_response(MallError("internal error", domain=DOMAIN))
+
+
 def create_app(settings: GatewaySettings | None = None) -> Starlette:
     """The gateway for ``settings`` (read from the environment when None).
 
@@ -126,6 +138,7 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
         caller_limits=TokenBuckets(
             settings.rate_per_member, settings.burst_per_member, max_keys=settings.rate_limit_max_keys
         ),
+        fixed_paths={path: ["GET", "HEAD"] for path in _FIXED},
     )
     openapi_doc = build_openapi(routes, services)
     docs_html = render_docs(openapi_doc)
@@ -171,12 +184,13 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
     untraced = "|".join(re.escape(p) for p in UNTRACED)
     app = Starlette(
         routes=[
-            HttpRoute("/healthz", healthz),
-            HttpRoute("/metrics", prometheus),
-            HttpRoute("/openapi.json", openapi),
-            HttpRoute("/docs", docs),
-            HttpRoute("/{path:path}", api),  # every method: an ASGI endpoint
+            HttpRoute("/healthz", healthz, methods=["GET"]),
+            HttpRoute("/metrics", prometheus, methods=["GET"]),
+            HttpRoute("/openapi.json", openapi, methods=["GET"]),
+            HttpRoute("/docs", docs, methods=["GET"]),
+            HttpRoute("/{path:path}", api),  # every method: an ASGI endpoint (JSON 404/405 included)
         ],
+        exception_handlers={HTTPException: _http_exception},
         middleware=[
             Middleware(
                 OpenTelemetryMiddleware,

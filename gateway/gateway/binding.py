@@ -26,7 +26,9 @@ bad field by its proto path, such as ``member.gender`` or ``tags[2]``.
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections.abc import Iterable, Mapping
 
 from google.protobuf import json_format
@@ -71,6 +73,14 @@ _QUERYABLE_MESSAGES = SPECIAL_JSON - {
 }
 _MAX_VIOLATIONS = 20
 _MAX_DEPTH = 32
+#: Integers in the path and the query: ASCII only (``int()`` would read "١" as 1 and "1_0" as 10).
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
+_NUMBER = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
+_INTEGER_TYPES = INT32_TYPES | UINT32_TYPES | INT64_TYPES | UINT64_TYPES
+_INTEGER_WRAPPERS = {
+    "google.protobuf.Int32Value", "google.protobuf.UInt32Value", "google.protobuf.Int64Value",
+    "google.protobuf.UInt64Value",
+}
 
 
 # -- helpers on descriptors ---------------------------------------------------
@@ -146,12 +156,26 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """An object's members; a key given twice is refused (which one would win is not the client's guess)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def parse_json(body: bytes) -> object:
-    """The JSON value of a body; None for an empty body."""
+    """The JSON value of a body; None for an empty body. Duplicate keys in an object are refused."""
     if not body.strip():
         return None
     try:
-        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
         # "\ud800" parses into a str that is not valid Unicode: refuse it here,
         # before it reaches the protobuf runtime.
         json.dumps(value, ensure_ascii=False).encode("utf-8")
@@ -161,6 +185,8 @@ def parse_json(body: bytes) -> object:
         raise InvalidJsonError("contains an unpaired surrogate escape such as \\ud800") from None
     except RecursionError:
         raise InvalidJsonError("is nested too deeply") from None
+    except _DuplicateKey as exc:
+        raise InvalidJsonError(f"has the key {json.dumps(str(exc), ensure_ascii=False)} more than once") from None
     except ValueError as exc:
         raise InvalidJsonError(f"is not valid JSON ({exc})") from None
     return value
@@ -240,7 +266,30 @@ def locate_errors(desc: Descriptor, value: object, path: str = "", depth: int = 
     return out[:_MAX_VIOLATIONS]
 
 
+def enum_numbers(desc: Descriptor, value: object, path: str = "", depth: int = 0) -> list[FieldViolation]:
+    """Enum fields given as numbers: the API takes enums by name only (as the document says)."""
+    if not isinstance(value, dict) or depth > _MAX_DEPTH:
+        return []
+    out: list[FieldViolation] = []
+    for key, v in value.items():
+        f = field_by_json_key(desc, key)
+        if f is None or v is None:
+            continue
+        fpath = _join(path, f.name)
+        if f.type == _FD.TYPE_ENUM:
+            items = v if isinstance(v, list) and is_repeated(f) else [v]
+            if any(isinstance(i, (int, float)) for i in items):  # bool too: json_format reads false as 0
+                out.append(FieldViolation(fpath, expected(f)))
+        elif is_plain_message(f) and not is_map(f):
+            for i, item in enumerate(v if isinstance(v, list) and is_repeated(f) else [v]):
+                out += enum_numbers(f.message_type, item, f"{fpath}[{i}]" if is_repeated(f) else fpath, depth + 1)
+    return out
+
+
 def _parse_into(data: dict, msg: Message) -> None:
+    numbers = enum_numbers(msg.DESCRIPTOR, data)
+    if numbers:
+        raise InvalidFieldError(numbers)
     try:
         json_format.ParseDict(data, msg)
     except Exception as exc:  # noqa: BLE001 - never a 500 for bad input
@@ -283,6 +332,12 @@ def _query_value(f: FieldDescriptor, raw: str) -> object:
         if lowered in ("false", "0"):
             return False
         return raw  # json_format will refuse it with the right message
+    if f.type == _FD.TYPE_ENUM and raw not in f.enum_type.values_by_name:
+        return {"not": "an enum name"}  # by name only, as the document says; json_format refuses it
+    if (f.type in _INTEGER_TYPES or (
+        f.type == _FD.TYPE_MESSAGE and f.message_type.full_name in _INTEGER_WRAPPERS
+    )) and not _INTEGER.fullmatch(raw):
+        return {"not": "an integer"}  # json_format refuses it with the field's message
     if f.type == _FD.TYPE_MESSAGE and f.message_type.full_name == "google.protobuf.FieldMask":
         # Accept snake_case paths too ("avatar_url"); the JSON form is camelCase.
         return ",".join(_lower_camel(p.strip()) for p in raw.split(",") if p.strip())
@@ -340,12 +395,15 @@ def _path_scalar(f: FieldDescriptor, raw: str, name: str) -> object:
         if f.type == _FD.TYPE_BOOL:
             return {"true": True, "false": False}[raw]
         if f.type == _FD.TYPE_ENUM:
-            value = f.enum_type.values_by_name.get(raw)
-            return value.number if value is not None else f.enum_type.values_by_number[int(raw)].number
+            return f.enum_type.values_by_name[raw].number  # by name only
         if f.type in (_FD.TYPE_DOUBLE, _FD.TYPE_FLOAT):
+            if not _NUMBER.fullmatch(raw):
+                raise ValueError(raw)
             return float(raw)
         if f.type == _FD.TYPE_BYTES:
             return raw.encode()
+        if not _INTEGER.fullmatch(raw):
+            raise ValueError(raw)
         return int(raw)
     except (KeyError, ValueError):
         raise InvalidFieldError.one(name, expected(f)) from None
@@ -377,6 +435,10 @@ def bind_request(
     msg = route.request_class()
     desc = msg.DESCRIPTOR
     body_json = parse_json(body) if route.body else None
+    if body_json is None and body.strip() and route.body == "*":
+        raise InvalidFieldError.one("body", "must be a JSON object")  # a literal null
+    if body_json is None and route.body not in ("", "*"):
+        raise InvalidFieldError.one(route.body, "is required: send it as the JSON body")
     if body_json is not None:
         if route.body == "*":
             if not isinstance(body_json, dict):
@@ -421,9 +483,51 @@ def _derive_update_mask(route: Route, msg: Message, body_json: object) -> None:
 
 
 # -- responses -------------------------------------------------------------------
+@functools.cache
+def _input_only(desc: Descriptor) -> tuple[frozenset[str], tuple[tuple[str, Descriptor], ...]]:
+    """JSON names of the INPUT_ONLY fields of a message, and its message fields that may hold some."""
+    from google.api import field_behavior_pb2
+
+    own = frozenset(f.json_name for f in desc.fields
+                    if field_behavior_pb2.INPUT_ONLY in f.GetOptions().Extensions[field_behavior_pb2.field_behavior])
+    nested = tuple((f.json_name, f.message_type) for f in desc.fields
+                   if is_plain_message(f) and f.message_type is not desc and _reaches_input_only(f.message_type))
+    return own, nested
+
+
+@functools.cache
+def _reaches_input_only(desc: Descriptor, depth: int = 0) -> bool:
+    if depth > 8:
+        return False
+    from google.api import field_behavior_pb2
+
+    for f in desc.fields:
+        if field_behavior_pb2.INPUT_ONLY in f.GetOptions().Extensions[field_behavior_pb2.field_behavior]:
+            return True
+        if is_plain_message(f) and f.message_type is not desc and _reaches_input_only(f.message_type, depth + 1):
+            return True
+    return False
+
+
+def _drop_input_only(desc: Descriptor, data: object) -> None:
+    """INPUT_ONLY fields (a staff password) are never part of an answer, not even empty."""
+    if not isinstance(data, dict):
+        return
+    own, nested = _input_only(desc)
+    for key in own:
+        data.pop(key, None)
+    for key, child in nested:
+        value = data.get(key)
+        for item in value if isinstance(value, list) else [value]:
+            _drop_input_only(child, item)
+
+
 def response_json(route: Route, msg: Message) -> object:
-    """The proto3 JSON of a response: lowerCamelCase, int64 as strings, defaults included."""
+    """The proto3 JSON of a response: lowerCamelCase, int64 as strings, defaults included
+    (except INPUT_ONLY fields, which are never output)."""
     data = json_format.MessageToDict(msg, always_print_fields_with_no_presence=True)
+    if _reaches_input_only(msg.DESCRIPTOR):
+        _drop_input_only(msg.DESCRIPTOR, data)
     if route.response_body:
         return data.get(msg.DESCRIPTOR.fields_by_name[route.response_body].json_name)
     return data

@@ -40,13 +40,15 @@ def _type(schema: dict) -> str:
     if "$ref" in schema:
         name = _ref_name(schema["$ref"])
         return f'<a href="#{_anchor(name)}">{escape(name.rsplit(".", 1)[-1])}</a>'
+    if "anyOf" in schema and "type" not in schema:  # a nullable reference
+        return " or ".join(_type(s) for s in schema["anyOf"])
     t = schema.get("type")
+    if isinstance(t, list):
+        return " or ".join(_type({**schema, "type": x}) for x in t)
     if t == "array":
         return "array of " + _type(schema.get("items", {}))
     if t == "object" and isinstance(schema.get("additionalProperties"), dict):
         return "map of string to " + _type(schema["additionalProperties"])
-    if isinstance(t, list):
-        return " or ".join(escape(str(x)) for x in t)
     if t is None:
         return "any"
     fmt = schema.get("format")

@@ -69,7 +69,10 @@ class ApiEndpoint:
         max_body_bytes: int,
         ip_limits: TokenBuckets,
         caller_limits: TokenBuckets,
+        fixed_paths: dict[str, list[str]] | None = None,
     ):
+        #: Paths the app serves itself (``/healthz``...) and their methods: another method is 405 there.
+        self.fixed_paths = fixed_paths or {}
         self.table = table
         self.upstreams = upstreams
         self.codec = codec
@@ -149,6 +152,8 @@ class ApiEndpoint:
         except WrongMethodError as exc:
             raise MethodNotAllowedError(http_method, exc.allowed) from None
         except NoRouteError:
+            if scope["path"] in self.fixed_paths:
+                raise MethodNotAllowedError(http_method, self.fixed_paths[scope["path"]]) from None
             raise RouteNotFoundError(f"no route for {http_method} {scope['path']}") from None
 
     def _authenticate(self, request: Request, route: Route) -> tuple[Principal | None, str | None]:
@@ -172,11 +177,10 @@ class ApiEndpoint:
         limit = self.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None:
-            try:
-                if int(declared) > limit:
-                    raise BodyTooLargeError(limit)
-            except ValueError:
-                raise InvalidFieldError.one("Content-Length", "must be an integer") from None
+            if not (declared.isascii() and declared.isdigit()):
+                raise InvalidFieldError.one("Content-Length", "must be an integer")
+            if int(declared) > limit:
+                raise BodyTooLargeError(limit)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)

@@ -33,11 +33,47 @@ from gateway.binding import (
     is_repeated,
 )
 from gateway.routing import LITERAL, WILDCARD, Route, Variable
+from mallkit.constraints import Rules, is_enforced_required, rules_of
 
 log = logging.getLogger(__name__)
 _FD = FieldDescriptor
 _REF = "#/components/schemas/"
 _QUERY_DEPTH = 3
+#: What the gateway accepts for a 64-bit integer given as a string (the proto3 JSON form).
+_INT64_STRING = r"^-?[0-9]{1,19}$"
+_UINT64_STRING = r"^[0-9]{1,20}$"
+
+
+def rule_keywords(rules: Rules, f: FieldDescriptor, *, for_item: bool = False) -> dict[str, Any]:
+    """JSON Schema keywords of a field's declared rules (``mall.api.v1.field``).
+
+    A rule applies to a value that is set, so unless the field is REQUIRED the
+    default value ("" or 0) stays allowed, exactly as the services enforce it.
+    """
+    out: dict[str, Any] = {}
+    optional = for_item is False and not rules.required
+    if f.type == _FD.TYPE_STRING:
+        if rules.pattern is not None:
+            body = rules.pattern.pattern
+            out["pattern"] = f"^(?:{body})?$" if optional else f"^(?:{body})$"
+        if rules.max_len is not None:
+            out["maxLength"] = rules.max_len
+        if rules.min_len is not None and not optional:
+            out["minLength"] = rules.min_len
+        elif rules.required and not for_item:
+            out["minLength"] = 1
+    elif f.type in INT32_TYPES or f.type in UINT32_TYPES or f.type in INT64_TYPES or f.type in UINT64_TYPES:
+        bounds = {}
+        if rules.min is not None:
+            bounds["minimum"] = rules.min
+        if rules.max is not None:
+            bounds["maximum"] = rules.max
+        zero_ok = (rules.min is None or rules.min <= 0) and (rules.max is None or rules.max >= 0)
+        if bounds and (zero_ok or not optional):
+            out.update(bounds)
+        elif bounds:
+            out["anyOf"] = [{"const": 0}, bounds]
+    return out
 
 
 # -- comments ------------------------------------------------------------------
@@ -176,9 +212,10 @@ class SchemaBuilder:
             if f.name in skip:
                 continue
             props[f.json_name] = self.field(f, f"{desc.full_name}.{f.name}")
-            if field_behavior_pb2.REQUIRED in _behaviors(f):
+            if is_enforced_required(f):  # what the services refuse when missing (mallkit.constraints)
                 required.append(f.json_name)
-        schema: dict = {"type": "object", "properties": props}
+        # The gateway refuses keys that are not fields ("is not a field of this request").
+        schema: dict = {"type": "object", "properties": props, "additionalProperties": False}
         if required:
             schema["required"] = required
         if self.comments.get(desc.full_name):
@@ -191,8 +228,11 @@ class SchemaBuilder:
             return self.message_ref(f.message_type)
         if t == _FD.TYPE_ENUM:
             return self.enum_ref(f.enum_type)
-        if t in INT64_TYPES or t in UINT64_TYPES:
-            return {"type": "string", "format": "int64"}
+        # proto3 JSON: answers carry 64-bit integers as strings; requests may send a string or a number.
+        if t in INT64_TYPES:
+            return {"type": ["string", "integer"], "format": "int64", "pattern": _INT64_STRING}
+        if t in UINT64_TYPES:
+            return {"type": ["string", "integer"], "format": "uint64", "pattern": _UINT64_STRING, "minimum": 0}
         if t in INT32_TYPES:
             return {"type": "integer", "format": "int32"}
         if t in UINT32_TYPES:
@@ -207,15 +247,22 @@ class SchemaBuilder:
             return {"type": "string", "contentEncoding": "base64"}
         return {"type": "string"}
 
-    def field(self, f: FieldDescriptor, comment_key: str | None = None) -> dict:
+    def field(self, f: FieldDescriptor, comment_key: str | None = None, *, nullable: bool = True) -> dict:
+        """A field's schema. In JSON bodies ``null`` stands for the default value (proto3 JSON
+        mapping), so fields that are not REQUIRED also admit ``null``."""
+        rules = rules_of(f)
         if is_map(f):
             value = f.message_type.fields_by_name["value"]
             schema: dict[str, Any] = {"type": "object", "additionalProperties": self.scalar(value)}
         elif is_repeated(f):
-            schema = {"type": "array", "items": self.scalar(f)}
+            schema = {"type": "array", "items": {**self.scalar(f), **rule_keywords(rules, f, for_item=True)}}
+            if rules.max_items is not None:
+                schema["maxItems"] = rules.max_items
         else:
-            schema = self.scalar(f)
+            schema = {**self.scalar(f), **rule_keywords(rules, f)}
         behaviors = _behaviors(f)
+        if nullable and not is_enforced_required(f):
+            schema = _nullable(schema)
         if field_behavior_pb2.OUTPUT_ONLY in behaviors:
             schema["readOnly"] = True
         if field_behavior_pb2.INPUT_ONLY in behaviors:
@@ -226,6 +273,18 @@ class SchemaBuilder:
         if comment:
             schema["description"] = comment
         return schema
+
+
+def _nullable(schema: dict) -> dict:
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return {**schema, "type": [kind, "null"]}
+    if isinstance(kind, list):
+        return schema if "null" in kind else {**schema, "type": [*kind, "null"]}
+    if "$ref" in schema:
+        rest = {k: v for k, v in schema.items() if k != "$ref"}
+        return {"anyOf": [{"$ref": schema["$ref"]}, {"type": "null"}], **rest}
+    return schema  # google.protobuf.Value: anything
 
 
 ERROR_SCHEMA = {
@@ -378,15 +437,17 @@ def _operation(route: Route, schemas: SchemaBuilder, comments: dict[str, str], o
     path, path_params = openapi_path(route)
     request = method.input_type
     parameters = []
-    for name, var, pattern in path_params:
+    wildcards = [i for i, s in enumerate(route.template.segments) if s.kind != LITERAL]
+    for k, (name, var, pattern) in enumerate(path_params):
         desc = f"Segment of `{var.name}` (`{pattern}`)." if var is not None else "Path segment."
         if var is not None:
             field_comment = comments.get(_field_key(request, var.field_path), "")
             if field_comment:
                 desc += " " + field_comment
-        parameters.append(
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": desc}
-        )
+        parameters.append({
+            "name": name, "in": "path", "required": True, "schema": _path_schema(route, var, wildcards[k]),
+            "description": desc,
+        })
     if route.body != "*":
         parameters += _query_parameters(route, request, schemas, comments)
 
@@ -404,7 +465,7 @@ def _operation(route: Route, schemas: SchemaBuilder, comments: dict[str, str], o
         }
     if route.response_body:
         f = method.output_type.fields_by_name[route.response_body]
-        response_schema = schemas.field(f)
+        response_schema = schemas.field(f, nullable=False)
     else:
         response_schema = schemas.message_ref(method.output_type)
     op["responses"] = {
@@ -420,20 +481,64 @@ def _operation(route: Route, schemas: SchemaBuilder, comments: dict[str, str], o
     return path, op
 
 
+def _segment_patterns(route: Route, var: Variable) -> list[str] | None:
+    """The declared pattern of a path variable's field, one piece per template segment."""
+    desc = route.method.input_type
+    for name in var.field_path[:-1]:
+        desc = desc.fields_by_name[name].message_type
+    rules = rules_of(desc.fields_by_name[var.field_path[-1]])
+    if rules.pattern is None:
+        return None
+    pieces = rules.pattern.pattern.split("/")
+    return pieces if len(pieces) == var.end - var.start else None
+
+
+def _path_schema(route: Route, var: Variable | None, segment: int) -> dict:
+    """A path parameter: one segment, matching its piece of the field's declared pattern."""
+    schema: dict[str, Any] = {"type": "string", "minLength": 1}
+    pieces = _segment_patterns(route, var) if var is not None else None
+    if var is not None and pieces is not None:
+        schema["pattern"] = f"^(?:{pieces[segment - var.start]})$"
+    return schema
+
+
 def _field_key(desc: Descriptor, field_path: tuple[str, ...]) -> str:
     for name in field_path[:-1]:
         desc = desc.fields_by_name[name].message_type
     return f"{desc.full_name}.{field_path[-1]}"
 
 
+#: A body key that a path variable binds: the path's value wins (http.proto), whatever the body says.
+_SET_BY_PATH = {"description": "Set by the path; a value sent here is ignored."}
+
+
 def _body_schema(route: Route, schemas: SchemaBuilder) -> dict:
     request = route.method.input_type
+    mask = request.fields_by_name.get("update_mask")
+    if route.body not in ("", "*") and mask is not None and route.http_method == "PATCH":
+        # A partial update: the resource's REQUIRED fields are not required here (only what changes is sent),
+        # and its output-only fields are refused (mallkit.constraints), so they are not in the body at all.
+        f = request.fields_by_name[route.body]
+        schema = schemas.message_schema(f.message_type)
+        schema.pop("required", None)
+        schema["properties"] = {  # nothing is required in a partial update: null or "" (the default) is fine too
+            k: _nullable({kw: x for kw, x in v.items() if kw != "minLength"})
+            for k, v in schema["properties"].items() if not v.get("readOnly")
+        }
+        for p in route.path_fields:
+            if len(p) == 2 and p[0] == route.body:
+                schema["properties"][f.message_type.fields_by_name[p[1]].json_name] = dict(_SET_BY_PATH)
+        schema["additionalProperties"] = False
+        return schema
     if route.body == "*":
         in_path = {p[0] for p in route.path_fields if len(p) == 1}
         if not in_path:
             return schemas.message_ref(request)
-        return schemas.message_schema(request, exclude=in_path)
-    return schemas.field(request.fields_by_name[route.body])
+        schema = schemas.message_schema(request, exclude=in_path)
+        for name in in_path:
+            schema["properties"][request.fields_by_name[name].json_name] = dict(_SET_BY_PATH)
+        return schema
+    return schemas.field(request.fields_by_name[route.body], nullable=False)
 
 
 def _query_parameters(route: Route, request: Descriptor, schemas: SchemaBuilder, comments) -> list[dict]:
@@ -463,13 +568,13 @@ def _query_parameters(route: Route, request: Descriptor, schemas: SchemaBuilder,
             param = {
                 "name": name,
                 "in": "query",
-                "schema": schemas.field(f),
+                "schema": schemas.field(f, nullable=False),
                 "description": comments.get(f"{desc.full_name}.{f.name}", ""),
             }
             param["schema"].pop("description", None)
             if is_repeated(f):
                 param["style"], param["explode"] = "form", True
-            if field_behavior_pb2.REQUIRED in behaviors and not proto:
+            if is_enforced_required(f) and not proto:
                 param["required"] = True
             out.append(param)
 

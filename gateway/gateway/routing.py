@@ -324,16 +324,17 @@ class RouteTable:
         if not raw_path.startswith("/"):
             raise NoRouteError(raw_path)
         parts = raw_path[1:].split("/")
-        last = parts[-1]
+        # The custom verb is what follows the last ":" of the last segment, and a
+        # route matches only with its own verb (or none for none): "GET
+        # /v1/orders/1:pay" is PayOrder's path with the wrong method, never
+        # GetOrder of "orders/1:pay".
+        head, colon, request_verb = parts[-1].rpartition(":")
+        candidate = [*parts[:-1], head] if colon else parts
         allowed: list[str] = []
         for route in self.routes:  # most specific first
             verb = route.template.verb
-            if verb:
-                if not last.endswith(":" + verb):
-                    continue
-                candidate = [*parts[:-1], last[: -len(verb) - 1]]
-            else:
-                candidate = parts
+            if (verb != request_verb or not verb) if colon else bool(verb):
+                continue
             values = route.template.match(candidate)
             if values is None:
                 continue

@@ -65,11 +65,11 @@ class FakeMembers(pb_grpc.MembersServiceServicer):
             raise NotFound(
                 "member not found", reason="MEMBER_NOT_FOUND", zh="会员不存在", resource=("member", request.name)
             )
-        if request.name == "members/boom":
+        if request.name == "members/500":
             raise RuntimeError("password=hunter2 in a stack trace")
-        if request.name == "members/bare":
+        if request.name == "members/501":
             await context.abort(grpc.StatusCode.INTERNAL, "Traceback: secret internals")
-        if request.name == "members/slow":
+        if request.name == "members/504":
             await asyncio.sleep(3)
         return pb.Member(
             name=request.name,

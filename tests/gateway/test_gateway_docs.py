@@ -72,15 +72,19 @@ async def test_openapi_has_the_member_routes_and_not_the_internal_ones(gw):
     path, method, record = ops["RecordSubscriptions"]
     assert path == "/v1/members/{member}/subscriptions:record"
     body = record["requestBody"]["content"]["application/json"]["schema"]
-    assert "parent" not in body["properties"] and "acceptedTemplateIds" in body["properties"]
+    assert "acceptedTemplateIds" in body["properties"]
+    assert body["properties"]["parent"] == {"description": "Set by the path; a value sent here is ignored."}
 
     _, _, list_members = ops["ListMembers"]
     query = {p["name"]: p for p in list_members["parameters"] if p["in"] == "query"}
     assert set(query) == {"pageSize", "pageToken", "tier", "tag", "firstTouchChannelCode"}
-    assert query["pageSize"]["schema"] == {"type": "integer", "format": "int32"}
+    assert query["pageSize"]["schema"] == {"type": "integer", "format": "int32", "minimum": 0}  # mall.api.v1.field
 
     _, _, update = ops["UpdateMember"]
-    assert update["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("Member")
+    # A partial update: the Member's fields, none required, output-only ones left out (they are refused).
+    patch_body = update["requestBody"]["content"]["application/json"]["schema"]
+    assert "nickname" in patch_body["properties"] and "growthValue" not in patch_body["properties"]
+    assert "required" not in patch_body and patch_body["additionalProperties"] is False
     assert "updateMask" in {p["name"] for p in update["parameters"]}
     assert doc["components"]["securitySchemes"]["bearerAuth"] == {
         "type": "http", "scheme": "bearer", "bearerFormat": "JWT"
@@ -92,20 +96,24 @@ async def test_schemas_follow_the_proto3_json_mapping(gw):
     member = schemas["mall.members.v1.Member"]
     props = member["properties"]
     assert member["description"].startswith("A member")
-    assert props["growthValue"]["type"] == "string" and props["growthValue"]["format"] == "int64"
+    # Not REQUIRED: null is the default value in proto3 JSON, so the schema admits it.
+    # int64: a string in answers, a string or a number in requests (proto3 JSON).
+    assert props["growthValue"]["type"] == ["string", "integer", "null"] and props["growthValue"]["format"] == "int64"
     assert props["growthValue"]["readOnly"] is True  # OUTPUT_ONLY
-    assert props["createTime"]["type"] == "string" and props["createTime"]["format"] == "date-time"
-    assert props["gender"]["$ref"] == "#/components/schemas/mall.members.v1.Gender"
-    assert props["attributes"]["type"] == "object" and props["attributes"]["additionalProperties"] == {
+    assert props["createTime"]["type"] == ["string", "null"] and props["createTime"]["format"] == "date-time"
+    assert props["gender"]["anyOf"] == [{"$ref": "#/components/schemas/mall.members.v1.Gender"}, {"type": "null"}]
+    assert props["nickname"]["maxLength"] == 32  # (mall.api.v1.field) = {max_len: 32}
+    assert props["attributes"]["type"] == ["object", "null"] and props["attributes"]["additionalProperties"] == {
         "type": "string"
     }
-    assert props["birthday"]["$ref"] == "#/components/schemas/google.type.Date"
+    assert props["birthday"]["anyOf"][0]["$ref"] == "#/components/schemas/google.type.Date"
     assert set(schemas["google.type.Date"]["properties"]) == {"year", "month", "day"}
     assert schemas["mall.members.v1.Gender"]["enum"] == ["GENDER_UNSPECIFIED", "GENDER_MALE", "GENDER_FEMALE"]
     tier = schemas["mall.members.v1.Tier"]
-    assert set(tier["required"]) == {"displayName", "growthThreshold"}  # REQUIRED
+    # REQUIRED, as far as the services can tell: growthThreshold 0 (the base tier) is the same as absent.
+    assert set(tier["required"]) == {"displayName"}
     assert schemas["mall.members.v1.ChannelCode"]["properties"]["tags"] == {
-        "type": "array", "items": {"type": "string"}, "description": schemas["mall.members.v1.ChannelCode"][
+        "type": ["array", "null"], "items": {"type": "string"}, "description": schemas["mall.members.v1.ChannelCode"][
             "properties"]["tags"]["description"],
     }
     assert schemas["mall.members.v1.Staff"]["properties"]["password"]["writeOnly"] is True

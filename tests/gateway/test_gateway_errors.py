@@ -36,7 +36,7 @@ async def test_failed_precondition_from_abort_with_status_is_400_with_violations
 
 
 async def test_internal_errors_never_show_their_text(gw, admin_auth):
-    for name in ("boom", "bare"):
+    for name in ("500", "501"):  # the fake fails on these
         r = await gw.get(f"/v1/members/{name}", headers=admin_auth)
         assert r.status_code == 500
         err = error_of(r)
@@ -88,7 +88,8 @@ async def test_large_bodies_are_413_by_content_length_and_while_reading(upstream
         assert r.status_code == 413
         assert error_of(r)["by_type"]["ErrorInfo"]["reason"] == "BODY_TOO_LARGE"
 
-        r = await gw.post("/v1/tiers", json={"displayName": "x" * 900}, headers=headers)
+        r = await gw.post("/v1/tiers", content=b'{"displayName": "x"}' + b" " * 900,
+                          headers={**headers, "content-type": "application/json"})
         assert r.status_code == 200
         assert upstream.servicer.methods() == ["CreateTier"]
 
@@ -110,6 +111,6 @@ async def test_unreachable_upstream_is_503(upstream, member_auth):
 
 async def test_slow_upstream_hits_the_deadline_and_is_504(upstream, admin_auth):
     async with running_gateway(gateway_settings(upstream.addr, call_timeout_seconds=0.3)) as gw:
-        r = await gw.get("/v1/members/slow", headers=admin_auth)
+        r = await gw.get("/v1/members/504", headers=admin_auth)
     assert r.status_code == 504
     assert error_of(r)["by_type"]["ErrorInfo"]["reason"] == "UPSTREAM_TIMEOUT"

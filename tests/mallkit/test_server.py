@@ -28,9 +28,9 @@ class SlowMembers(pb_grpc.MembersServiceServicer):
         self.started = asyncio.Event()
 
     async def GetMember(self, request, context):
-        if request.name == "members/refuse":
+        if request.name == "members/9001":
             raise FailedPrecondition("refused on purpose", reason="TEST_REFUSED", zh="测试拒绝")
-        if request.name == "members/crash":
+        if request.name == "members/9002":
             raise RuntimeError("secret internals: password=hunter2")
         self.started.set()
         await asyncio.sleep(0.5)
@@ -102,7 +102,7 @@ async def test_typed_errors_become_rich_statuses_and_surprises_leak_nothing(host
     h, ready, _, channel, md = host
     stub = pb_grpc.MembersServiceStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as e:
-        await stub.GetMember(pb.GetMemberRequest(name="members/refuse"), metadata=md)
+        await stub.GetMember(pb.GetMemberRequest(name="members/9001"), metadata=md)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     st = await status_of(e.value)
     assert error_info(st).reason == "TEST_REFUSED" and error_info(st).domain == "test.mall"
@@ -112,7 +112,7 @@ async def test_typed_errors_become_rich_statuses_and_surprises_leak_nothing(host
     assert any(d.Unpack(zh) for d in st.details) and zh.message == "测试拒绝" and zh.locale == "zh-CN"
     with caplog.at_level(logging.ERROR):
         with pytest.raises(grpc.aio.AioRpcError) as e:
-            await stub.GetMember(pb.GetMemberRequest(name="members/crash"), metadata=md)
+            await stub.GetMember(pb.GetMemberRequest(name="members/9002"), metadata=md)
     assert e.value.code() == grpc.StatusCode.INTERNAL
     assert "hunter2" not in (e.value.details() or "") and "hunter2" not in str(await status_of(e.value))
     assert any("unhandled error" in r.getMessage() for r in caplog.records)
