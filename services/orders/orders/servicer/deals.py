@@ -104,6 +104,7 @@ class ReviewRpcs(ServicerBase):
     async def CreateReview(self, request, context):
         oid = parse_id(request.parent, "orders", "parent")
         member_id = int(principal().id)
+        await self._read(lambda s: self.lifecycle.order(s, oid, member_id=member_id))  # ownership before the body
         r = request.review
         pid, sid = parse_ids(r.sku, "products/{}/skus/{}", "review.sku")
         v = Validator()
