@@ -21,7 +21,7 @@ class PlatformSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MALL_", extra="ignore")
 
-    env: str = Field("development", description="development | test | production")
+    env: str = Field("production", description="development | test | production (anything but development/test is production)")
     token_secret: SecretStr = Field(
         SecretStr(DEV_TOKEN_SECRET), description="HMAC key of session, service and page tokens"
     )
@@ -32,6 +32,11 @@ class PlatformSettings(BaseSettings):
     community_addr: str = Field("127.0.0.1:50054", description="host:port of the community service")
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server(s) of the event streams (comma-separated URLs)")
     call_timeout_seconds: float = Field(5.0, description="Deadline of service-to-service calls")
+    principal_cache_seconds: float = Field(
+        30.0, ge=0, le=60,
+        description="How long a member/staff account seen active (or, 5 s at most, missing) is remembered; "
+                    "a disabled account's tokens stop working within this",
+    )
     log_level: str = Field("INFO", description="Log level")
     log_format: str = Field("json", description="json | text")
 

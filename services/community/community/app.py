@@ -23,6 +23,7 @@ from mallkit.idempotency import Idempotency
 from mallkit.jobs import periodic
 from mallkit.outbox import EventSink, GrpcEventDelivery, Outbox, OutboxRelay
 from mallkit.pagination import PageTokens
+from mallkit.principals import PrincipalCheck, members_lookup
 from mallkit.server import ServiceApp, ServiceHost
 
 from .config import CommunitySettings
@@ -98,6 +99,8 @@ def build(settings: CommunitySettings, engine: AsyncEngine | None = None, *, clo
         readiness=lambda: ping(engine),
         background=background,
         drain_seconds=settings.drain_seconds,
+        principals=PrincipalCheck(members_lookup(lambda: peers.channel("members"), settings.platform.call_timeout_seconds),
+                                  ttl=settings.platform.principal_cache_seconds),
     )
     app = CommunityApp(settings, engine, sessions, host, relay, peers, service, servicer, owns_engine)
     if jobs:

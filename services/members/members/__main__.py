@@ -23,7 +23,7 @@ async def _create_admin(settings, args, engine) -> int:
         print("create-admin: a password of at least 10 characters is required (--password or MEMBERS_ADMIN_PASSWORD)",
               file=sys.stderr)
         return 2
-    created = await ensure_admin(engine, args.username, args.password)
+    created = await ensure_admin(engine, args.username, args.password, settings)
     print(f"admin {args.username!r} {'created' if created else 'already exists'}")
     return 0
 
@@ -34,6 +34,6 @@ if __name__ == "__main__":
         settings_cls=MembersSettings,
         build=build,
         service_dir=SERVICE_DIR,
-        seed=lambda engine, settings: seed_demo(engine),
+        seed=seed_demo,
         commands={"create-admin": Command("create the first admin staff account", _create_admin, _admin_arguments)},
     )

@@ -22,9 +22,10 @@ from mallkit.db import create_engine, ping, session_factory
 from mallkit.idempotency import Idempotency
 from mallkit.outbox import EventSink, GrpcEventDelivery, Outbox, OutboxRelay
 from mallkit.pagination import PageTokens
+from mallkit.principals import PrincipalCheck, guarded
 from mallkit.server import ServiceApp, ServiceHost
 
-from . import purchases
+from . import principals, purchases
 from .config import MembersSettings
 from .errors import DOMAIN
 from .models import IdempotencyKeys, InboxEvents, OutboxEvents
@@ -86,6 +87,7 @@ def build(settings: MembersSettings, engine: AsyncEngine | None = None) -> Membe
         readiness=lambda: ping(engine),
         background=[run_relay],
         drain_seconds=settings.drain_seconds,
+        principals=PrincipalCheck(guarded(principals.lookup(sessions)), ttl=settings.platform.principal_cache_seconds),
     )
     host.add(pb_grpc.add_MembersServiceServicer_to_server, servicer)
     handlers = {t: (p, functools.partial(h, service)) for t, (p, h) in EVENT_HANDLERS.items()}

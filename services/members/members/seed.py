@@ -18,15 +18,17 @@ DEMO_ADMIN = ("admin", "admin-demo-password")
 DEMO_USERS = ["alice", "bob", "carol"]
 
 
-def _service(settings: MembersSettings) -> MembersService:
-    outbox = Outbox(OutboxEvents, "members", settings.event_routes)
-    return MembersService(wechat=None, outbox=outbox, brand_timezone=settings.platform.brand_timezone,  # type: ignore[arg-type]
-                          reach_daily_cap=settings.reach_daily_cap)
+def _service(settings: MembersSettings | None) -> MembersService:
+    # Creating staff needs no setting: without settings (tests' setup), no event route and the defaults.
+    outbox = Outbox(OutboxEvents, "members", settings.event_routes if settings else {})
+    return MembersService(wechat=None, outbox=outbox,  # type: ignore[arg-type]
+                          brand_timezone=settings.platform.brand_timezone if settings else "Asia/Shanghai",
+                          reach_daily_cap=settings.reach_daily_cap if settings else 3)
 
 
-async def ensure_admin(engine: AsyncEngine, username: str, password: str) -> bool:
+async def ensure_admin(engine: AsyncEngine, username: str, password: str, settings: MembersSettings | None = None) -> bool:
     """Create an admin account unless the username exists. Returns True if created."""
-    service = _service(MembersSettings())
+    service = _service(settings)
     async with session_factory(engine)() as s, s.begin():
         if (await s.execute(select(Staff.id).where(Staff.username == username))).first():
             return False
@@ -35,12 +37,11 @@ async def ensure_admin(engine: AsyncEngine, username: str, password: str) -> boo
         return True
 
 
-async def seed_demo(engine: AsyncEngine) -> None:
+async def seed_demo(engine: AsyncEngine, settings: MembersSettings) -> None:
     from fakes.wechat import openid_for, unionid_for
 
-    settings = MembersSettings()
     service = _service(settings)
-    if not await ensure_admin(engine, *DEMO_ADMIN):
+    if not await ensure_admin(engine, *DEMO_ADMIN, settings):
         print("members: demo data already present")
         return
     async with session_factory(engine)() as s, s.begin():

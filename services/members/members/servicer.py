@@ -24,6 +24,7 @@ from mallkit.names import optional_id, parse_id, parse_ids
 from mallkit.pagination import PageTokens, next_token, page_size
 from mallkit.validation import IDENTIFIER, Validator
 
+from . import principals
 from .models import (
     AttributeDefinition,
     ChannelCode,
@@ -297,6 +298,9 @@ class MembersServicer(pb_grpc.MembersServiceServicer):
             m = await self.service.member(s, member_id)
         return pb.MemberIdentity(member=f"members/{m.id}", app_id=self.wechat.appid, openid=m.openid,
                                  unionid=m.unionid or "")
+
+    async def CheckPrincipal(self, request, context):
+        return await principals.check(self.sessions, request)
 
     async def ListMembers(self, request, context):
         size = page_size(request.page_size)

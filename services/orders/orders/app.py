@@ -36,6 +36,7 @@ from mallkit.idempotency import Idempotency
 from mallkit.names import parse_id
 from mallkit.outbox import EventSink, GrpcEventDelivery, Outbox, OutboxRelay
 from mallkit.pagination import PageTokens
+from mallkit.principals import PrincipalCheck, members_lookup
 from mallkit.server import ServiceApp, ServiceHost
 
 from .config import OrdersSettings
@@ -252,6 +253,8 @@ def build(settings: OrdersSettings, engine: AsyncEngine | None = None) -> Orders
         readiness=lambda: ping(engine),
         background=background,
         drain_seconds=settings.drain_seconds,
+        principals=PrincipalCheck(members_lookup(lambda: peers.channel("members"), settings.platform.call_timeout_seconds),
+                                  ttl=settings.platform.principal_cache_seconds),
     )
     host.add(pb_grpc.add_OrdersServiceServicer_to_server, servicer)
     host.add(events_pb2_grpc.add_EventSinkServiceServicer_to_server, EventSink(sessions, InboxEvents, handlers))

@@ -24,6 +24,7 @@ from mallkit.idempotency import Idempotency
 from mallkit.names import parse_id
 from mallkit.outbox import EventSink, GrpcEventDelivery, Outbox, OutboxRelay
 from mallkit.pagination import PageTokens
+from mallkit.principals import PrincipalCheck, members_lookup
 from mallkit.server import ServiceApp, ServiceHost
 
 from .config import PointsSettings
@@ -123,6 +124,8 @@ def build(settings: PointsSettings, engine: AsyncEngine | None = None, *, backgr
         background=[run_relay, *jobs.background(settings.expiry_job_seconds, settings.reach_job_seconds)]
         if background else [],
         drain_seconds=settings.drain_seconds,
+        principals=PrincipalCheck(members_lookup(lambda: peers.channel("members"), settings.platform.call_timeout_seconds),
+                                  ttl=settings.platform.principal_cache_seconds),
     )
     host.add(pb_grpc.add_PointsServiceServicer_to_server, servicer)
     host.add(events_pb2_grpc.add_EventSinkServiceServicer_to_server,
