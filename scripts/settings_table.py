@@ -34,8 +34,10 @@ def _default(field) -> str:
             value = None
     else:
         value = field.default
-    if isinstance(value, SecretStr):
+    if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("dev_only"):
         return "(dev value; required outside development)"
+    if isinstance(value, SecretStr) or (isinstance(value, str) and "\n" in value):
+        return "(secret)"
     if value is None or value == "":
         return ""
     return f"`{value}`".replace("|", "\\|")
