@@ -64,6 +64,9 @@ revision: protos ## New migration for SVC with MSG="..." (autogenerate against a
 create-admin: protos ## Create the first admin: make create-admin USERNAME=admin PASSWORD=...
 	MEMBERS_ADMIN_PASSWORD="$(PASSWORD)" $(PY) -m members create-admin --username "$(or $(USERNAME),admin)"
 
+disable-staff: protos ## Disable a staff account (its tokens stop working within a minute): make disable-staff USERNAME=...
+	$(PY) -m members disable-staff --username "$(USERNAME)"
+
 bench: protos ## Run every benchmark in bench/ (figures and ratios against a baseline measured in the same run)
 	@set -e; for f in bench/*.py; do echo "== $$f"; $(PY) $$f; done
 
@@ -74,4 +77,4 @@ clean: ## Remove generated code, caches and the venv
 	rm -rf $(GEN) $(VENV) .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: run reset test test-sqlite migrate revision create-admin bench check-points clean
+.PHONY: run reset test test-sqlite migrate revision create-admin disable-staff bench check-points clean

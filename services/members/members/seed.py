@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mall.members.v1 import members_service_pb2 as pb
@@ -35,6 +35,14 @@ async def ensure_admin(engine: AsyncEngine, username: str, password: str, settin
         await service.create_staff(s, username=username, display_name="管理员", role=pb.STAFF_ROLE_ADMIN,
                                    store_id=None, password=password)
         return True
+
+
+async def set_staff_disabled(engine: AsyncEngine, username: str, disabled: bool) -> bool:
+    """Disable (or enable again) a staff account: it can no longer log in, and every service refuses
+    its tokens within MALL_PRINCIPAL_CACHE_SECONDS. Returns False when no such account exists."""
+    async with session_factory(engine)() as s, s.begin():
+        result = await s.execute(update(Staff).where(Staff.username == username).values(disabled=disabled))
+        return bool(result.rowcount)
 
 
 async def seed_demo(engine: AsyncEngine, settings: MembersSettings) -> None:
