@@ -80,7 +80,9 @@ def create_engine(url: str, *, pool_size: int = 10, trace: bool = True) -> Async
     """The engine of one service's database, traced."""
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
-        engine = create_async_engine(u, connect_args={"timeout": 30})
+        # hide_parameters: statement parameters (tokens in stored responses, password hashes, phones)
+        # never reach a log line or an error message, even with DEBUG logging on.
+        engine = create_async_engine(u, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _on_connect(dbapi_connection, _record):
@@ -110,6 +112,7 @@ def create_engine(url: str, *, pool_size: int = 10, trace: bool = True) -> Async
             pool_recycle=1800,
             pool_timeout=10,
             isolation_level="READ COMMITTED",
+            hide_parameters=True,
         )
     if trace:
         instrument_engine(engine)
