@@ -47,10 +47,7 @@ def table() -> str:
     out = []
     for title, path in SOURCES:
         module, name = path.split(":")
-        try:
-            cls = getattr(importlib.import_module(module), name)
-        except ImportError:
-            continue
+        cls = getattr(importlib.import_module(module), name)  # a missing module fails loudly, never a silent gap
         prefix = cls.model_config.get("env_prefix", "")
         out += [f"**{title}**", "", "| variable | default | meaning |", "|---|---|---|"]
         for fname, field in cls.model_fields.items():

@@ -5,14 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, timedelta
 
-import pytest
-
 from mall.orders.v1 import orders_service_pb2 as pb
-
-try:  # the points service is built in parallel; skip cleanly while it is absent
-    import points.app  # noqa: F401
-except ImportError:  # pragma: no cover
-    pytest.skip("points service not present", allow_module_level=True)
 
 
 async def test_real_points_pend_once_then_confirm(orders, members, points):
