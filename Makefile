@@ -8,6 +8,9 @@ PROTOS := $(shell find protos/mall -name '*.proto')
 GEN := gen/python
 SERVICES := members points orders community
 export PYTHONDONTWRITEBYTECODE := 1
+# Every process defaults to MALL_ENV=production (and refuses development secrets there);
+# the targets here are development tools. Deployments run `python -m <svc>` with their own env.
+export MALL_ENV ?= development
 
 .DEFAULT_GOAL := help
 
@@ -46,8 +49,8 @@ lint: protos ## Lint Python (ruff), type-check mallkit (mypy) and lint the proto
 run: protos ## Run everything (fake WeChat, services, gateway) on SQLite with demo data; Ctrl-C stops
 	$(PY) scripts/run_local.py
 
-reset: ## Delete the local SQLite databases (var/)
-	rm -rf var
+reset: ## Delete the local SQLite databases (var/, or $MALL_VAR_DIR)
+	rm -rf "$${MALL_VAR_DIR:-var}"
 
 test: protos ## Run the whole test suite (MariaDB when it answers, else SQLite with a report)
 	$(PY) -m pytest
