@@ -178,17 +178,25 @@ _inside_transaction: ContextVar[bool] = ContextVar("mall_inside_transaction", de
 
 
 def _admission(sessions) -> asyncio.Semaphore:
-    """One semaphore per engine, as wide as its connection pool.
+    """One semaphore per engine, as wide as its connection pool (one on SQLite).
 
     Write transactions queue here, in order and without a timeout of their own
     (the RPC's deadline bounds the wait), instead of timing out in the pool's
     checkout under a burst of hundreds of concurrent calls.
+
+    SQLite has a single writer: there the queue is one wide. Wider, every waiting
+    writer held a pooled connection inside ``BEGIN IMMEDIATE`` and polled SQLite's
+    busy handler (sleep and retry, in no order), so on a loaded machine a writer
+    could lose that lottery past ``busy_timeout`` ("database is locked", then
+    ABORTED after the retries) while reads found the pool empty.
     """
     engine = sessions.kw["bind"].sync_engine
     sem = getattr(engine, "_mall_admission", None)
     if sem is None:
         pool = engine.pool
         width = pool.size() + max(getattr(pool, "_max_overflow", 0), 0) if hasattr(pool, "size") else 10
+        if engine.dialect.name == "sqlite":
+            width = 1
         sem = asyncio.Semaphore(max(1, width))
         engine._mall_admission = sem
     return sem

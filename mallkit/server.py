@@ -2,8 +2,9 @@
 
 :class:`ServiceHost` builds the server with, in order, the OpenTelemetry
 interceptor and :class:`PlatformInterceptor` (authentication and the access
-policy of the proto, context variables, typed errors -> google.rpc.Status,
-metrics); registers the gRPC health service, whose readiness follows the
+policy of the proto, then the account behind a member/staff token must exist
+and be active (``principals``, :mod:`mallkit.principals`), context variables,
+typed errors -> google.rpc.Status, metrics); registers the gRPC health service, whose readiness follows the
 database, and reflection; runs background tasks (outbox relay, schedulers);
 and on SIGTERM/SIGINT flips health to NOT_SERVING, stops the background tasks
 and drains in-flight calls for ``grace`` seconds.
