@@ -76,8 +76,15 @@ bench: protos ## Run every benchmark in bench/ (figures and ratios against a bas
 check-points: protos ## Verify every points account equals its ledger and lots (POINTS_DATABASE_URL)
 	$(PY) -m points check
 
+dlq: protos ## List dead-lettered events of every service (MALL_NATS_URL)
+	$(PY) -m mallkit.dlq list
+
+dlq-replay: protos ## Replay dead letter SEQ through its consuming service: make dlq-replay SEQ=12
+	@test -n "$(SEQ)" || { echo "usage: make dlq-replay SEQ=<seq from make dlq>"; exit 2; }
+	svc=$$($(PY) -m mallkit.dlq service $(SEQ)) && $(PY) -m $$svc dlq replay $(SEQ)
+
 clean: ## Remove generated code, caches and the venv
 	rm -rf $(GEN) $(VENV) .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: run reset test test-sqlite migrate revision create-admin disable-staff bench check-points clean
+.PHONY: run reset test test-sqlite migrate revision create-admin disable-staff bench check-points dlq dlq-replay clean

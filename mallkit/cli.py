@@ -44,6 +44,36 @@ async def _serve(name: str, settings, build) -> None:
     await app.stop(0)
 
 
+async def _dlq(name: str, settings, build, args: argparse.Namespace) -> int:
+    """``dlq list`` / ``dlq replay SEQ``: dead letters of this service's consumers."""
+    from mallkit.dlq import connect, describe
+    from mallkit.events import list_dead_letters, replay_dead_letter
+
+    app = build(settings)  # built, not started: its handlers, inbox and database
+    bus = await connect(settings.platform)
+    try:
+        if args.action == "list":
+            dead = await list_dead_letters(bus, name)
+            for dl in dead:
+                print(describe(dl))
+            print(f"{len(dead)} dead letter(s) of {name}")
+            return 0
+        inbox = app.platform.consumers[0].inbox if app.platform.consumers else None
+        if inbox is None:
+            print(f"{name} consumes no events", file=sys.stderr)
+            return 2
+        try:
+            dl = await replay_dead_letter(bus, args.seq, app.sessions, inbox, app.platform.subscriptions)
+        except Exception as exc:
+            print(f"replay of {args.seq} failed, the dead letter stays: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        print(f"replayed {args.seq}: {dl.event.type if dl.event else ''} applied once and removed")
+        return 0
+    finally:
+        await bus.close()
+        await app.platform.close()
+
+
 async def _with_engine(settings, fn) -> int:
     engine = create_engine(settings.database_url, trace=False)
     try:
@@ -77,6 +107,9 @@ def main(
     m.add_argument("revision", nargs="?", default="head", help="target revision (head, base, -1 ...)")
     if seed is not None:
         sub.add_parser("seed", help="insert demo data (idempotent)")
+    d = sub.add_parser("dlq", help="dead-lettered events of this service's consumers: list | replay SEQ")
+    d.add_argument("action", choices=["list", "replay"])
+    d.add_argument("seq", nargs="?", type=int, default=0)
     for cmd_name, cmd in (commands or {}).items():
         cmd.arguments(sub.add_parser(cmd_name, help=cmd.help))
     args = parser.parse_args(argv)
@@ -89,6 +122,10 @@ def main(
         asyncio.run(_serve(name, settings, build))
     elif args.command == "migrate":
         status = asyncio.run(_with_engine(settings, lambda e: _migrate(e, service_dir, args.revision)))
+    elif args.command == "dlq":
+        if args.action == "replay" and args.seq <= 0:
+            parser.error("dlq replay needs the SEQ of a dead letter (see dlq list)")
+        status = asyncio.run(_dlq(name, settings, build, args))
     elif args.command == "seed" and seed is not None:
 
         async def do_seed(engine: AsyncEngine) -> int:

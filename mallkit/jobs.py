@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Table, or_, update
@@ -24,6 +25,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mallkit.db import utcnow
 
 log = logging.getLogger("mallkit.jobs")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A scheduled job of a service (declared in its ``jobs.py``): ``run()`` every ``interval`` seconds."""
+
+    name: str
+    interval: float
+    run: Callable[[], Awaitable[object]]
 
 
 def periodic(name: str, interval: float, job: Callable[[], Awaitable[object]]):

@@ -8,7 +8,8 @@ after the access policy admitted it:
 
 * the members service looks in its own database;
 * the other services ask members (``MembersService.CheckPrincipal``, an RPC
-  without HTTP binding), through :class:`PrincipalCheck`'s cache.
+  without HTTP binding, through :meth:`mallkit.members.MembersClient.principal_active`),
+  through :class:`PrincipalCheck`'s cache. :class:`mallkit.platform.Platform` wires it.
 
 The cache keeps an answer ``ttl`` seconds at most (``MALL_PRINCIPAL_CACHE_SECONDS``,
 60 at most: a disabled account's tokens stop working within that), a refusal
@@ -22,7 +23,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-import grpc
 from cachetools import TLRUCache
 
 from mallkit.auth import Principal
@@ -82,23 +82,6 @@ class PrincipalCheck:
     def forget(self, subject: str) -> None:
         """Drop a cached answer (e.g. right after this process disabled the account)."""
         self._cache.pop(subject, None)
-
-
-def members_lookup(channel: Callable[[], grpc.aio.Channel], timeout: float = 2.0) -> Lookup:
-    """Ask the members service (with the calling service's own token, added by the channel)."""
-    from mall.members.v1 import members_service_pb2 as mpb
-    from mall.members.v1 import members_service_pb2_grpc as mpb_grpc
-
-    async def lookup(subject: str) -> bool:
-        try:
-            resp = await mpb_grpc.MembersServiceStub(channel()).CheckPrincipal(
-                mpb.CheckPrincipalRequest(principal=subject), timeout=timeout)
-        except grpc.aio.AioRpcError as err:
-            raise Unavailable("cannot check the caller's account now, retry", reason="PRINCIPALS_UNAVAILABLE",
-                              metadata={"code": err.code().name}) from None
-        return resp.active
-
-    return lookup
 
 
 def guarded(lookup: Lookup) -> Lookup:

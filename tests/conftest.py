@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from fakes.wechat import FakeWechat
-from mallkit.testing import HttpServer, mysql_available
+from mallkit.testing import HttpServer, NatsServer, mysql_available
 
 #: Fixtures of the running services (real servers on real databases): one
 #: module per service in tests/fixtures/, all loaded here.
@@ -76,6 +76,23 @@ def backend() -> str:
 def tmp_root():
     with tempfile.TemporaryDirectory(prefix="mall-tests-") as d:
         yield Path(d)
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def nats(tmp_root):
+    """The tests' own nats-server with JetStream (free port, store in the run's temp dir).
+
+    Every service under test finds it through ``MALL_NATS_URL``."""
+    server = NatsServer(tmp_root / "nats")
+    await server.start()
+    previous = os.environ.get("MALL_NATS_URL")
+    os.environ["MALL_NATS_URL"] = server.url
+    yield server
+    if previous is None:
+        os.environ.pop("MALL_NATS_URL", None)
+    else:
+        os.environ["MALL_NATS_URL"] = previous
+    await server.stop()
 
 
 @pytest.fixture

@@ -76,11 +76,11 @@ async def test_daily_cap_is_configurable(community, brand_noon):
     group = await make_group(community)
     m = new_member_id()
     await join(community, group, m)
-    community.app.service.broadcast_daily_cap = 2
+    community.app.broadcasts.daily_cap = 2
     try:
         results = [await send(community, groups=[group.name]) for _ in range(3)]
     finally:
-        community.app.service.broadcast_daily_cap = 1
+        community.app.broadcasts.daily_cap = 1
     assert [b.delivered_count for b in results] == [1, 1, 0]
 
 

@@ -11,6 +11,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import func, select
 
+from community import jobs
 from community.app import build
 from community.models import OutboxEvents, Post, QuizReward
 from mall.community.v1 import community_service_pb2 as pb
@@ -132,7 +133,7 @@ async def test_scheduled_post_is_published_once_with_several_replicas(community)
     later = utcnow() + timedelta(hours=4)
     replicas = [build(community_settings(community.url), engine=community.engine, clock=lambda: later, jobs=False)
                 for _ in range(3)]
-    won = await asyncio.gather(*[r.publish_due_posts() for r in replicas for _ in range(3)])
+    won = await asyncio.gather(*[jobs.publish_due_posts(r) for r in replicas for _ in range(3)])
     post_id = int(scheduled.name.rsplit("/", 1)[1])
     winners = [ids for ids in won if post_id in ids]
     assert len(winners) == 1

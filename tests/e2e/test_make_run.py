@@ -74,7 +74,9 @@ def demo_member_can_redeem_and_pay(base: str, env: dict, token: str, staff_token
 
 def test_run_local_starts_everything_and_stops_cleanly(tmp_path):
     env = {**os.environ, "MALL_VAR_DIR": str(tmp_path), "GATEWAY_PORT": str(free_port()),
-           "FAKE_WECHAT_PORT": str(free_port()), "FAKE_WECHATPAY_PORT": str(free_port()), "MALL_LOG_LEVEL": "WARNING"}
+           "FAKE_WECHAT_PORT": str(free_port()), "FAKE_WECHATPAY_PORT": str(free_port()), "MALL_LOG_LEVEL": "WARNING",
+           "NATS_PORT": str(free_port())}
+    env.pop("MALL_NATS_URL", None)  # make run starts its own nats-server
     for name in ("MEMBERS", "POINTS", "ORDERS", "COMMUNITY"):
         env[f"{name}_PORT"] = str(free_port())
         env.pop(f"MALL_{name}_ADDR", None)

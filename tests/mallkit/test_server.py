@@ -10,28 +10,34 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mall.events.v1 import events_pb2, events_pb2_grpc
+from mall.members.v1 import members_service_pb2 as pb
+from mall.members.v1 import members_service_pb2_grpc as pb_grpc
 from mallkit.auth import SERVICE, Principal, TokenCodec
 from mallkit.errors import FailedPrecondition, error_info, status_of
 from mallkit.server import ServiceHost
 from mallkit.telemetry import JsonFormatter
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
-SINK = "mall.events.v1.EventSinkService"
+SINK = "mall.members.v1.MembersService"
 
 
-class SlowSink(events_pb2_grpc.EventSinkServiceServicer):
+class SlowMembers(pb_grpc.MembersServiceServicer):
+    """A stand-in servicer on the members contract (its access policy comes from the proto)."""
+
     def __init__(self):
         self.started = asyncio.Event()
 
-    async def DeliverEvent(self, request, context):
-        if request.event.type == "refuse":
+    async def GetMember(self, request, context):
+        if request.name == "members/refuse":
             raise FailedPrecondition("refused on purpose", reason="TEST_REFUSED", zh="测试拒绝")
-        if request.event.type == "crash":
+        if request.name == "members/crash":
             raise RuntimeError("secret internals: password=hunter2")
         self.started.set()
         await asyncio.sleep(0.5)
-        return events_pb2.DeliverEventResponse()
+        return pb.Member(name=request.name)
+
+    async def AddGrowth(self, request, context):  # service-only
+        return pb.AddGrowthResponse()
 
 
 @pytest.fixture
@@ -41,11 +47,11 @@ async def host():
     async def readiness():
         return ready["ok"]
 
-    sink = SlowSink()
+    sink = SlowMembers()
     h = ServiceHost(service="test", domain="test.mall", codec=TokenCodec(SECRET),
-                    descriptors=[events_pb2.DESCRIPTOR.services_by_name["EventSinkService"]],
+                    descriptors=[pb.DESCRIPTOR.services_by_name["MembersService"]],
                     readiness=readiness, readiness_interval=0.05)
-    h.add(events_pb2_grpc.add_EventSinkServiceServicer_to_server, sink)
+    h.add(pb_grpc.add_MembersServiceServicer_to_server, sink)
     port = await h.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     token = TokenCodec(SECRET).issue(Principal(SERVICE, "service/test"))[0]
@@ -75,28 +81,28 @@ async def test_readiness_follows_the_database(host):
 async def test_drain_flips_health_first_and_lets_calls_in_flight_finish(host):
     h, ready, sink, channel, md = host
     ready["ok"] = True
-    stub = events_pb2_grpc.EventSinkServiceStub(channel)
-    event = events_pb2.Event(id="e1", type="slow", source="test")
+    stub = pb_grpc.MembersServiceStub(channel)
+
     async def call():
-        return await stub.DeliverEvent(events_pb2.DeliverEventRequest(event=event), metadata=md)
+        return await stub.GetMember(pb.GetMemberRequest(name="members/1"), metadata=md)
 
     in_flight = asyncio.create_task(call())
     await sink.started.wait()
     stopping = asyncio.create_task(h.stop(grace=5, drain=0.3))
     await asyncio.sleep(0.05)
     assert await _status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
-    assert isinstance(await in_flight, events_pb2.DeliverEventResponse)  # finished, not cut off
+    assert (await in_flight).name == "members/1"  # finished, not cut off
     await stopping
     with pytest.raises(grpc.aio.AioRpcError) as e:
-        await stub.DeliverEvent(events_pb2.DeliverEventRequest(event=event), metadata=md, timeout=1)
+        await stub.GetMember(pb.GetMemberRequest(name="members/1"), metadata=md, timeout=1)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 async def test_typed_errors_become_rich_statuses_and_surprises_leak_nothing(host, caplog):
     h, ready, _, channel, md = host
-    stub = events_pb2_grpc.EventSinkServiceStub(channel)
+    stub = pb_grpc.MembersServiceStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as e:
-        await stub.DeliverEvent(events_pb2.DeliverEventRequest(event=events_pb2.Event(type="refuse")), metadata=md)
+        await stub.GetMember(pb.GetMemberRequest(name="members/refuse"), metadata=md)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     st = await status_of(e.value)
     assert error_info(st).reason == "TEST_REFUSED" and error_info(st).domain == "test.mall"
@@ -106,7 +112,7 @@ async def test_typed_errors_become_rich_statuses_and_surprises_leak_nothing(host
     assert any(d.Unpack(zh) for d in st.details) and zh.message == "测试拒绝" and zh.locale == "zh-CN"
     with caplog.at_level(logging.ERROR):
         with pytest.raises(grpc.aio.AioRpcError) as e:
-            await stub.DeliverEvent(events_pb2.DeliverEventRequest(event=events_pb2.Event(type="crash")), metadata=md)
+            await stub.GetMember(pb.GetMemberRequest(name="members/crash"), metadata=md)
     assert e.value.code() == grpc.StatusCode.INTERNAL
     assert "hunter2" not in (e.value.details() or "") and "hunter2" not in str(await status_of(e.value))
     assert any("unhandled error" in r.getMessage() for r in caplog.records)
@@ -114,15 +120,15 @@ async def test_typed_errors_become_rich_statuses_and_surprises_leak_nothing(host
 
 async def test_calls_need_a_valid_token_of_an_allowed_kind(host):
     h, ready, _, channel, _ = host
-    stub = events_pb2_grpc.EventSinkServiceStub(channel)
+    stub = pb_grpc.MembersServiceStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as e:
-        await stub.DeliverEvent(events_pb2.DeliverEventRequest())
+        await stub.AddGrowth(pb.AddGrowthRequest())
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
     from mallkit.auth import MEMBER
 
     member = TokenCodec(SECRET).issue(Principal(MEMBER, "members/1"))[0]
     with pytest.raises(grpc.aio.AioRpcError) as e:
-        await stub.DeliverEvent(events_pb2.DeliverEventRequest(), metadata=(("authorization", f"Bearer {member}"),))
+        await stub.AddGrowth(pb.AddGrowthRequest(), metadata=(("authorization", f"Bearer {member}"),))
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 

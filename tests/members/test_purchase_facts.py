@@ -7,10 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from mall.events.v1 import events_pb2, events_pb2_grpc
+from mall.events.v1 import events_pb2
 from mall.members.v1 import members_service_pb2 as pb
 from mall.orders.v1 import orders_events_pb2 as oev
 from members.models import MemberPurchase, MemberPurchaseCategory, MemberPurchaseStats
+from tests.fixtures import deliver
 
 
 def _event(event_type: str, payload, subject: str) -> events_pb2.Event:
@@ -27,8 +28,7 @@ def _paid(member: str, order: str, fen: int, when: datetime, items) -> events_pb
 
 
 async def _deliver(members, event):
-    stub = events_pb2_grpc.EventSinkServiceStub(members.channel)
-    return await stub.DeliverEvent(events_pb2.DeliverEventRequest(event=event), metadata=members.service_md)
+    return await deliver(members.app, event)
 
 
 async def test_paid_orders_add_growth_once_and_record_rfm_facts(members):

@@ -9,11 +9,12 @@ import grpc
 import pytest
 from sqlalchemy import func, select
 
-from mall.events.v1 import events_pb2, events_pb2_grpc
+from mall.events.v1 import events_pb2
 from mall.orders.v1 import orders_service_pb2 as pb
 from mall.points.v1 import points_events_pb2
 from mallkit.errors import error_info, status_of
 from orders.models import Coupon, Order
+from tests.fixtures import deliver
 from tests.fixtures.orders import rid
 
 
@@ -131,9 +132,8 @@ async def test_issue_to_a_list_and_by_points_event_and_internal_rpc(orders, memb
                                                     coupon_template=t.name)
     event = events_pb2.Event(id=str(uuid.uuid4()), type="points.coupon_redeemed", source="points", subject=names[1])
     event.data.Pack(payload)
-    sink = events_pb2_grpc.EventSinkServiceStub(orders.channel)
-    first = await sink.DeliverEvent(events_pb2.DeliverEventRequest(event=event), metadata=orders.service_md)
-    again = await sink.DeliverEvent(events_pb2.DeliverEventRequest(event=event), metadata=orders.service_md)
+    first = await deliver(orders.app, event)
+    again = await deliver(orders.app, event)
     assert not first.duplicate and again.duplicate
     mid = int(names[1].split("/")[1])
     async with orders.engine.connect() as conn:

@@ -10,6 +10,7 @@ import pytest
 
 from mall.orders.v1 import orders_service_pb2 as pb
 from mallkit.errors import error_info, status_of
+from orders import jobs
 from tests.fixtures.orders import rid
 
 
@@ -60,8 +61,8 @@ async def test_group_not_full_by_the_deadline_refunds_everyone(orders, members):
     group = await orders.stub.GetGroup(pb.GetGroupRequest(name=first.group))
     assert group.state == pb.GROUP_STATE_OPEN and (group.joined_count, group.paid_count) == (3, 2)
     deadline = group.deadline_time.ToDatetime().replace(tzinfo=UTC)
-    await asyncio.gather(orders.app.fail_expired_groups(deadline + timedelta(seconds=1)),
-                         orders.app.fail_expired_groups(deadline + timedelta(seconds=1)))  # two replicas
+    await asyncio.gather(jobs.fail_expired_groups(orders.app, deadline + timedelta(seconds=1)),
+                         jobs.fail_expired_groups(orders.app, deadline + timedelta(seconds=1)))  # two replicas
     group = await orders.stub.GetGroup(pb.GetGroupRequest(name=first.group))
     assert group.state == pb.GROUP_STATE_FAILED
     for md, o in ((lead, first), (m2, second)):

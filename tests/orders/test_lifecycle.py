@@ -12,6 +12,7 @@ from sqlalchemy import select
 from mall.members.v1 import members_service_pb2 as mpb
 from mall.orders.v1 import orders_service_pb2 as pb
 from mallkit.errors import error_info, status_of
+from orders import jobs
 from orders.models import JourneyStep
 from tests.fixtures.orders import rid
 
@@ -55,6 +56,37 @@ async def test_priced_on_the_server_with_the_tier_discount_and_stock_reserved(or
     # The snapshot keeps the price paid even when the catalog changes.
     await orders.stub.UpdateSku(pb.UpdateSkuRequest(name=product.skus[0].name, price_fen=5_000), metadata=orders.staff_md)
     assert (await _get(orders, md, o)).items[0].unit_price_fen == 1_999
+
+
+async def test_order_paid_carries_the_tier_snapshot_taken_when_priced(orders, members):
+    """One member read per purchase: the tier and its points multiplier travel in order.paid."""
+    staff = await members.staff()
+    tiers = (await members.stub.ListTiers(mpb.ListTiersRequest(page_size=100), metadata=staff)).tiers
+    gold = next((t for t in tiers if t.growth_threshold == 950_000), None) or await members.stub.CreateTier(
+        mpb.CreateTierRequest(tier=mpb.Tier(display_name="订单积分VIP", growth_threshold=950_000, benefits=mpb.TierBenefits(
+            discount_percent=95, points_multiplier_percent=150))), metadata=staff)
+    login, md = await members.login()
+    await members.stub.AddGrowth(mpb.AddGrowthRequest(member=login.member.name, amount=950_000, source="activity",
+                                                      request_id=rid()), metadata=members.service_md)
+    plain_login, plain = await members.login()  # the entry tier, if the suite made one (growth 0)
+    product = await orders.product(price_fen=2_000, stock=10)
+    o = await orders.order(md, product.skus[0].name)
+    assert o.tier_discount_fen == 100  # the same read priced the order
+    await orders.pay(md, o)
+    # Flash sale orders are priced without the tier: their snapshot is taken when the member pays.
+    sale = await orders.flash_sale(product.skus[0].name, stock=5, limit=1)
+    flash = {}
+    for who in (md, plain):
+        flash[who] = await orders.stub.BuyFlashSale(pb.BuyFlashSaleRequest(
+            flash_sale=sale.name, quantity=1, request_id=rid()), metadata=who)
+        await orders.pay(who, flash[who])
+    names = [o.name, flash[md].name, flash[plain].name]
+    assert await _until(lambda: all(n in orders.points.paid for n in names))
+    got = [(orders.points.paid[n].tier, orders.points.paid[n].points_multiplier_percent) for n in names]
+    entry = (await members.stub.GetMember(mpb.GetMemberRequest(name=plain_login.member.name),
+                                           metadata=members.service_md)).tier
+    entry_multiplier = next((t.benefits.points_multiplier_percent or 100 for t in tiers if t.name == entry), 100)
+    assert got == [(gold.name, 150), (gold.name, 150), (entry, entry_multiplier)]
 
 
 async def test_illegal_transitions_are_refused(orders, members):
@@ -104,16 +136,16 @@ async def test_unpaid_order_reminded_then_cancelled_and_late_payment_refunded(or
     await orders.prepay(md, o)  # the buyer opened the payment sheet, then went away
     created = o.create_time.ToDatetime().replace(tzinfo=UTC)
     app = orders.app
-    await app.remind_unpaid(created + timedelta(seconds=app.settings.pay_reminder_seconds + 1))
-    await app.remind_unpaid(created + timedelta(seconds=app.settings.pay_reminder_seconds + 2))  # once only
+    await jobs.remind_unpaid(app, created + timedelta(seconds=app.settings.pay_reminder_seconds + 1))
+    await jobs.remind_unpaid(app, created + timedelta(seconds=app.settings.pay_reminder_seconds + 2))  # once only
     oid = int(o.name.split("/")[1])
     async with orders.engine.connect() as conn:
         steps = (await conn.execute(select(JourneyStep.step).where(JourneyStep.order_id == oid))).scalars().all()
     assert steps == ["pay_reminder"]
     deadline = o.pay_deadline_time.ToDatetime().replace(tzinfo=UTC)
-    await app.cancel_overdue(deadline - timedelta(seconds=1))  # other tests' overdue orders may go, not this one
+    await jobs.cancel_overdue(app, deadline - timedelta(seconds=1))  # other tests' overdue orders may go, not this one
     assert (await _get(orders, md, o)).state == pb.ORDER_STATE_PENDING_PAYMENT
-    assert await app.cancel_overdue(deadline + timedelta(seconds=1)) >= 1  # this one, at least
+    assert await jobs.cancel_overdue(app, deadline + timedelta(seconds=1)) >= 1  # this one, at least
     cancelled = await _get(orders, md, o)
     assert cancelled.state == pb.ORDER_STATE_CANCELLED and cancelled.cancel_reason == "timeout"
     assert (await orders.stub.GetProduct(pb.GetProductRequest(name=product.name))).skus[0].stock == 10
@@ -141,15 +173,15 @@ async def test_care_journey_steps_each_sent_once(orders, members):
     app = orders.app
     shipped = (await _get(orders, md, o)).ship_time.ToDatetime().replace(tzinfo=UTC)
     later = shipped + timedelta(days=app.settings.after_sales_days, seconds=1)
-    await app.complete_due(later)
-    await app.complete_due(later)
+    await jobs.complete_due(app, later)
+    await jobs.complete_due(app, later)
     assert (await _get(orders, md, o)).state == pb.ORDER_STATE_COMPLETED
     assert await _until(lambda: orders.points.confirms[o.name] == 1)
     far = shipped + timedelta(days=30)
-    await asyncio.gather(app.run_journey(far), app.run_journey(far))  # two replicas' passes at once
-    while await app.run_journey(far):  # steps of other tests' orders are due too: drain them
+    await asyncio.gather(jobs.run_journey(app, far), jobs.run_journey(app, far))  # two replicas' passes at once
+    while await jobs.run_journey(app, far):  # steps of other tests' orders are due too: drain them
         pass
-    await app.run_journey(far)
+    await jobs.run_journey(app, far)
     touches = await members.stub.ListTouches(mpb.ListTouchesRequest(parent=login.member.name, page_size=100),
                                              metadata=members.service_md)
     purposes = sorted(t.purpose for t in touches.touches)

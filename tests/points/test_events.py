@@ -14,7 +14,9 @@ from mall.members.v1 import members_service_pb2 as mpb
 from mall.orders.v1 import orders_events_pb2 as opb
 from mall.points.v1 import points_service_pb2 as pb
 from members.models import OutboxEvents as MembersOutbox
+from points import jobs
 from points.models import Entry, Task
+from tests.fixtures import deliver
 from tests.fixtures.points import fresh_member_id, rid
 
 
@@ -41,37 +43,28 @@ async def entries(points, member: int, source: int | None = None) -> list[int]:
 
 async def test_invite_reward_is_granted_once_however_often_the_event_arrives(points, members):
     await ensure_task(points, pb.TASK_KIND_INVITE_FRIEND, 100, pb.TASK_FREQUENCY_WEEKLY, 10)
-    settings = members.app.settings
-    saved = settings.platform.points_addr
-    settings.platform.points_addr = points.addr  # the members relay now delivers to the real points service
-    await members.app.peers.close()
-    try:
-        inviter, _ = await members.login()
-        invitee, _ = await members.login(invite_code=inviter.member.invite_code)
-        inviter_id = int(inviter.member.name.split("/")[1])
-        for _ in range(400):
-            if await entries(points, inviter_id, pb.ENTRY_SOURCE_INVITE):
-                break
-            await asyncio.sleep(0.05)
-        assert await entries(points, inviter_id, pb.ENTRY_SOURCE_INVITE) == [100]
-        # The relay redelivers the same event (crashed before marking it) — many times, concurrently.
-        async with members.engine.connect() as conn:
-            payload = (await conn.execute(select(MembersOutbox.c.payload).where(
-                MembersOutbox.c.event_type == "member.referred").order_by(MembersOutbox.c.id.desc()).limit(1))).scalar()
-        event = events_pb2.Event.FromString(payload)
-        again = await asyncio.gather(*[points.sink.DeliverEvent(events_pb2.DeliverEventRequest(event=event),
-                                                                metadata=points.service_md) for _ in range(5)])
-        assert all(a.duplicate for a in again)
-        # Even a second event (another id) about the same invitee does not pay twice.
-        data = mpb.MemberReferredEvent()
-        event.data.Unpack(data)
-        again = await points.deliver("member.referred", data, source="members")
-        assert not again.duplicate
-        assert await entries(points, inviter_id, pb.ENTRY_SOURCE_INVITE) == [100]
-        assert invitee.member.inviter == inviter.member.name
-    finally:
-        settings.platform.points_addr = saved
-        await members.app.peers.close()
+    inviter, _ = await members.login()
+    invitee, _ = await members.login(invite_code=inviter.member.invite_code)
+    inviter_id = int(inviter.member.name.split("/")[1])
+    for _ in range(400):
+        if await entries(points, inviter_id, pb.ENTRY_SOURCE_INVITE):
+            break
+        await asyncio.sleep(0.05)
+    assert await entries(points, inviter_id, pb.ENTRY_SOURCE_INVITE) == [100]
+    # The stream redelivers the same event (a consumer crashed before its ack) — many times, concurrently.
+    async with members.engine.connect() as conn:
+        payload = (await conn.execute(select(MembersOutbox.c.payload).where(
+            MembersOutbox.c.event_type == "member.referred").order_by(MembersOutbox.c.id.desc()).limit(1))).scalar()
+    event = events_pb2.Event.FromString(payload)
+    again = await asyncio.gather(*[deliver(points.app, event) for _ in range(5)])
+    assert all(a.duplicate for a in again)
+    # Even a second event (another id) about the same invitee does not pay twice.
+    data = mpb.MemberReferredEvent()
+    event.data.Unpack(data)
+    again = await points.deliver("member.referred", data, source="members")
+    assert not again.duplicate
+    assert await entries(points, inviter_id, pb.ENTRY_SOURCE_INVITE) == [100]
+    assert invitee.member.inviter == inviter.member.name
     await points.check()
 
 
@@ -110,7 +103,7 @@ async def test_order_points_pend_then_confirm_with_a_reminder_or_reverse(points,
     await points.deliver("order.completed", opb.OrderCompletedEvent(order=order_a, member=login.member.name))
     account = await points.account(member)
     assert (account.available_points, account.pending_points) == (expected, 0)
-    await points.app.jobs.send_reaches()
+    await jobs.send_reaches(points.app)
     touches = await members.stub.ListTouches(mpb.ListTouchesRequest(parent=login.member.name),
                                              metadata=members.service_md)
     assert [t.purpose for t in touches.touches].count("points.purchase_confirmed") == 1
@@ -124,17 +117,28 @@ async def test_order_points_pend_then_confirm_with_a_reminder_or_reverse(points,
     await points.check()
 
 
+async def test_order_points_use_the_multiplier_the_order_carries_without_asking_members(points):
+    # A member the members service never heard of: any members call inside the handler would fail.
+    member = fresh_member_id()
+    order = f"orders/{uuid.uuid4().int % 10**12 + 1}"
+    paid = opb.OrderPaidEvent(order=order, member=f"members/{member}", paid_amount_fen=10_000, tier="tiers/3",
+                              points_multiplier_percent=150)
+    await points.deliver("order.paid", paid)
+    account = await points.account(member)
+    assert account.pending_points == 10_000 * points.app.settings.purchase_points_per_yuan * 150 // 10_000
+    await points.check()
+
+
 async def test_an_event_that_arrives_too_early_is_refused_then_applied_on_retry(points, members):
-    import grpc
+    from mallkit.errors import NotFound
 
     member = (await members.login())[0].member.name
     order = f"orders/{uuid.uuid4().int % 10**12 + 1}"
     completed, event_id = opb.OrderCompletedEvent(order=order, member=member), str(uuid.uuid4())
-    with pytest.raises(grpc.aio.AioRpcError) as e:  # order.completed before order.paid
+    with pytest.raises(NotFound):  # order.completed before order.paid: refused, redelivered later
         await points.deliver("order.completed", completed, event_id=event_id)
-    assert e.value.code() == grpc.StatusCode.NOT_FOUND
     await points.deliver("order.paid", opb.OrderPaidEvent(order=order, member=member, paid_amount_fen=900))
-    retried = await points.deliver("order.completed", completed, event_id=event_id)  # the relay's retry
+    retried = await points.deliver("order.completed", completed, event_id=event_id)  # the stream's redelivery
     assert not retried.duplicate
     account = await points.account(int(member.split("/")[1]))
     assert (account.available_points, account.pending_points) == (9, 0)

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 
 from mall.members.v1 import members_service_pb2 as mpb
 from mall.points.v1 import points_service_pb2 as pb
+from points import jobs
 from points.models import Entry, Lot, ReachRequest
 from tests.fixtures.points import fresh_member_id, rid
 
@@ -26,10 +27,10 @@ async def test_expiry_takes_the_oldest_lots_first_and_leaves_newer_ones(points):
                                      metadata=points.member_md(member))  # spends 40 from the oldest lot
     # One day after the first lot's expiry: only the first lot (60 left of 100) expires.
     with points.clock(t0 + timedelta(days=days + 1)):
-        assert await points.app.jobs.expire() >= 60
+        assert await jobs.expire(points.app) >= 60
         account = await points.account(member)
         assert account.available_points == 50 + 70
-        assert await points.app.jobs.expire() == 0  # a second pass (another replica) finds nothing for us
+        assert await jobs.expire(points.app) == 0  # a second pass (another replica) finds nothing for us
     async with points.engine.connect() as conn:
         lots = (await conn.execute(select(Lot.amount, Lot.remaining, Lot.expired).where(Lot.member_id == member)
                                    .order_by(Lot.id))).all()
@@ -39,7 +40,7 @@ async def test_expiry_takes_the_oldest_lots_first_and_leaves_newer_ones(points):
         assert expired == [-60]
     # After the second lot's expiry as well, the newest one still stands.
     with points.clock(t0 + timedelta(days=days + 31)):
-        await asyncio.gather(points.app.jobs.expire(), points.app.jobs.expire())  # two replicas at once
+        await asyncio.gather(jobs.expire(points.app), jobs.expire(points.app))  # two replicas at once
         assert (await points.account(member)).available_points == 70
     await points.check()
 
@@ -57,7 +58,7 @@ async def test_cancelled_redemption_returns_points_to_their_lots_and_expired_one
         r = await points.stub.RedeemItem(pb.RedeemItemRequest(name=item.name, shipping_address=address,
                                                               request_id=rid()), metadata=points.member_md(member))
     with points.clock(t0 + timedelta(days=points.app.settings.expiry_days + 1)):
-        await points.app.jobs.expire()  # the first lot (0 left) is marked expired
+        await jobs.expire(points.app)  # the first lot (0 left) is marked expired
         await points.stub.CancelRedemption(pb.CancelRedemptionRequest(name=r.name, request_id=rid()),
                                            metadata=points.member_md(member))
         account = await points.account(member)
@@ -79,15 +80,15 @@ async def test_the_expiry_reminder_goes_out_once(points, members):
         account = await points.account(member)
         assert account.expiring_soon_points == 80 and account.next_expire_time.ToDatetime(tzinfo=UTC) == (
             t0 + timedelta(days=settings.expiry_days))
-        results = await asyncio.gather(*[points.app.jobs.remind() for _ in range(3)])  # three replicas
-        assert await points.app.jobs.remind() == 0
+        results = await asyncio.gather(*[jobs.remind(points.app) for _ in range(3)])  # three replicas
+        assert await jobs.remind(points.app) == 0
     assert sum(results) >= 1
     async with points.engine.connect() as conn:
         queued = (await conn.execute(select(func.count()).select_from(ReachRequest).where(
             ReachRequest.member_id == member, ReachRequest.purpose == "points.expiry_reminder"))).scalar_one()
     assert queued == 1
-    await asyncio.gather(points.app.jobs.send_reaches(), points.app.jobs.send_reaches())
-    await points.app.jobs.send_reaches()
+    await asyncio.gather(jobs.send_reaches(points.app), jobs.send_reaches(points.app))
+    await jobs.send_reaches(points.app)
     touches = await members.stub.ListTouches(mpb.ListTouchesRequest(parent=login.member.name),
                                              metadata=members.service_md)
     reminders = [t for t in touches.touches if t.purpose == "points.expiry_reminder"]

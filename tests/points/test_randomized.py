@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from mall.points.v1 import points_service_pb2 as pb
 from mallkit.errors import error_info, status_of
+from points import jobs
 from points.models import Account, Entry, IdempotencyKeys, Redemption
 from tests.fixtures.points import rid
 
@@ -38,8 +39,8 @@ async def test_randomized_retried_operations_keep_every_account_equal_to_its_led
     limited = await points.create_item(kind=pb.ITEM_KIND_PHYSICAL, points_price=3, stock=40, per_member_limit=5)
     staff, svc = points.staff_md("operator", staff_id=99), points.service_md
     clock = {"now": datetime(2034, 1, 1, 4, 0, tzinfo=UTC)}
-    saved_clock = points.service.clock
-    points.service.clock = lambda: clock["now"]
+    saved_clock = points.ledger.clock
+    points.app.set_clock(lambda: clock["now"])
 
     redemptions: list[tuple[int, str]] = []
     orders: list[str] = []
@@ -118,11 +119,11 @@ async def test_randomized_retried_operations_keep_every_account_equal_to_its_led
             if done % 200 < PARALLEL:  # now and then a season passes, and the expiry job runs meanwhile
                 epoch += 1
                 clock["now"] += timedelta(days=90)
-                batch.append(points.app.jobs.expire())
+                batch.append(jobs.expire(points.app))
             await asyncio.gather(*batch)
-        expired_now = await points.app.jobs.expire()
+        expired_now = await jobs.expire(points.app)
     finally:
-        points.service.clock = saved_clock
+        points.app.set_clock(saved_clock)
 
     assert outcomes["ok"] > OPS // 3, outcomes
     assert epoch >= OPS // 200

@@ -18,12 +18,3 @@ class CommunitySettings(ServiceSettings):
     activity_window_days: int = Field(30, ge=1, le=366, description="Default window of 'active in community'")
     publish_interval_seconds: float = Field(5.0, gt=0, description="How often scheduled posts are published")
     close_interval_seconds: float = Field(30.0, gt=0, description="How often ended flash groups are closed")
-    event_routes: dict[str, list[str]] = Field(
-        default_factory=lambda: {
-            "community.group_joined": ["points"],
-            "community.content_shared": ["points"],
-            "community.quiz_answered": ["points"],
-            "community.coupon_claimed": ["orders"],
-        },
-        description="Event type -> subscribing services (JSON)",
-    )

@@ -1,4 +1,4 @@
-"""Composition root: settings -> engine -> service -> servicer -> server.
+"""Composition root: the platform (mallkit.platform) -> sub-domains -> servicer -> server.
 
 Nothing is created at import time; tests build the app with their own
 settings (database, ports) and call ``start``/``stop``.
@@ -6,90 +6,85 @@ settings (database, ports) and call ``start``/``stop``.
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from mall.events.v1 import events_pb2, events_pb2_grpc
 from mall.members.v1 import members_service_pb2 as pb
 from mall.members.v1 import members_service_pb2_grpc as pb_grpc
-from mall.orders.v1 import orders_events_pb2
-from mallkit.auth import TokenCodec
-from mallkit.clients import Peers
-from mallkit.db import create_engine, ping, session_factory
-from mallkit.idempotency import Idempotency
-from mallkit.outbox import EventSink, GrpcEventDelivery, Outbox, OutboxRelay
+from mallkit.events import Outbox
 from mallkit.pagination import PageTokens
-from mallkit.principals import PrincipalCheck, guarded
-from mallkit.server import ServiceApp, ServiceHost
+from mallkit.principals import guarded
+from mallkit.platform import Platform, ServiceApp, Servicer, Tables
 
-from . import principals, purchases
+from . import events, jobs, principals
+from .channels import Channels
 from .config import MembersSettings
 from .errors import DOMAIN
+from .identity import Identity
 from .models import IdempotencyKeys, InboxEvents, OutboxEvents
-from .service import MembersService
+from .portrait import Portrait
+from .purchases import Purchases
+from .reach import Reach
 from .servicer import MembersServicer
+from .staff import Staffing
+from .tags import Tags
+from .tiers import Tiers
 from .wechat import WechatClient
 
 SERVICE_DIR = Path(__file__).resolve().parent.parent  # holds alembic.ini and migrations/
-
-#: Events this service consumes: type -> (payload message, handler(service, session, event, payload)).
-EVENT_HANDLERS: dict = {
-    "order.paid": (orders_events_pb2.OrderPaidEvent, purchases.on_order_paid),
-    "order.refunded": (orders_events_pb2.OrderRefundedEvent, purchases.on_order_refunded),
-}
+TABLES = Tables(outbox=OutboxEvents, inbox=InboxEvents, idempotency=IdempotencyKeys)
 
 
 @dataclass
 class MembersApp(ServiceApp):
-    settings: MembersSettings
-    engine: AsyncEngine
-    host: ServiceHost
-    relay: OutboxRelay
+    platform: Platform
     wechat: WechatClient
-    peers: Peers
-    service: MembersService
-    owns_engine: bool = field(default=True)
+    identity: Identity
+    portrait: Portrait
+    channels: Channels
+    tiers: Tiers
+    tags: Tags
+    staffing: Staffing
+    reach: Reach
+    purchases: Purchases
 
     async def close(self) -> None:
         await self.wechat.close()
 
 
+def domain(settings: MembersSettings, outbox: Outbox, pages: PageTokens, wechat: WechatClient | None = None,
+           sessions: async_sessionmaker[AsyncSession] | None = None) -> dict:
+    """The sub-domain objects of the service, by name (also used by the demo seed, without WeChat)."""
+    portrait = Portrait(pages)
+    staffing = Staffing(pages)
+    tags = Tags(portrait, pages)
+    tiers = Tiers(portrait, outbox, pages)
+    channels = Channels(portrait, tags, staffing, pages)
+    return {
+        "identity": Identity(portrait, tiers, channels, outbox, wechat, sessions),
+        "portrait": portrait,
+        "channels": channels,
+        "tiers": tiers,
+        "tags": tags,
+        "staffing": staffing,
+        "reach": Reach(portrait, wechat, pages, brand_timezone=settings.platform.brand_timezone,  # type: ignore[arg-type]
+                       daily_cap=settings.reach_daily_cap),
+        "purchases": Purchases(portrait, tiers),
+    }
+
+
 def build(settings: MembersSettings, engine: AsyncEngine | None = None) -> MembersApp:
-    owns_engine = engine is None
-    engine = engine or create_engine(settings.database_url, pool_size=settings.db_pool_size)
-    sessions = session_factory(engine)
-    secret = settings.platform.token_secret.get_secret_value()
-    codec = TokenCodec(secret)
+    platform = Platform.create("members", settings, tables=TABLES, engine=engine)
     wechat = WechatClient(settings.wechat_base_url, settings.wechat_appid, settings.wechat_secret.get_secret_value(),
                           timeout=settings.wechat_timeout_seconds)
-    outbox = Outbox(OutboxEvents, "members", settings.event_routes)
-    service = MembersService(wechat=wechat, outbox=outbox, brand_timezone=settings.platform.brand_timezone,
-                             reach_daily_cap=settings.reach_daily_cap)
-    servicer = MembersServicer(service, sessions, Idempotency(sessions, IdempotencyKeys), codec, PageTokens(secret), wechat)
-    peers = Peers(settings.platform.addr_of, codec=codec, caller="members", timeout=settings.platform.call_timeout_seconds)
-    relay = OutboxRelay(sessions, OutboxEvents, GrpcEventDelivery(peers.channel, settings.platform.call_timeout_seconds),
-                        max_backoff=settings.outbox_max_backoff_seconds)
-
-    async def run_relay(stop):
-        await relay.run(stop, settings.outbox_poll_seconds)
-
-    host = ServiceHost(
-        service="members",
-        domain=DOMAIN,
-        codec=codec,
-        descriptors=[pb.DESCRIPTOR.services_by_name["MembersService"],
-                     events_pb2.DESCRIPTOR.services_by_name["EventSinkService"]],
-        host=settings.host,
-        port=settings.port,
-        readiness=lambda: ping(engine),
-        background=[run_relay],
-        drain_seconds=settings.drain_seconds,
-        principals=PrincipalCheck(guarded(principals.lookup(sessions)), ttl=settings.platform.principal_cache_seconds),
-    )
-    host.add(pb_grpc.add_MembersServiceServicer_to_server, servicer)
-    handlers = {t: (p, functools.partial(h, service)) for t, (p, h) in EVENT_HANDLERS.items()}
-    host.add(events_pb2_grpc.add_EventSinkServiceServicer_to_server, EventSink(sessions, InboxEvents, handlers))
-    return MembersApp(settings, engine, host, relay, wechat, peers, service, owns_engine)
+    parts = domain(settings, platform.outbox, platform.tokens, wechat, platform.sessions)
+    app = MembersApp(platform, wechat, **parts)
+    servicer = MembersServicer(**{k: v for k, v in parts.items() if k != "purchases"}, sessions=platform.sessions,
+                               idempotency=platform.idempotency, codec=platform.codec, wechat=wechat)
+    platform.serve(app, domain=DOMAIN, handlers=events.HANDLERS, jobs=jobs.schedule(app),
+                   servicers=[Servicer(pb.DESCRIPTOR.services_by_name["MembersService"],
+                                       pb_grpc.add_MembersServiceServicer_to_server, servicer)],
+                   principal_lookup=guarded(principals.lookup(platform.sessions)))  # its own database
+    return app

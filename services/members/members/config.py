@@ -21,7 +21,3 @@ class MembersSettings(ServiceSettings):
                                      json_schema_extra=DEV_ONLY)
     wechat_timeout_seconds: float = Field(5.0, description="Timeout of calls to WeChat")
     reach_daily_cap: int = Field(3, description="Subscribe messages a member gets per brand day at most")
-    event_routes: dict[str, list[str]] = Field(
-        default_factory=lambda: {"member.referred": ["points"], "member.registered": ["orders"]},
-        description="Event type -> subscribing services (JSON)",
-    )

@@ -1,72 +1,71 @@
 """Purchase facts from the orders service's events, for RFM and segments.
 
-``order.paid`` adds growth value (one per paid yuan, through
-:meth:`MembersService.add_growth`) and records the purchase fact and the
-member's aggregates; ``order.refunded`` records the refund. Both run inside
-the EventSink's inbox transaction, so each event applies once.
+A paid order adds growth value (one per paid yuan, through :meth:`Tiers.add_growth`)
+and records the purchase fact and the member's aggregates; a refund records the
+refund. Both run inside the inbox transaction of their event (``events.py``), so
+each event applies once; a second event about the same order adds nothing.
 """
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import datetime
 
 from sqlalchemy import case, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mallkit.db import insert_ignore, utcnow
-from mallkit.names import parse_id
 
 from .models import MemberPurchase, MemberPurchaseCategory, MemberPurchaseStats
-from .service import MembersService
+from .portrait import Portrait
+from .tiers import Tiers
 
 
-async def on_order_paid(service: MembersService, s: AsyncSession, event, payload) -> None:
-    member_id = parse_id(payload.member, "members", "member")
-    pay_time = payload.pay_time.ToDatetime(tzinfo=UTC) if payload.HasField("pay_time") else utcnow()
-    categories: dict[str, int] = {}
-    for item in payload.items:
-        categories[item.category] = categories.get(item.category, 0) + item.amount_fen
-    await service.member(s, member_id)  # NOT_FOUND: the relay retries (the member must exist)
-    inserted = await s.execute(
-        select(MemberPurchase.id).where(MemberPurchase.order == payload.order))
-    if inserted.first() is not None:
-        return  # the same order's fact arrived under another event id: nothing to add
-    s.add(MemberPurchase(member_id=member_id, order=payload.order, paid_fen=payload.paid_amount_fen, refunded_fen=0,
-                         categories=",".join(sorted(categories))[:512], pay_time=pay_time))
-    await s.flush()
-    growth = payload.paid_amount_fen // 100
-    if growth > 0:
-        await service.add_growth(s, member_id, growth, "order", payload.order)
-    now = utcnow()
-    await insert_ignore(s, MemberPurchaseStats.__table__, [{
-        "member_id": member_id, "order_count": 0, "total_paid_fen": 0, "refund_count": 0, "total_refunded_fen": 0,
-        "first_order_time": None, "last_order_time": None, "update_time": now}])
-    st = MemberPurchaseStats
-    await s.execute(update(st).where(st.member_id == member_id).values(
-        order_count=st.order_count + 1, total_paid_fen=st.total_paid_fen + payload.paid_amount_fen,
-        first_order_time=case((st.first_order_time.is_(None) | (st.first_order_time > pay_time), pay_time),
-                              else_=st.first_order_time),
-        last_order_time=case((st.last_order_time.is_(None) | (st.last_order_time < pay_time), pay_time),
-                             else_=st.last_order_time),
-        update_time=now))
-    pc = MemberPurchaseCategory
-    for category, amount in sorted(categories.items()):
-        await insert_ignore(s, pc.__table__, [{"member_id": member_id, "category": category[:64], "order_count": 0,
-                                               "amount_fen": 0, "last_order_time": pay_time}])
-        await s.execute(update(pc).where(pc.member_id == member_id, pc.category == category[:64]).values(
-            order_count=pc.order_count + 1, amount_fen=pc.amount_fen + amount,
-            last_order_time=case((pc.last_order_time < pay_time, pay_time), else_=pc.last_order_time)))
+class Purchases:
+    def __init__(self, portrait: Portrait, tiers: Tiers):
+        self.portrait = portrait
+        self.tiers = tiers
 
+    async def record_paid(self, s: AsyncSession, member_id: int, order: str, paid_fen: int,
+                          categories: dict[str, int], pay_time: datetime) -> None:
+        """``categories``: amount paid per product category of the order."""
+        await self.portrait.member(s, member_id)  # NOT_FOUND: the relay retries (the member must exist)
+        inserted = await s.execute(select(MemberPurchase.id).where(MemberPurchase.order == order))
+        if inserted.first() is not None:
+            return  # the same order's fact arrived under another event id: nothing to add
+        s.add(MemberPurchase(member_id=member_id, order=order, paid_fen=paid_fen, refunded_fen=0,
+                             categories=",".join(sorted(categories))[:512], pay_time=pay_time))
+        await s.flush()
+        growth = paid_fen // 100
+        if growth > 0:
+            await self.tiers.add_growth(s, member_id, growth, "order", order)
+        now = utcnow()
+        await insert_ignore(s, MemberPurchaseStats.__table__, [{
+            "member_id": member_id, "order_count": 0, "total_paid_fen": 0, "refund_count": 0, "total_refunded_fen": 0,
+            "first_order_time": None, "last_order_time": None, "update_time": now}])
+        st = MemberPurchaseStats
+        await s.execute(update(st).where(st.member_id == member_id).values(
+            order_count=st.order_count + 1, total_paid_fen=st.total_paid_fen + paid_fen,
+            first_order_time=case((st.first_order_time.is_(None) | (st.first_order_time > pay_time), pay_time),
+                                  else_=st.first_order_time),
+            last_order_time=case((st.last_order_time.is_(None) | (st.last_order_time < pay_time), pay_time),
+                                 else_=st.last_order_time),
+            update_time=now))
+        pc = MemberPurchaseCategory
+        for category, amount in sorted(categories.items()):
+            await insert_ignore(s, pc.__table__, [{"member_id": member_id, "category": category[:64], "order_count": 0,
+                                                   "amount_fen": 0, "last_order_time": pay_time}])
+            await s.execute(update(pc).where(pc.member_id == member_id, pc.category == category[:64]).values(
+                order_count=pc.order_count + 1, amount_fen=pc.amount_fen + amount,
+                last_order_time=case((pc.last_order_time < pay_time, pay_time), else_=pc.last_order_time)))
 
-async def on_order_refunded(service: MembersService, s: AsyncSession, event, payload) -> None:
-    member_id = parse_id(payload.member, "members", "member")
-    when = payload.refund_time.ToDatetime(tzinfo=UTC) if payload.HasField("refund_time") else utcnow()
-    done = await s.execute(update(MemberPurchase)
-                           .where(MemberPurchase.order == payload.order, MemberPurchase.member_id == member_id)
-                           .values(refunded_fen=MemberPurchase.refunded_fen + payload.refund_amount_fen, refund_time=when))
-    if done.rowcount != 1:  # type: ignore[attr-defined]
-        return  # no paid fact recorded (e.g. refunded before the paid event applied): nothing to adjust
-    st = MemberPurchaseStats
-    await s.execute(update(st).where(st.member_id == member_id).values(
-        refund_count=st.refund_count + 1, total_refunded_fen=st.total_refunded_fen + payload.refund_amount_fen,
-        update_time=utcnow()))
+    async def record_refund(self, s: AsyncSession, member_id: int, order: str, refund_fen: int,
+                            when: datetime) -> None:
+        done = await s.execute(update(MemberPurchase)
+                               .where(MemberPurchase.order == order, MemberPurchase.member_id == member_id)
+                               .values(refunded_fen=MemberPurchase.refunded_fen + refund_fen, refund_time=when))
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            return  # no paid fact recorded (e.g. refunded before the paid event applied): nothing to adjust
+        st = MemberPurchaseStats
+        await s.execute(update(st).where(st.member_id == member_id).values(
+            refund_count=st.refund_count + 1, total_refunded_fen=st.total_refunded_fen + refund_fen,
+            update_time=utcnow()))

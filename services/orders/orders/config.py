@@ -42,16 +42,10 @@ class OrdersSettings(ServiceSettings):
     care_after_days: float = Field(3, description="Care message this many days after payment")
     jobs_enabled: bool = Field(True, description="Run the scheduled jobs in this process")
     jobs_interval_seconds: float = Field(5.0, description="Interval of the scheduled jobs")
-    relay_enabled: bool = Field(True, description="Run the outbox relay in this process")
     reach_template_ids: dict[str, str] = Field(
         default_factory=lambda: {"payment_success": "tmpl-pay-ok", "care": "tmpl-care", "window_closed": "tmpl-window",
                                  "repurchase": "tmpl-repurchase", "pay_reminder": "tmpl-pay-reminder"},
         description="Journey step -> subscribe-message template id",
-    )
-    event_routes: dict[str, list[str]] = Field(
-        default_factory=lambda: {"order.paid": ["points", "members"], "order.completed": ["points"],
-                                 "order.refunded": ["points", "members"]},
-        description="Event type -> subscribing services (JSON)",
     )
 
     @model_validator(mode="after")

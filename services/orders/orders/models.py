@@ -7,20 +7,23 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, SmallInteger, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from mallkit import idempotency, outbox
+from mall.orders.v1 import orders_service_pb2 as pb
+from mallkit import events, idempotency
 from mallkit.db import UTCDateTime, new_metadata
 
 # BIGINT on MySQL, INTEGER on SQLite (so that it is SQLite's rowid alias).
 ID = BigInteger().with_variant(Integer, "sqlite")
 
-# Order states (values of mall.orders.v1.OrderState).
-PENDING_PAYMENT, PAID, SHIPPED, COMPLETED, CANCELLED, REFUND_REQUESTED, REFUNDED = 1, 2, 3, 4, 5, 6, 7
-# Coupon states.
-COUPON_AVAILABLE, COUPON_USED = 1, 2
-# Refund states.
+# Enum values of mall.orders.v1 (the generated protos), short names for the queries.
+PENDING_PAYMENT, PAID, SHIPPED, COMPLETED, CANCELLED, REFUND_REQUESTED, REFUNDED = (
+    pb.ORDER_STATE_PENDING_PAYMENT, pb.ORDER_STATE_PAID, pb.ORDER_STATE_SHIPPED, pb.ORDER_STATE_COMPLETED,
+    pb.ORDER_STATE_CANCELLED, pb.ORDER_STATE_REFUND_REQUESTED, pb.ORDER_STATE_REFUNDED)
+COUPON_AVAILABLE, COUPON_USED = pb.COUPON_STATE_AVAILABLE, pb.COUPON_STATE_USED
+GROUP_OPEN, GROUP_FULL, GROUP_FAILED = pb.GROUP_STATE_OPEN, pb.GROUP_STATE_FULL, pb.GROUP_STATE_FAILED
+ACTIVE = pb.PRODUCT_STATUS_ACTIVE
+AMOUNT_OFF, PERCENT_OFF = pb.COUPON_KIND_AMOUNT_OFF, pb.COUPON_KIND_PERCENT_OFF
+# Refund states (internal: no proto enum).
 REFUND_PENDING, REFUND_SUCCEEDED = 1, 2
-# Group states (values of mall.orders.v1.GroupState).
-GROUP_OPEN, GROUP_FULL, GROUP_FAILED = 1, 2, 3
 
 
 class Base(DeclarativeBase):
@@ -28,7 +31,7 @@ class Base(DeclarativeBase):
 
 
 IdempotencyKeys = idempotency.define_table(Base.metadata)
-OutboxEvents, InboxEvents = outbox.define_tables(Base.metadata)
+OutboxEvents, InboxEvents = events.define_tables(Base.metadata)
 
 
 class Category(Base):
@@ -149,6 +152,10 @@ class Order(Base):
     cancel_reason: Mapped[str] = mapped_column(String(16), default="")
     refunded_fen: Mapped[int] = mapped_column(BigInteger, default=0)
     reminded: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The member's tier and its points multiplier when the order was priced ("tiers/{t}" or "";
+    # 0: not snapshotted, i.e. orders older than revision 0003), carried by order.paid.
+    tier: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    points_multiplier_percent: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
     pay_deadline_time: Mapped[datetime] = mapped_column(UTCDateTime())
     pay_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

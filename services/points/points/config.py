@@ -37,8 +37,3 @@ class PointsSettings(ServiceSettings):
     reach_job_seconds: float = Field(2.0, gt=0, description="Interval of the job sending queued reaches")
     reach_template_available: str = Field("points_available", description="Template of 'your points are available'")
     reach_template_expiring: str = Field("points_expiring", description="Template of 'your points expire soon'")
-    tier_cache_seconds: float = Field(60.0, ge=0, description="How long the tier benefits read from members are cached")
-    event_routes: dict[str, list[str]] = Field(
-        default_factory=lambda: {"points.coupon_redeemed": ["orders"]},
-        description="Event type -> subscribing services (JSON)",
-    )

@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from mallkit import idempotency, outbox
+from mallkit import events, idempotency
 from mallkit.db import UTCDateTime, new_metadata
 
 # BIGINT on MySQL, INTEGER on SQLite (so that it is SQLite's rowid alias).
@@ -39,7 +39,7 @@ class Base(DeclarativeBase):
 
 
 IdempotencyKeys = idempotency.define_table(Base.metadata)
-OutboxEvents, InboxEvents = outbox.define_tables(Base.metadata)
+OutboxEvents, InboxEvents = events.define_tables(Base.metadata)
 
 
 class Account(Base):

@@ -9,11 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mall.points.v1 import points_service_pb2 as pb
 from mallkit.db import run_transaction, session_factory, utcnow
-from mallkit.outbox import Outbox
+from mallkit.events import Outbox
+from mallkit.pagination import PageTokens
 
+from .app import domain
 from .config import PointsSettings
 from .models import OutboxEvents, Task
-from .service import PointsService
 
 DEMO_MEMBERS = (1, 2, 3)
 DEMO_GRANT = 3000
@@ -29,7 +30,8 @@ TASKS = [
 
 
 async def seed_demo(engine: AsyncEngine, settings: PointsSettings) -> None:
-    service = PointsService(settings, Outbox(OutboxEvents, "points", settings.event_routes))
+    secret = settings.platform.token_secret.get_secret_value()
+    service = domain(settings, Outbox(OutboxEvents, "points"), PageTokens(secret))
     sessions = session_factory(engine)
     async with sessions() as s:
         if (await s.execute(select(func.count()).select_from(Task))).scalar_one():
@@ -39,10 +41,10 @@ async def seed_demo(engine: AsyncEngine, settings: PointsSettings) -> None:
     print(f"points: demo data created (6 tasks, 4 mall items, {DEMO_GRANT} points to each of members/1-3)")
 
 
-async def _seed(s, service: PointsService) -> None:
+async def _seed(s, service: dict) -> None:
     for kind, name, reward, frequency, limit in TASKS:
-        await service.create_task(s, {"kind": kind, "display_name": name, "reward_points": reward,
-                                      "frequency": frequency, "limit_per_period": limit, "active": True})
+        await service["tasks"].create_task(s, {"kind": kind, "display_name": name, "reward_points": reward,
+                                               "frequency": frequency, "limit_per_period": limit, "active": True})
     now = utcnow()
     for fields in [
         {"display_name": "10元无门槛券", "kind": pb.ITEM_KIND_COUPON, "points_price": 500, "stock": 1000,
@@ -54,9 +56,9 @@ async def _seed(s, service: PointsService) -> None:
         {"display_name": "金卡专享 婴儿湿巾礼盒", "kind": pb.ITEM_KIND_PHYSICAL, "points_price": 800, "stock": 50,
          "allowed_tiers": "3,4", "description": "金卡及以上会员专享"},
     ]:
-        await service.create_item(s, {"state": pb.ITEM_STATE_ACTIVE, **fields})
+        await service["mall"].create_item(s, {"state": pb.ITEM_STATE_ACTIVE, **fields})
     # The demo members (alice, bob, carol are members/1-3 of a freshly seeded members database) start
     # with enough points for any item but the gold-tier one, so the points mall can be tried at once.
     for member_id in DEMO_MEMBERS:
-        await service.earn(s, member_id, DEMO_GRANT, key=f"demo:welcome:{member_id}", source=pb.ENTRY_SOURCE_OPERATOR,
-                           description="演示积分")
+        await service["ledger"].earn(s, member_id, DEMO_GRANT, key=f"demo:welcome:{member_id}",
+                                     source=pb.ENTRY_SOURCE_OPERATOR, description="演示积分")

@@ -1,0 +1,59 @@
+"""Helpers the community sub-domains share: codes, timestamps, chunks and insert-once."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mallkit.db import insert_ignore, is_duplicate_key
+
+_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+CHUNK = 500
+
+
+def new_code(length: int) -> str:
+    return "".join(secrets.choice(_CODE_ALPHABET) for _ in range(length))
+
+
+def ts(dt: datetime | None) -> Timestamp:
+    t = Timestamp()
+    if dt is not None:
+        t.FromDatetime(dt)
+    return t
+
+
+def chunks(ids: list[int], n: int = CHUNK) -> Iterable[list[int]]:
+    for i in range(0, len(ids), n):
+        yield ids[i:i + n]
+
+
+async def flush_once(s: AsyncSession) -> bool:
+    """Flush pending rows in a savepoint; False when a unique key says they already exist.
+    Only for callers that give up (raise) on False: the transaction is not reused after it."""
+    try:
+        async with s.begin_nested():
+            await s.flush()
+        return True
+    except IntegrityError as exc:
+        if is_duplicate_key(exc):
+            return False
+        raise
+
+
+async def insert_once(s: AsyncSession, table, row: dict, key: dict) -> bool:
+    """Insert a row unless its unique key exists; True when this call's row is the one stored.
+
+    INSERT IGNORE / ON CONFLICT DO NOTHING with a fresh token, then read the
+    token back: racing callers wait on the first one's row lock and then see
+    its committed row, so exactly one of them wins."""
+    token = str(uuid.uuid4())
+    await insert_ignore(s, table, [{**row, **key, "token": token}])
+    stored = (await s.execute(select(table.c.token).where(*[table.c[k] == v for k, v in key.items()]))).scalar_one()
+    return stored == token

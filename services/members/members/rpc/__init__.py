@@ -1,0 +1,1 @@
+"""The RPCs of MembersService, one mixin per sub-domain, composed in :mod:`members.servicer`."""

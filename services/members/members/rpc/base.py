@@ -1,0 +1,32 @@
+"""What every RPC mixin of the members servicer relies on: the sub-domains, sessions, idempotency,
+the token codec and the WeChat client's appid."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from mallkit.auth import TokenCodec
+from mallkit.idempotency import Idempotency
+
+from ..channels import Channels
+from ..identity import Identity
+from ..portrait import Portrait
+from ..reach import Reach
+from ..staff import Staffing
+from ..tags import Tags
+from ..tiers import Tiers
+from ..wechat import WechatClient
+
+
+class RpcBase:
+    identity: Identity
+    portrait: Portrait
+    channels: Channels
+    tiers: Tiers
+    tags: Tags
+    staffing: Staffing
+    reach: Reach
+    sessions: async_sessionmaker[AsyncSession]
+    idem: Idempotency
+    codec: TokenCodec
+    wechat: WechatClient

@@ -1,0 +1,164 @@
+"""The points ledger: accounts, entries and lots, the primitives every other sub-domain uses.
+
+Every use case of the points service runs inside the single transaction its
+caller opened (``session``). The rules that keep the ledger right:
+
+* Every change of a member's points first takes the lock of the member's
+  account row (:meth:`Ledger.lock`), so the changes of one member are
+  serialized and everything read afterwards in the transaction is stable.
+* Every change is one ledger entry with a unique ``idempotency_key``, looked
+  up under that lock: an effect already applied is not applied again.
+* Balances change by conditional UPDATE (``available >= :n``), stock too
+  (``stock >= :q``); zero rows means insufficient / sold out, and the whole
+  transaction is rolled back by the error raised.
+* Available points live in lots; every entry that changes ``available``
+  records its per-lot moves, spending takes the lots that expire first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mall.points.v1 import points_service_pb2 as pb
+from mallkit.db import insert_ignore, utcnow
+from mallkit.errors import FailedPrecondition
+
+from . import errors as reasons
+from .models import Account, Entry, Lot, LotMove
+
+
+class AlreadyApplied(Exception):
+    """The ledger already holds the entry of this idempotency key."""
+
+    def __init__(self, entry: Entry):
+        super().__init__(entry.idempotency_key)
+        self.entry = entry
+
+
+class Ledger:
+    def __init__(self, *, brand_timezone: str, expiry_policy: str, expiry_days: int,
+                 clock: Callable[[], datetime] = utcnow):
+        self.tz = ZoneInfo(brand_timezone)
+        self.expiry_policy = expiry_policy
+        self.expiry_days = expiry_days
+        #: "Now" of every use case and job; tests replace it to cross day boundaries.
+        self.clock = clock
+
+    # --- calendar ------------------------------------------------------------------------------
+
+    def brand_day(self, when: datetime) -> date:
+        return when.astimezone(self.tz).date()
+
+    def expire_time_for(self, earn: datetime) -> datetime:
+        if self.expiry_policy == "days":
+            return earn + timedelta(days=self.expiry_days)
+        year = earn.astimezone(self.tz).year
+        return datetime(year + 2, 1, 1, tzinfo=self.tz).astimezone(UTC)  # end of the following year
+
+    # --- primitives ----------------------------------------------------------------------------
+
+    async def lock(self, s: AsyncSession, member_id: int, now: datetime) -> None:
+        """Lock the member's account row (creating it on first use)."""
+        locked = await s.execute(update(Account).where(Account.member_id == member_id).values(update_time=now))
+        if locked.rowcount == 1:
+            return
+        await insert_ignore(s, Account.__table__, [{"member_id": member_id, "available": 0, "pending": 0,
+                                                    "create_time": now, "update_time": now}])
+        await s.execute(update(Account).where(Account.member_id == member_id).values(update_time=now))
+
+    async def applied(self, s: AsyncSession, key: str) -> Entry | None:
+        return (await s.execute(select(Entry).where(Entry.idempotency_key == key))).scalar_one_or_none()
+
+    async def entry(self, s: AsyncSession, member_id: int, key: str, kind: int, source: int, source_ref: str,
+                    available: int, pending: int, now: datetime, description: str = "", operator: str = "",
+                    fresh: bool = False) -> Entry:
+        """Append an entry (the account is locked); AlreadyApplied if its key is in the ledger.
+
+        ``fresh``: the key names a row this transaction just created (or a state it just
+        claimed), so it cannot be in the ledger yet; the unique key still guards it."""
+        if not fresh:
+            found = await self.applied(s, key)
+            if found is not None:
+                raise AlreadyApplied(found)
+        e = Entry(member_id=member_id, kind=kind, source=source, source_ref=source_ref, available_delta=available,
+                  pending_delta=pending, description=description[:200], operator=operator, idempotency_key=key,
+                  create_time=now)
+        s.add(e)
+        await s.flush()
+        return e
+
+    async def credit(self, s: AsyncSession, e: Entry, amount: int, now: datetime) -> Lot:
+        """Available points in a new lot."""
+        await s.execute(update(Account).where(Account.member_id == e.member_id)
+                        .values(available=Account.available + amount))
+        lot = Lot(member_id=e.member_id, entry_id=e.id, amount=amount, remaining=amount, earn_time=now,
+                  expire_time=self.expire_time_for(now), expired=False)
+        s.add(lot)
+        await s.flush()
+        s.add(LotMove(entry_id=e.id, lot_id=lot.id, delta=amount))
+        return lot
+
+    async def take(self, s: AsyncSession, member_id: int, amount: int) -> None:
+        """Lower the available balance, or INSUFFICIENT_POINTS (the account is locked)."""
+        taken = await s.execute(update(Account).where(Account.member_id == member_id, Account.available >= amount)
+                                .values(available=Account.available - amount))
+        if taken.rowcount != 1:
+            raise FailedPrecondition("not enough points", reason=reasons.INSUFFICIENT_POINTS,
+                                     metadata={"required": amount}, zh="积分不足")
+
+    async def consume_lots(self, s: AsyncSession, e: Entry, amount: int) -> None:
+        """Take points from the member's lots, those expiring first first."""
+        lots = (await s.execute(select(Lot.id, Lot.remaining).where(Lot.member_id == e.member_id, Lot.remaining > 0)
+                                .order_by(Lot.expire_time, Lot.id))).all()
+        left = amount
+        for lot_id, remaining in lots:
+            if left == 0:
+                break
+            take = min(left, remaining)
+            await s.execute(update(Lot).where(Lot.id == lot_id).values(remaining=Lot.remaining - take))
+            s.add(LotMove(entry_id=e.id, lot_id=lot_id, delta=-take))
+            left -= take
+        if left:  # the balance said yes but the lots disagree: refuse rather than corrupt
+            raise AssertionError(f"lots of member {e.member_id} hold less than the balance")
+        await s.flush()
+
+    async def debit(self, s: AsyncSession, e: Entry, amount: int) -> None:
+        await self.take(s, e.member_id, amount)
+        await self.consume_lots(s, e, amount)
+
+    # --- use cases -----------------------------------------------------------------------------
+
+    async def earn(self, s: AsyncSession, member_id: int, amount: int, *, key: str, source: int, source_ref: str = "",
+                   description: str = "", kind: int = pb.ENTRY_KIND_EARN, operator: str = "") -> Entry:
+        """Grant available points once per key (returns the existing entry on a repeat)."""
+        now = self.clock()
+        await self.lock(s, member_id, now)
+        try:
+            e = await self.entry(s, member_id, key, kind, source, source_ref, amount, 0, now, description, operator)
+        except AlreadyApplied as done:
+            return done.entry
+        await self.credit(s, e, amount, now)
+        return e
+
+    async def spend(self, s: AsyncSession, member_id: int, amount: int, *, key: str, source: int, source_ref: str = "",
+                    description: str = "", kind: int = pb.ENTRY_KIND_SPEND, operator: str = "") -> Entry:
+        now = self.clock()
+        await self.lock(s, member_id, now)
+        try:
+            e = await self.entry(s, member_id, key, kind, source, source_ref, -amount, 0, now, description, operator)
+        except AlreadyApplied as done:
+            return done.entry
+        await self.debit(s, e, amount)
+        return e
+
+    async def adjust(self, s: AsyncSession, member_id: int, points: int, reason: str, operator: str, key: str) -> Entry:
+        if points > 0:
+            return await self.earn(s, member_id, points, key=key, source=pb.ENTRY_SOURCE_OPERATOR, description=reason,
+                                   kind=pb.ENTRY_KIND_ADJUST, operator=operator)
+        return await self.spend(s, member_id, -points, key=key, source=pb.ENTRY_SOURCE_OPERATOR, description=reason,
+                                kind=pb.ENTRY_KIND_ADJUST, operator=operator)

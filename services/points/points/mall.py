@@ -1,0 +1,211 @@
+"""The points mall: items (coupons, physical and virtual goods, some reserved to tiers) and the
+redemptions of members, with their fulfilment (shipping, delivery) and cancellation.
+
+Points, per-member counts and stock move together in one transaction, or not at all.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mall.points.v1 import points_events_pb2 as epb
+from mall.points.v1 import points_service_pb2 as pb
+from mallkit.db import insert_ignore
+from mallkit.errors import FailedPrecondition, NotFound
+from mallkit.events import Outbox
+from mallkit.pagination import PageTokens
+from mallkit.queries import keyset_page
+
+from . import errors as reasons
+from .ledger import Ledger
+from .models import Account, Item, Lot, LotMove, MemberItemCount, Redemption
+
+#: ``redeem(tier_id=TIER_UNKNOWN)``: the caller has not looked the member's tier up (yet).
+TIER_UNKNOWN = -1
+
+
+class TierRequired(Exception):
+    """The item is reserved to some tiers: look the member's tier up, then call again."""
+
+
+class Mall:
+    def __init__(self, ledger: Ledger, outbox: Outbox, pages: PageTokens):
+        self.ledger = ledger
+        self.pages = pages
+        self.outbox = outbox
+
+    # --- items ---------------------------------------------------------------------------------
+
+    async def item(self, s: AsyncSession, item_id: int) -> Item:
+        it = await s.get(Item, item_id, populate_existing=True)
+        if it is None:
+            raise NotFound("item not found", reason=reasons.ITEM_NOT_FOUND, resource=("item", f"items/{item_id}"),
+                           zh="商品不存在")
+        return it
+
+    async def create_item(self, s: AsyncSession, fields: dict) -> Item:
+        now = self.ledger.clock()
+        it = Item(redeemed_count=0, create_time=now, update_time=now, **fields)
+        s.add(it)
+        await s.flush()
+        return it
+
+    async def update_item(self, s: AsyncSession, item_id: int, changes: dict) -> Item:
+        it = await self.item(s, item_id)
+        for k, v in changes.items():
+            setattr(it, k, v)
+        it.update_time = self.ledger.clock()
+        await s.flush()
+        return it
+
+    async def list_items(self, s: AsyncSession, size: int, token: str, kind: int,
+                         offered_only: bool) -> tuple[list[Item], str]:
+        q = select(Item)
+        if kind:
+            q = q.where(Item.kind == kind)
+        if offered_only:
+            now = self.ledger.clock()
+            q = q.where(Item.state == pb.ITEM_STATE_ACTIVE, (Item.start_time.is_(None)) | (Item.start_time <= now),
+                        (Item.end_time.is_(None)) | (Item.end_time > now))
+        return await keyset_page(s, q, key=Item.id.desc(), tokens=self.pages, page_size=size, page_token=token,
+                                 filters=[kind, offered_only])
+
+    def offered(self, it: Item, now: datetime) -> bool:
+        return (it.state == pb.ITEM_STATE_ACTIVE and (it.start_time is None or it.start_time <= now)
+                and (it.end_time is None or it.end_time > now))
+
+    # --- redemptions ---------------------------------------------------------------------------
+
+    async def redeem(self, s: AsyncSession, member_id: int, item_id: int, quantity: int, address: dict | None,
+                     tier_id: int | None) -> Redemption:
+        """Points, per-member count and stock move together, or the transaction rolls back."""
+        now = self.ledger.clock()
+        it = await self.item(s, item_id)
+        if not self.offered(it, now):
+            raise FailedPrecondition("item is not offered now", reason=reasons.ITEM_NOT_AVAILABLE,
+                                     metadata={"item": f"items/{item_id}"}, zh="该商品当前不可兑换")
+        allowed = [int(x) for x in it.allowed_tiers.split(",") if x]
+        if allowed and tier_id == TIER_UNKNOWN:
+            raise TierRequired(item_id)
+        if allowed and tier_id not in allowed:
+            raise FailedPrecondition("item is reserved to other tiers", reason=reasons.TIER_NOT_ALLOWED,
+                                     metadata={"item": f"items/{item_id}"}, zh="您的会员等级不能兑换该商品")
+        if it.kind == pb.ITEM_KIND_PHYSICAL and not address:
+            raise FailedPrecondition("a physical item needs a shipping address",
+                                     reason=reasons.SHIPPING_ADDRESS_REQUIRED,
+                                     metadata={"field": "shipping_address"}, zh="请填写收货地址")
+        cost = it.points_price * quantity
+        state = pb.REDEMPTION_STATE_PENDING_SHIPMENT if it.kind == pb.ITEM_KIND_PHYSICAL else pb.REDEMPTION_STATE_COMPLETED
+        # Lock order: the member's account, then the item, then rows referring to the item
+        # (their foreign-key checks take shared locks on it, which must come after our own lock).
+        await self.ledger.take(s, member_id, cost)  # locks the account row (or fails: no points)
+        taken = await s.execute(update(Item).where(Item.id == item_id, Item.stock >= quantity,
+                                                   Item.state == pb.ITEM_STATE_ACTIVE)
+                                .values(stock=Item.stock - quantity, redeemed_count=Item.redeemed_count + quantity))
+        if taken.rowcount != 1:
+            raise FailedPrecondition("out of stock", reason=reasons.OUT_OF_STOCK,
+                                     metadata={"item": f"items/{item_id}"}, zh="商品已兑完")
+        r = Redemption(member_id=member_id, item_id=item_id, item_display_name=it.display_name, item_kind=it.kind,
+                       quantity=quantity, points=cost, cash_fen=it.cash_price_fen * quantity, state=state,
+                       coupon_template=it.coupon_template if it.kind == pb.ITEM_KIND_COUPON else "",
+                       create_time=now, update_time=now, **(address or {}))
+        s.add(r)
+        await s.flush()
+        e = await self.ledger.entry(s, member_id, f"redeem:{r.id}", pb.ENTRY_KIND_SPEND, pb.ENTRY_SOURCE_REDEMPTION,
+                                    f"items/{item_id}", -cost, 0, now, f"兑换 {it.display_name} x{quantity}", fresh=True)
+        await self.ledger.consume_lots(s, e, cost)
+        if it.per_member_limit:
+            await insert_ignore(s, MemberItemCount.__table__, [{"item_id": item_id, "member_id": member_id,
+                                                                "quantity": 0}])
+            counted = await s.execute(update(MemberItemCount).where(
+                MemberItemCount.item_id == item_id, MemberItemCount.member_id == member_id,
+                MemberItemCount.quantity + quantity <= it.per_member_limit)
+                .values(quantity=MemberItemCount.quantity + quantity))
+            if counted.rowcount != 1:
+                raise FailedPrecondition("per-member limit reached", reason=reasons.REDEMPTION_LIMIT_REACHED,
+                                         metadata={"limit": it.per_member_limit}, zh="已达到该商品的兑换上限")
+        if it.kind == pb.ITEM_KIND_COUPON:
+            event = epb.CouponRedeemedEvent(redemption=f"members/{member_id}/redemptions/{r.id}",
+                                            member=f"members/{member_id}", coupon_template=it.coupon_template)
+            event.redeem_time.FromDatetime(now)
+            await self.outbox.add(s, "points.coupon_redeemed", event, subject=f"members/{member_id}")
+        return r
+
+    async def redemption(self, s: AsyncSession, member_id: int, redemption_id: int) -> Redemption:
+        r = await s.get(Redemption, redemption_id, populate_existing=True)
+        if r is None or r.member_id != member_id:
+            raise NotFound("redemption not found", reason=reasons.REDEMPTION_NOT_FOUND,
+                           resource=("redemption", f"members/{member_id}/redemptions/{redemption_id}"),
+                           zh="兑换记录不存在")
+        return r
+
+    async def list_redemptions(self, s: AsyncSession, member_id: int | None, size: int, token: str,
+                               state: int) -> tuple[list[Redemption], str]:
+        """Redemptions of one member (or of all: ``member_id`` None), newest first."""
+        q = select(Redemption)
+        if member_id is not None:
+            q = q.where(Redemption.member_id == member_id)
+        if state:
+            q = q.where(Redemption.state == state)
+        return await keyset_page(s, q, key=Redemption.id.desc(), tokens=self.pages, page_size=size, page_token=token,
+                                 filters=[member_id, state])
+
+    async def _transition(self, s: AsyncSession, r: Redemption, from_state: int, values: dict) -> None:
+        moved = await s.execute(update(Redemption).where(Redemption.id == r.id, Redemption.state == from_state)
+                                .values(update_time=self.ledger.clock(), **values))
+        if moved.rowcount != 1:
+            raise FailedPrecondition("redemption is not in a state that allows this", reason=reasons.REDEMPTION_STATE,
+                                     metadata={"state": pb.RedemptionState.Name(r.state)}, zh="当前状态不允许此操作")
+
+    async def cancel_redemption(self, s: AsyncSession, member_id: int, redemption_id: int) -> Redemption:
+        """Points back to the lots they came from, stock and count back; once."""
+        now = self.ledger.clock()
+        await self.ledger.lock(s, member_id, now)
+        r = await self.redemption(s, member_id, redemption_id)
+        await self._transition(s, r, pb.REDEMPTION_STATE_PENDING_SHIPMENT, {"state": pb.REDEMPTION_STATE_CANCELLED})
+        spent = await self.ledger.applied(s, f"redeem:{r.id}")
+        e = await self.ledger.entry(s, member_id, f"cancel:{r.id}", pb.ENTRY_KIND_REVERSE, pb.ENTRY_SOURCE_REDEMPTION,
+                                    f"items/{r.item_id}", r.points, 0, now, f"取消兑换 {r.item_display_name}", fresh=True)
+        await s.execute(update(Account).where(Account.member_id == member_id)
+                        .values(available=Account.available + r.points))
+        moves = [(lot_id, delta, expired or expire_time <= now) for lot_id, delta, expired, expire_time in (
+            await s.execute(select(LotMove.lot_id, LotMove.delta, Lot.expired, Lot.expire_time)
+                            .join(Lot, Lot.id == LotMove.lot_id).where(LotMove.entry_id == spent.id))).all()
+        ] if spent else []
+        expired_back = 0
+        for lot_id, delta, expired in moves:
+            await s.execute(update(Lot).where(Lot.id == lot_id).values(remaining=Lot.remaining - delta))
+            s.add(LotMove(entry_id=e.id, lot_id=lot_id, delta=-delta))
+            if expired:
+                expired_back += -delta
+        if expired_back:  # points returned to lots past their expiry expire again at once
+            x = await self.ledger.entry(s, member_id, f"cancel-expire:{r.id}", pb.ENTRY_KIND_EXPIRE, pb.ENTRY_SOURCE_EXPIRY,
+                                        f"items/{r.item_id}", -expired_back, 0, now, "退回的积分已过期")
+            await s.execute(update(Account).where(Account.member_id == member_id)
+                            .values(available=Account.available - expired_back))
+            for lot_id, delta, expired in moves:
+                if expired:
+                    await s.execute(update(Lot).where(Lot.id == lot_id).values(remaining=Lot.remaining + delta))
+                    s.add(LotMove(entry_id=x.id, lot_id=lot_id, delta=delta))
+        await s.execute(update(Item).where(Item.id == r.item_id)
+                        .values(stock=Item.stock + r.quantity, redeemed_count=Item.redeemed_count - r.quantity))
+        await s.execute(update(MemberItemCount).where(MemberItemCount.item_id == r.item_id,
+                                                      MemberItemCount.member_id == member_id)
+                        .values(quantity=MemberItemCount.quantity - r.quantity))
+        await s.flush()
+        return await self.redemption(s, member_id, redemption_id)
+
+    async def ship_redemption(self, s: AsyncSession, member_id: int, redemption_id: int, carrier: str,
+                              tracking: str) -> Redemption:
+        r = await self.redemption(s, member_id, redemption_id)
+        await self._transition(s, r, pb.REDEMPTION_STATE_PENDING_SHIPMENT,
+                               {"state": pb.REDEMPTION_STATE_SHIPPED, "carrier": carrier, "tracking_number": tracking})
+        return await self.redemption(s, member_id, redemption_id)
+
+    async def deliver_redemption(self, s: AsyncSession, member_id: int, redemption_id: int) -> Redemption:
+        r = await self.redemption(s, member_id, redemption_id)
+        await self._transition(s, r, pb.REDEMPTION_STATE_SHIPPED, {"state": pb.REDEMPTION_STATE_COMPLETED})
+        return await self.redemption(s, member_id, redemption_id)

@@ -1,0 +1,261 @@
+"""Events on NATS JetStream: outbox -> relay -> stream -> durable consumer -> inbox, exactly one effect.
+
+These run the real server (``nats-server`` from the venv, a fresh one per test on a
+free port) against the test database backend, with a small producer/consumer
+schema standing in for a service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from opentelemetry import trace
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, update
+
+from mall.orders.v1 import orders_events_pb2 as opb
+from mallkit import events
+from mallkit.db import create_engine, run_transaction, session_factory
+from mallkit.testing import MYSQL_ADMIN_URL, NatsServer
+
+METADATA = MetaData()
+OUTBOX, INBOX = events.define_tables(METADATA)
+EFFECTS = Table("effects", METADATA, Column("id", Integer, primary_key=True, autoincrement=True),
+                Column("order_name", String(64), nullable=False))
+
+
+@pytest.fixture
+async def nats_server(tmp_path):
+    server = NatsServer(tmp_path / "nats")
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def db(backend, tmp_path):
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    name = f"mall_test_events_{uuid.uuid4().hex[:8]}"
+    if backend == "mariadb":
+        admin = create_async_engine(MYSQL_ADMIN_URL)
+        async with admin.begin() as conn:
+            await conn.execute(text(f"CREATE DATABASE `{name}`"))
+        url = str(make_url(MYSQL_ADMIN_URL).set(database=name))
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / (name + '.db')}"
+    engine = create_engine(url, pool_size=10)
+    async with engine.begin() as conn:
+        await conn.run_sync(METADATA.create_all)
+    yield session_factory(engine)
+    await engine.dispose()
+    if backend == "mariadb":
+        async with admin.begin() as conn:
+            await conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        await admin.dispose()
+
+
+async def record(s, event, p: opb.OrderPaidEvent) -> None:
+    await s.execute(insert(EFFECTS).values(order_name=p.order))
+
+
+class Pipeline:
+    """A producer (outbox + relay) and a consumer of order.paid over one NATS server."""
+
+    def __init__(self, sessions, url: str, handler=record, **consumer_kw):
+        self.sessions = sessions
+        self.outbox = events.Outbox(OUTBOX, "orders")
+        self.pub_bus = events.EventBus(url, "test-producer")
+        self.sub_bus = events.EventBus(url, "test-consumer")
+        self.relay = events.Relay(sessions, OUTBOX, "orders", self.pub_bus, batch=100)
+        self.sub = events.Subscription("apply", {"order.paid": (opb.OrderPaidEvent, handler)})
+        self.consumer = events.Consumer(sessions, INBOX, "points", self.sub, self.sub_bus, **consumer_kw)
+        self.stop = asyncio.Event()
+        self.tasks: list[asyncio.Task] = []
+
+    async def emit(self, n: int, prefix: str = "orders/") -> list[str]:
+        names = [f"{prefix}{uuid.uuid4().hex[:10]}" for _ in range(n)]
+        for i in range(0, n, 500):
+            chunk = names[i:i + 500]
+
+            async def tx(s, chunk=chunk):
+                for name in chunk:
+                    await self.outbox.add(s, "order.paid", opb.OrderPaidEvent(order=name, member="members/1"))
+
+            await run_transaction(self.sessions, tx)
+        return names
+
+    def start(self, relay: bool = True, consumer: bool = True) -> None:
+        if relay:
+            self.tasks.append(asyncio.create_task(self.relay.run(self.stop, 0.05)))
+        if consumer:
+            self.tasks.append(asyncio.create_task(self.consumer.run(self.stop)))
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.gather(*self.tasks)
+        await self.pub_bus.close()
+        await self.sub_bus.close()
+
+
+async def effects(sessions) -> dict[str, int]:
+    async with sessions() as s:
+        rows = (await s.execute(select(EFFECTS.c.order_name, func.count()).group_by(EFFECTS.c.order_name))).all()
+    return {name: n for name, n in rows}
+
+
+async def until(predicate, seconds: float, what: str):
+    """Poll ``predicate`` (async) until true or the deadline passes."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {seconds:.0f}s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def test_each_event_is_applied_once_and_published_only_after_the_ack(db, nats_server):
+    p = Pipeline(db, nats_server.url)
+    names = await p.emit(300)
+    p.start()
+    try:
+        # Bound scales with the work: 300 events, generously 0.2 s each on a loaded machine.
+        got = await until(lambda: _all(db, names), 30 + 0.2 * len(names), "300 effects")
+        assert set(got) == set(names) and set(got.values()) == {1}
+        assert await p.relay.pending() == 0
+        info = await p.pub_bus.js.stream_info("MALL_ORDERS")
+        assert info.state.messages == 300  # one message per event, not per subscriber
+    finally:
+        await p.close()
+
+
+async def _all(sessions, names):
+    got = await effects(sessions)
+    return got if len(got) >= len(names) else None
+
+
+async def test_a_republished_event_is_dropped_by_the_server_and_the_inbox(db, nats_server):
+    p = Pipeline(db, nats_server.url)
+    names = await p.emit(20)
+    p.start(consumer=False)
+    await until(lambda: _none_pending(p), 60, "relay to publish")
+    # A crash between the server's ack and marking the rows: they are published again.
+    async with db() as s, s.begin():
+        await s.execute(update(OUTBOX).values(published_time=None))
+    await until(lambda: _none_pending(p), 60, "relay to republish")
+    assert p.relay.duplicates == 20
+    info = await p.pub_bus.js.stream_info("MALL_ORDERS")
+    assert info.state.messages == 20
+    p.start(relay=False)
+    try:
+        got = await until(lambda: _all(db, names), 60, "20 effects")
+        assert set(got.values()) == {1}
+    finally:
+        await p.close()
+
+
+async def _none_pending(p):
+    return await p.relay.pending() == 0
+
+
+async def test_a_consumer_killed_between_commit_and_ack_applies_once(db, nats_server):
+    p = Pipeline(db, nats_server.url, ack_wait=1.0)
+    names = await p.emit(30)
+    unacked = {"n": 0}
+    real_process = p.consumer.process
+
+    async def process_without_ack(msg):
+        # Apply (commit) but "die" before the ack: the server redelivers after ack_wait.
+        async def no_ack():
+            unacked["n"] += 1
+        msg.ack = no_ack
+        await real_process(msg)
+
+    p.consumer.process = process_without_ack
+    p.start()
+    try:
+        await until(lambda: _all(db, names), 60 + len(names), "30 effects")
+        await until(_true_when(lambda: unacked["n"] >= 30), 60, "first pass")
+        p.consumer.process = real_process  # the process restarts
+        await until(_true_when(lambda: p.consumer.duplicates >= 30), 120, "redeliveries")
+        got = await effects(db)
+        assert set(got) == set(names) and set(got.values()) == {1}
+    finally:
+        await p.close()
+
+
+def _true_when(fn):
+    async def check():
+        return fn()
+    return check
+
+
+async def test_a_poison_event_is_dead_lettered_with_its_reason_and_can_be_replayed(db, nats_server):
+    broken = {"on": True}
+
+    async def handler(s, event, payload):
+        if broken["on"] and payload.order.endswith("poison"):
+            raise ValueError("cannot apply this one")
+        await record(s, event, payload)
+
+    p = Pipeline(db, nats_server.url, handler=handler, max_deliveries=3, max_backoff=0.2)
+    good = await p.emit(5)
+
+    async def tx(s):
+        await p.outbox.add(s, "order.paid", opb.OrderPaidEvent(order="orders/poison", member="members/1"))
+
+    await run_transaction(db, tx)
+    p.start()
+    try:
+        await until(lambda: _all(db, good), 60, "the good effects")
+        dead = await until(lambda: events.list_dead_letters(p.sub_bus, "points"), 60, "a dead letter")
+        assert len(dead) == 1
+        assert dead[0].consumer == "points-apply" and dead[0].deliveries == 3
+        assert "cannot apply this one" in dead[0].reason
+        assert dead[0].event is not None and dead[0].event.type == "order.paid"
+        assert "orders/poison" not in await effects(db)
+        # The operator fixes the cause and replays it: applied once, and gone from the list.
+        broken["on"] = False
+        await events.replay_dead_letter(p.sub_bus, dead[0].seq, db, INBOX, [p.sub])
+        assert (await effects(db))["orders/poison"] == 1
+        assert await events.list_dead_letters(p.sub_bus, "points") == []
+    finally:
+        await p.close()
+
+
+async def test_nats_restart_in_the_middle_of_a_burst_loses_nothing_and_doubles_nothing(db, nats_server):
+    p = Pipeline(db, nats_server.url)
+    p.start()
+    try:
+        names = await p.emit(500)
+        await until(_true_when(lambda: p.consumer.applied > 50), 120, "the burst to start")
+        await nats_server.restart()
+        names += await p.emit(500)
+        got = await until(lambda: _all(db, names), 120 + 0.2 * len(names), "1000 effects")
+        assert set(got) == set(names) and set(got.values()) == {1}
+    finally:
+        await p.close()
+
+
+async def test_the_consumer_work_joins_the_producer_trace(db, nats_server, spans):
+    p = Pipeline(db, nats_server.url)
+    tracer = trace.get_tracer("test")
+    with tracer.start_as_current_span("request") as root:
+        names = await p.emit(1)
+    p.start()
+    try:
+        await until(lambda: _all(db, names), 60, "the effect")
+        await until(_true_when(lambda: any(s.name == "consume order.paid" for s in spans.get_finished_spans())),
+                    30, "the consumer span")
+        trace_id = root.get_span_context().trace_id
+        by_name = {s.name: s for s in spans.get_finished_spans() if s.context.trace_id == trace_id}
+        assert "publish order.paid" in by_name and "consume order.paid" in by_name
+        assert by_name["consume order.paid"].parent.span_id == by_name["publish order.paid"].context.span_id
+    finally:
+        await p.close()
