@@ -96,11 +96,11 @@ class MembersClient:
         except grpc.aio.AioRpcError as err:
             raise translate(err, member_id) from None
 
-    async def principal_active(self, subject: str, timeout: float = 2.0) -> bool:
+    async def principal_active(self, subject: str, deadline: float = 2.0) -> bool:
         """Whether a token's "members/{id}" or "staff/{id}" still names an active account
         (``CheckPrincipal``, for :mod:`mallkit.principals`); UNAVAILABLE when members cannot say."""
         try:
-            resp = await self.stub().CheckPrincipal(mpb.CheckPrincipalRequest(principal=subject), timeout=timeout)
+            resp = await self.stub().CheckPrincipal(mpb.CheckPrincipalRequest(principal=subject), timeout=deadline)
         except grpc.aio.AioRpcError as err:
             raise Unavailable("cannot check the caller's account now, retry", reason="PRINCIPALS_UNAVAILABLE",
                               metadata={"code": err.code().name}) from None

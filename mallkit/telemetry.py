@@ -120,6 +120,7 @@ SECRET_NAMES = (
 _NAMES = "|".join(sorted(SECRET_NAMES, key=len, reverse=True))
 _PATTERNS = [
     (re.compile(r"-----BEGIN [A-Z ]+-----.*?-----END [A-Z ]+-----", re.DOTALL), REDACTED),
+    (re.compile(r"(\w+://[^/\s:@]+:)[^@\s/]+@"), r"\1" + REDACTED + "@"),  # passwords in URLs (nats://u:p@host)
     (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]+"), REDACTED),  # JWTs
     (re.compile(r"(?i)\b(bearer|WECHATPAY2-SHA256-RSA2048)\s+[^\s\"',]+"), r"\1 " + REDACTED),
     (re.compile(rf"(?i)(?<![A-Za-z0-9_])({_NAMES})=([^&\s\"',;)]+)"), r"\1=" + REDACTED),

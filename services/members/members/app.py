@@ -15,8 +15,8 @@ from mall.members.v1 import members_service_pb2 as pb
 from mall.members.v1 import members_service_pb2_grpc as pb_grpc
 from mallkit.events import Outbox
 from mallkit.pagination import PageTokens
-from mallkit.principals import guarded
 from mallkit.platform import Platform, ServiceApp, Servicer, Tables
+from mallkit.principals import guarded
 
 from . import events, jobs, principals
 from .channels import Channels
