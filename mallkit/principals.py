@@ -7,48 +7,55 @@ of member and staff tokens (service tokens name a service, not an account)
 after the access policy admitted it:
 
 * the members service looks in its own database;
-* the other services ask members (``MembersService.CheckPrincipal``, an RPC
-  without HTTP binding, through :meth:`mallkit.members.MembersClient.principal_active`),
-  through :class:`PrincipalCheck`'s cache. :class:`mallkit.platform.Platform` wires it.
+* the other services ask members (``MembersService.CheckPrincipals``, an RPC
+  without HTTP binding, through :meth:`mallkit.members.MembersClient.active_principals`).
 
-The cache keeps an answer ``ttl`` seconds at most (``MALL_PRINCIPAL_CACHE_SECONDS``,
-60 at most: a disabled account's tokens stop working within that), a refusal
-for a shorter time, and a bounded number of principals. Concurrent lookups of
-the same principal share one call. When members cannot answer, the call fails
-closed with UNAVAILABLE (nothing is cached, so the next call asks again).
+:class:`mallkit.platform.Platform` wires it. :class:`PrincipalCheck` keeps an answer
+``ttl`` seconds at most (``MALL_PRINCIPAL_CACHE_SECONDS``, 60 at most: a disabled
+account's tokens stop working within that), a refusal for a shorter time, and a
+bounded number of principals. Lookups are batched: every principal missing from
+the cache while a lookup is being prepared or is in flight joins the next single
+call (a burst of 2000 new buyers is a handful of calls, not 2000), and concurrent
+calls for one principal share its answer. When members cannot answer, the call
+fails closed with UNAVAILABLE (nothing is cached, so the next call asks again).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from cachetools import TLRUCache
 
 from mallkit.auth import Principal
 from mallkit.errors import MallError, Unauthenticated, Unavailable
 
-#: ``lookup(subject)`` -> True when "members/{id}" or "staff/{id}" exists and is active.
-Lookup = Callable[[str], Awaitable[bool]]
+#: ``lookup(subjects)`` -> the subjects ("members/{id}", "staff/{id}") that exist and are active.
+Lookup = Callable[[list[str]], Awaitable[Iterable[str]]]
 
 MAX_PRINCIPALS = 100_000
 NEGATIVE_TTL = 5.0
+MAX_BATCH = 500
 
 
 class PrincipalCheck:
-    """Refuses member and staff principals whose account is gone or disabled (cached)."""
+    """Refuses member and staff principals whose account is gone or disabled (cached, batched)."""
 
     def __init__(self, lookup: Lookup, *, ttl: float = 30.0, negative_ttl: float = NEGATIVE_TTL,
-                 max_size: int = MAX_PRINCIPALS):
+                 max_size: int = MAX_PRINCIPALS, max_batch: int = MAX_BATCH):
         if not 0 <= ttl <= 60:
             raise ValueError("principal cache ttl must be between 0 and 60 seconds")
         self._lookup = lookup
         self.ttl = ttl
         self.negative_ttl = min(negative_ttl, ttl)
+        self.max_batch = max_batch
         self._cache: TLRUCache[str, bool] = TLRUCache(
             maxsize=max_size, ttu=lambda _key, active, now: now + (self.ttl if active else self.negative_ttl)
         )
-        self._inflight: dict[str, asyncio.Future[bool]] = {}
+        self._waiting: dict[str, asyncio.Future[bool]] = {}  # asked, not answered yet
+        self._queue: list[str] = []  # asked, not sent yet
+        self._sender: asyncio.Task | None = None
+        self.lookups = 0  # calls made (for tests and metrics)
 
     async def require(self, p: Principal) -> None:
         """Return if ``p`` may be served; UNAUTHENTICATED if its account is gone or disabled,
@@ -65,19 +72,45 @@ class PrincipalCheck:
         cached = self._cache.get(subject)
         if cached is not None:
             return cached
-        task = self._inflight.get(subject)
-        if task is None:
-            task = asyncio.ensure_future(self._load(subject))
-            self._inflight[subject] = task
-            task.add_done_callback(lambda t: self._inflight.pop(subject, None) if self._inflight.get(subject) is t
-                                   else None)
-        return await asyncio.shield(task)
+        future = self._waiting.get(subject)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._waiting[subject] = future
+            self._queue.append(subject)
+            if self._sender is None:
+                self._sender = asyncio.ensure_future(self._send())
+        return await asyncio.shield(future)
 
-    async def _load(self, subject: str) -> bool:
-        active = bool(await self._lookup(subject))
-        if self.ttl > 0:
-            self._cache[subject] = active
-        return active
+    async def _send(self) -> None:
+        try:
+            await asyncio.sleep(0)  # the callers of this loop iteration join the first batch
+            while self._queue:
+                batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
+                self.lookups += 1
+                try:
+                    found = set(await self._lookup(batch))
+                except Exception as exc:
+                    for subject in batch:
+                        future = self._waiting.pop(subject)
+                        future.set_exception(exc)
+                        future.exception()  # retrieved: no warning when every waiter has gone
+                    continue
+                for subject in batch:
+                    active = subject in found
+                    if self.ttl > 0:
+                        self._cache[subject] = active
+                    self._waiting.pop(subject).set_result(active)
+        except BaseException:  # cancelled (shutting down): nobody may wait for an answer that will not come
+            for future in self._waiting.values():
+                if not future.done():
+                    future.set_exception(Unavailable("cannot check the caller's account now, retry",
+                                                     reason="PRINCIPALS_UNAVAILABLE"))
+                    future.exception()
+            self._waiting.clear()
+            self._queue.clear()
+            raise
+        finally:
+            self._sender = None
 
     def forget(self, subject: str) -> None:
         """Drop a cached answer (e.g. right after this process disabled the account)."""
@@ -87,9 +120,9 @@ class PrincipalCheck:
 def guarded(lookup: Lookup) -> Lookup:
     """A local lookup whose unexpected errors fail closed as UNAVAILABLE."""
 
-    async def run(subject: str) -> bool:
+    async def run(subjects: list[str]) -> Iterable[str]:
         try:
-            return await lookup(subject)
+            return await lookup(subjects)
         except MallError:
             raise
         except Exception:

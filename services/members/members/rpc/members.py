@@ -55,7 +55,7 @@ class MembersRpc(RpcBase):
         return pb.MemberIdentity(member=f"members/{m.id}", app_id=self.wechat.appid, openid=m.openid,
                                  unionid=m.unionid or "")
 
-    async def CheckPrincipal(self, request, context):
+    async def CheckPrincipals(self, request, context):
         return await principals.check(self.sessions, request)
 
     async def ListMembers(self, request, context):
