@@ -135,7 +135,8 @@ def register_secrets(values: Iterable[str]) -> None:
         v = (v or "").strip()
         if len(v) >= 8:
             _secrets.add(v)
-            _secrets.update(line.strip() for line in v.splitlines() if len(line.strip()) >= 16)
+            _secrets.update(line.strip() for line in v.splitlines()
+                            if len(line.strip()) >= 16 and not line.startswith("-----"))
 
 
 def register_settings_secrets(settings) -> None:
@@ -157,11 +158,11 @@ def register_settings_secrets(settings) -> None:
 
 def redact(text: str) -> str:
     """``text`` with every secret it carries replaced."""
+    for pattern, repl in _PATTERNS:  # shapes first: a PEM block goes whole, markers included
+        text = pattern.sub(repl, text)
     for secret in sorted(_secrets, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, REDACTED)
-    for pattern, repl in _PATTERNS:
-        text = pattern.sub(repl, text)
     return text
 
 
