@@ -4,7 +4,7 @@ Migrates and seeds each service's SQLite file under var/ (``MALL_VAR_DIR``),
 starts the fake WeChat, the WeChat Pay simulator, every service and the gateway
 as child processes with ``MALL_ENV=development``, prints where each listens, and
 stops them all cleanly on Ctrl-C (or when one of them dies). Ports:
-``GATEWAY_PORT``, ``<SVC>_PORT``, ``FAKE_WECHAT_PORT``, ``FAKE_WECHATPAY_PORT``.
+``GATEWAY_PORT``, ``<SVC>_PORT``, ``FAKE_WECHAT_PORT``, ``FAKE_WECHATPAY_PORT``, ``NATS_PORT``.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def main() -> int:
             f"  The mall is running (SQLite files in {VAR}; `make reset` wipes them).\n"
             f"  gateway (HTTP/JSON) http://127.0.0.1:{GATEWAY_PORT}   docs: /docs   OpenAPI: /openapi.json   health: /healthz\n"
             + "".join(f"  {n:<19} grpc 127.0.0.1:{p} (reflection on)\n" for n, p in SERVICES)
-            + f"  NATS JetStream      nats://127.0.0.1:{NATS_PORT}   (events; store in var/nats)\n"
+            + f"  NATS JetStream      nats://127.0.0.1:{NATS_PORT}   (events; store in {VAR / 'nats'})\n"
             + f"  fake WeChat         http://127.0.0.1:{WECHAT_PORT}\n"
             + f"  WeChat Pay sim      http://127.0.0.1:{WECHATPAY_PORT}   (the buyer pays: POST /__sim/pay {{\"out_trade_no\": ...}})\n"
             "\n"
