@@ -6,6 +6,12 @@ PY := $(VENV)/bin/python
 SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 PROTOS := $(shell find protos/mall -name '*.proto')
 GEN := gen/python
+K8S_VENV := .venv-k8s
+K8S_VERSION ?= 1.32.0
+OVERLAY ?= dev
+PYTHON_IMAGE ?= python:3.11.7-slim-bookworm
+IMAGE ?= mall:$(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
+IMAGE_BUILD_FLAGS ?=
 SERVICES := members points orders community
 export PYTHONDONTWRITEBYTECODE := 1
 # Every process defaults to MALL_ENV=production (and refuses development secrets there);
@@ -83,8 +89,34 @@ dlq-replay: protos ## Replay dead letter SEQ through its consuming service: make
 	@test -n "$(SEQ)" || { echo "usage: make dlq-replay SEQ=<seq from make dlq>"; exit 2; }
 	svc=$$($(PY) -m mallkit.dlq service $(SEQ)) && $(PY) -m $$svc dlq replay $(SEQ)
 
-clean: ## Remove generated code, caches and the venv
-	rm -rf $(GEN) $(VENV) .pytest_cache .ruff_cache .mypy_cache
+image: ## Build the image with docker or podman: make image [IMAGE=mall:tag] [PYTHON_IMAGE=...] [IMAGE_BUILD_FLAGS=...]
+	@if docker info >/dev/null 2>&1; then engine="docker build"; \
+	elif command -v podman >/dev/null 2>&1; then engine="podman build --format docker"; \
+	else echo "make image: no container engine here (a docker daemon or podman); make k8s-check still lints the Dockerfile" >&2; exit 1; fi; \
+	set -x; $$engine $(IMAGE_BUILD_FLAGS) --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t $(IMAGE) .
+
+$(K8S_VENV)/.installed: k8s/requirements-check.txt
+	test -x $(K8S_VENV)/bin/python || $(PYTHON) -m venv $(K8S_VENV)
+	$(K8S_VENV)/bin/pip install -q -r k8s/requirements-check.txt
+	touch $@
+
+k8s-render: protos ## Render every overlay of k8s/ into gen/k8s/<overlay>.yaml (Secrets from the *.example files)
+	$(PY) scripts/k8s_render.py gen/k8s
+
+k8s-check: k8s-render $(K8S_VENV)/.installed ## Offline checks: kustomize, kubernetes-validate --strict, hadolint, checkov, tests/k8s
+	$(K8S_VENV)/bin/kubernetes-validate --quiet --strict -k $(K8S_VERSION) gen/k8s/*.yaml
+	$(K8S_VENV)/bin/hadolint Dockerfile
+	cp Dockerfile gen/k8s/Dockerfile
+	$(K8S_VENV)/bin/checkov --config-file k8s/.checkov.yaml -d gen/k8s
+	$(PY) -m pytest tests/k8s -q
+
+k8s-deploy: ## Deploy OVERLAY=dev|prod to kubectl's current context: config, migration Jobs (waited for), rollout
+	scripts/k8s_deploy.sh $(OVERLAY)
+
+.PHONY: image k8s-render k8s-check k8s-deploy
+
+clean: ## Remove generated code, caches and the venvs
+	rm -rf $(GEN) gen/k8s $(VENV) $(K8S_VENV) .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 .PHONY: run reset test test-sqlite migrate revision create-admin disable-staff bench check-points dlq dlq-replay clean

@@ -4,7 +4,13 @@
   (RSA-SHA256 with the merchant key, verified with the merchant public key
   the simulator is configured with) and answers a ``prepay_id``.
 * ``POST /v3/refund/domestic/refunds``: same check; idempotent on
-  ``out_refund_no``; answers ``status: SUCCESS``.
+  ``out_refund_no``; answers ``status: SUCCESS`` (or ``PROCESSING`` for the
+  out_trade_nos in :attr:`WechatPaySimulator.settle_later`, as the real one
+  does for refunds that settle later).
+* ``POST /__sim/refunds/complete`` ``{"out_refund_no": ...}``: a PROCESSING
+  refund settles: its status becomes SUCCESS and the REFUND.SUCCESS
+  notification (signed and encrypted like the payment one) is POSTed to the
+  refund's ``notify_url``.
 * ``POST /__sim/pay`` ``{"out_trade_no": ..., "amount": optional}``: the
   buyer pays: the simulator builds the payment notification (resource
   encrypted with AES-256-GCM and the APIv3 key, body signed with the platform
@@ -15,7 +21,7 @@
 Tests use :meth:`WechatPaySimulator.notification` to build the signed request
 and hand it to the orders service themselves (any number of times).
 
-Run: ``python -m fakes.wechatpay --port 9200`` (dev keys from ``orders.devkeys``).
+Run: ``python -m fakes.wechatpay --port 9200`` (dev keys from ``mallkit.wechatpay_devkeys``).
 """
 
 from __future__ import annotations
@@ -54,10 +60,11 @@ class WechatPaySimulator:
         self.transactions: dict[str, dict] = {}  # out_trade_no -> prepay data
         self.refunds: dict[str, dict] = {}  # out_refund_no -> refund
         self.prepays = 0
+        self.settle_later: set[str] = set()  # out_trade_nos whose refunds answer PROCESSING until completed
 
     @classmethod
     def dev(cls) -> WechatPaySimulator:
-        from orders import devkeys
+        from mallkit import wechatpay_devkeys as devkeys
 
         return cls(mchid=devkeys.MCHID, appid=devkeys.APPID, apiv3_key=devkeys.APIV3_KEY,
                    merchant_public_key=devkeys.MERCHANT_PUBLIC_KEY, platform_private_key=devkeys.PLATFORM_PRIVATE_KEY,
@@ -84,20 +91,43 @@ class WechatPaySimulator:
             "payer": {"openid": tx.get("openid", "")},
             "amount": {"total": total, "payer_total": total, "currency": "CNY", "payer_currency": "CNY"},
         }
+        return self._signed(plain, event_type="TRANSACTION.SUCCESS", original_type="transaction", summary="支付成功",
+                            notification_id=notification_id, timestamp=timestamp, tamper=tamper)
+
+    def refund_notification(self, out_refund_no: str, *, status: str = "SUCCESS", amount: int | None = None,
+                            notification_id: str | None = None, timestamp: int | None = None,
+                            tamper: bool = False) -> tuple[dict[str, str], str]:
+        """(headers, raw body) of a REFUND.<status> notification of a refund received, signed and encrypted."""
+        r = self.refunds[out_refund_no]
+        plain = {
+            "mchid": self.mchid, "out_trade_no": r["out_trade_no"],
+            "transaction_id": self.transactions.get(r["out_trade_no"], {}).get("transaction_id", ""),
+            "out_refund_no": out_refund_no, "refund_id": r["refund_id"], "refund_status": status,
+            "success_time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+            "user_received_account": "支付用户零钱",
+            "amount": {"total": r["amount"]["total"], "refund": r["amount"]["refund"] if amount is None else amount,
+                       "payer_total": r["amount"]["total"],
+                       "payer_refund": r["amount"]["refund"] if amount is None else amount},
+        }
+        return self._signed(plain, event_type=f"REFUND.{status}", original_type="refund", summary="退款成功",
+                            notification_id=notification_id, timestamp=timestamp, tamper=tamper)
+
+    def _signed(self, plain: dict, *, event_type: str, original_type: str, summary: str,
+                notification_id: str | None, timestamp: int | None, tamper: bool) -> tuple[dict[str, str], str]:
         nonce = secrets.token_hex(6)  # 12 characters, as WeChat Pay's
-        ad = "transaction"
+        ad = original_type
         ciphertext = AESGCM(self.apiv3_key.encode()).encrypt(nonce.encode(), json.dumps(plain).encode(), ad.encode())
         body = json.dumps({
             "id": notification_id or str(uuid.uuid4()), "create_time": plain["success_time"],
-            "resource_type": "encrypt-resource", "event_type": "TRANSACTION.SUCCESS", "summary": "支付成功",
-            "resource": {"original_type": "transaction", "algorithm": "AEAD_AES_256_GCM",
+            "resource_type": "encrypt-resource", "event_type": event_type, "summary": summary,
+            "resource": {"original_type": original_type, "algorithm": "AEAD_AES_256_GCM",
                          "ciphertext": base64.b64encode(ciphertext).decode(), "associated_data": ad, "nonce": nonce},
         }, ensure_ascii=False, separators=(",", ":"))
         ts = str(int(time.time()) if timestamp is None else timestamp)
         header_nonce = secrets.token_hex(16)
         signature = self._sign(f"{ts}\n{header_nonce}\n{body}\n")
         if tamper:
-            body = body.replace('"summary":"支付成功"', '"summary":"支付成功!"')
+            body = body.replace(f'"summary":"{summary}"', f'"summary":"{summary}!"')
         headers = {"Wechatpay-Timestamp": ts, "Wechatpay-Nonce": header_nonce, "Wechatpay-Signature": signature,
                    "Wechatpay-Serial": self.platform_serial, "Content-Type": "application/json"}
         return headers, body
@@ -146,7 +176,7 @@ class WechatPaySimulator:
         data = json.loads(body)
         existing = self.refunds.get(data["out_refund_no"])
         if existing is None:
-            existing = {**data, "refund_id": "5030" + secrets.token_hex(12), "status": "SUCCESS"}
+            existing = {**data, "refund_id": "5030" + secrets.token_hex(12), "status": "PROCESSING" if data["out_trade_no"] in self.settle_later else "SUCCESS"}
             self.refunds[data["out_refund_no"]] = existing
         return JSONResponse({"refund_id": existing["refund_id"], "out_refund_no": data["out_refund_no"],
                              "status": existing["status"], "amount": data["amount"]})
@@ -165,6 +195,27 @@ class WechatPaySimulator:
                 status = 0
         return JSONResponse({"merchant_status": status, "headers": headers, "body": body})
 
+    def settle(self, out_refund_no: str) -> None:
+        """A PROCESSING refund settles: it answers SUCCESS from now on (no notification sent)."""
+        self.refunds[out_refund_no]["status"] = "SUCCESS"
+
+    async def complete_refund(self, request: Request) -> JSONResponse:
+        """A PROCESSING refund settles: SUCCESS from now on, and its notification is POSTed to its notify_url."""
+        data = await request.json()
+        r = self.refunds.get(data["out_refund_no"])
+        if r is None:
+            return JSONResponse({"code": "RESOURCE_NOT_EXISTS", "message": "no refund"}, status_code=404)
+        self.settle(data["out_refund_no"])
+        headers, body = self.refund_notification(data["out_refund_no"])
+        status = 0
+        if r.get("notify_url"):
+            async with httpx.AsyncClient(timeout=10) as http:
+                try:
+                    status = (await http.post(r["notify_url"], content=body.encode(), headers=headers)).status_code
+                except httpx.HTTPError:
+                    status = 0
+        return JSONResponse({"merchant_status": status, "headers": headers, "body": body})
+
     async def list_refunds(self, request: Request) -> JSONResponse:
         return JSONResponse(list(self.refunds.values()))
 
@@ -174,6 +225,7 @@ class WechatPaySimulator:
             Route("/v3/refund/domestic/refunds", self.refund, methods=["POST"]),
             Route("/__sim/pay", self.pay, methods=["POST"]),
             Route("/__sim/refunds", self.list_refunds),
+            Route("/__sim/refunds/complete", self.complete_refund, methods=["POST"]),
         ])
 
 

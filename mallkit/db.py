@@ -202,6 +202,13 @@ def _admission(sessions) -> asyncio.Semaphore:
     return sem
 
 
+def admitted(sessions) -> asyncio.Semaphore:
+    """The engine's admission control, for a read that must queue with the writes
+    (``async with admitted(sessions), sessions() as s: ...``); writes are admitted by
+    :func:`run_transaction` already."""
+    return _admission(sessions)
+
+
 async def run_transaction(sessions, fn, *, attempts: int = 5):
     """Run ``fn(session)`` in one write transaction, retried whole on deadlocks.
 

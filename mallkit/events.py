@@ -22,8 +22,10 @@ Consumer side
     the consumer's work joins the trace of the request that caused the event.
 
 A handler that refuses an event for a business reason must not raise (that would
-retry a refusal forever, then dead-letter it): it records the refusal and writes
-the compensating event to its own outbox in the same transaction.
+retry a refusal forever, then dead-letter it): it records the refusal (:func:`refused`:
+a WARNING line and the ``mall_events_refused_total`` metric; the inbox row marks the
+event applied) and writes the compensating event to its own outbox in the same
+transaction, when something was taken that must be given back.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mall.events.v1 import events_pb2
 from mallkit.db import UTCDateTime, is_duplicate_key, run_transaction, utcnow
+from mallkit.telemetry import EVENTS_REFUSED
 
 log = logging.getLogger("mallkit.events")
 tracer = trace.get_tracer("mallkit.events")
@@ -69,6 +72,15 @@ tracer = trace.get_tracer("mallkit.events")
 #: Handler of one event type: ``(session, event, payload)`` inside the inbox transaction.
 Handler = Callable[[AsyncSession, events_pb2.Event, Message], Awaitable[None]]
 
+
+
+def refused(service: str, event: events_pb2.Event, reason: str, detail: str = "") -> None:
+    """Record that a handler refuses ``event`` for a business reason (``reason``: an error reason such as
+    ``MEMBER_NOT_FOUND``): one WARNING line with the event id and ``mall_events_refused_total``. The
+    handler then returns normally, so the event counts as applied and is never redelivered."""
+    EVENTS_REFUSED.labels(service, event.type, reason).inc()
+    log.warning("%s refused %s: %s%s", service, event.type, reason, f" ({detail})" if detail else "",
+                extra={"event_id": event.id, "reason": reason})
 
 
 # --- names -------------------------------------------------------------------------------------
@@ -443,9 +455,10 @@ class Consumer:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], inbox: Table, service: str,
                  subscription: Subscription, bus: EventBus, *, max_deliveries: int = 5, ack_wait: float = 30.0,
-                 batch: int = 100, concurrency: int = 8, max_backoff: float = 300.0):
+                 batch: int = 100, concurrency: int = 8, max_backoff: float = 300.0, together: bool = True):
         self.sessions = sessions
         self.inbox = inbox
+        self.together = together  # a fetched batch in one transaction (else one transaction per event)
         self.service = service
         self.sub = subscription
         self.bus = bus
@@ -476,12 +489,6 @@ class Consumer:
     async def _run_stream(self, source: str, stop: asyncio.Event) -> None:
         psub = None
         failures = 0
-        gate = asyncio.Semaphore(self.concurrency)
-
-        async def one(msg):
-            async with gate:
-                await self.process(msg)
-
         while not stop.is_set():
             try:
                 if psub is None:
@@ -494,7 +501,7 @@ class Consumer:
                 except TimeoutError:  # nats.errors.TimeoutError or asyncio's: nothing to fetch
                     continue
                 failures = 0
-                await asyncio.gather(*(one(m) for m in msgs))
+                await self.process_batch(msgs)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -509,43 +516,117 @@ class Consumer:
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
 
+    def _decode(self, msg):
+        """(event, payload, handler) of a message; raises PoisonEvent or DecodeError."""
+        event = events_pb2.Event.FromString(msg.data)
+        entry = self.sub.handlers.get(event.type)
+        if entry is None:
+            raise PoisonEvent(f"no handler for event type {event.type!r}")
+        payload_type, handler = entry
+        payload = payload_type()
+        if not event.data.Unpack(payload):
+            raise PoisonEvent(f"payload is not {payload_type.DESCRIPTOR.full_name}")
+        return event, payload, handler
+
+    def _span(self, msg, event):
+        span = tracer.start_span(f"consume {event.type}", context=propagate.extract(dict(msg.headers or {})),
+                                 kind=trace.SpanKind.CONSUMER)
+        span.set_attribute("messaging.system", "nats")
+        span.set_attribute("messaging.message.id", event.id)
+        span.set_attribute("messaging.consumer.group.name", self.durable)
+        return span
+
     async def process(self, msg) -> None:
         """Apply one message; ack, nak with backoff, or dead-letter it."""
-        deliveries = msg.metadata.num_delivered
-        try:
-            event = events_pb2.Event.FromString(msg.data)
-            entry = self.sub.handlers.get(event.type)
-            if entry is None:
-                raise PoisonEvent(f"no handler for event type {event.type!r}")
-            payload_type, handler = entry
-            payload = payload_type()
-            if not event.data.Unpack(payload):
-                raise PoisonEvent(f"payload is not {payload_type.DESCRIPTOR.full_name}")
-        except (DecodeError, PoisonEvent) as exc:  # can never succeed: dead-letter at once
-            await self._dead_letter(msg, str(exc) if isinstance(exc, PoisonEvent) else "undecodable event", deliveries)
-            return
-        parent = propagate.extract(dict(msg.headers or {}))
-        with tracer.start_as_current_span(f"consume {event.type}", context=parent,
-                                          kind=trace.SpanKind.CONSUMER) as span:
-            span.set_attribute("messaging.system", "nats")
-            span.set_attribute("messaging.message.id", event.id)
-            span.set_attribute("messaging.consumer.group.name", self.durable)
+        await self.process_batch([msg])
+
+    async def process_batch(self, msgs: list) -> None:
+        """Apply fetched messages: together in one transaction, or one by one when that fails;
+        then ack, nak with backoff or dead-letter each."""
+        items = []
+        for msg in msgs:
             try:
-                duplicate = await apply_event(self.sessions, self.inbox, event, payload, handler)
-            except Exception as exc:
-                span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
-                reason = failure_reason(exc)
-                if deliveries >= self.max_deliveries:
-                    log.error("event %s failed %d times: dead-lettered (%s)", event.type, deliveries, reason,
-                              extra={"event_id": event.id})
-                    await self._dead_letter(msg, reason, deliveries)
-                else:
-                    level = logging.WARNING if deliveries == 1 else logging.INFO
-                    log.log(level, "event %s failed (delivery %d of %d): %s; redelivered with backoff",
-                            event.type, deliveries, self.max_deliveries, reason, extra={"event_id": event.id})
-                    await msg.nak(delay=backoff(deliveries, cap=self.max_backoff))
-                return
-        if duplicate:
+                items.append((msg, *self._decode(msg)))
+            except (DecodeError, PoisonEvent) as exc:  # can never succeed: dead-letter at once
+                await self._dead_letter(msg, str(exc) if isinstance(exc, PoisonEvent) else "undecodable event",
+                                        msg.metadata.num_delivered)
+        if not items:
+            return
+        outcomes = await self._apply_together(items) if self.together and len(items) > 1 else None
+        if outcomes is None:
+            gate = asyncio.Semaphore(self.concurrency)
+
+            async def one(item):
+                async with gate:
+                    return await self._apply_one(item)
+
+            outcomes = await asyncio.gather(*(one(item) for item in items))
+        for (msg, event, _, _), outcome in zip(items, outcomes, strict=True):
+            await self._settle(msg, event, outcome)
+
+    async def _apply_one(self, item) -> bool | Exception:
+        msg, event, payload, handler = item
+        span = self._span(msg, event)
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                return await apply_event(self.sessions, self.inbox, event, payload, handler)
+        except Exception as exc:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+            return exc
+        finally:
+            span.end()
+
+    async def _apply_together(self, items) -> list[bool | Exception] | None:
+        """The batch in one transaction: events already in the inbox are skipped, the others'
+        inbox rows go in with one statement and their handlers run in order. None when anything
+        fails: the transaction rolls back whole and the caller applies the events one by one."""
+        spans = [self._span(msg, event) for msg, event, _, _ in items]
+        outcomes: list[bool | Exception] = []
+
+        async def apply(s: AsyncSession) -> None:
+            ids = [event.id for _, event, _, _ in items]
+            seen = set((await s.execute(select(self.inbox.c.event_id).where(self.inbox.c.event_id.in_(ids))))
+                       .scalars().all())
+            fresh: dict[str, tuple] = {}
+            for item in items:
+                if item[1].id not in seen:
+                    fresh.setdefault(item[1].id, item)  # the same event twice in one fetch: once
+            if fresh:
+                now = utcnow()
+                await s.execute(insert(self.inbox), [
+                    {"event_id": e.id, "event_type": e.type, "source": e.source, "receive_time": now}
+                    for _, e, _, _ in fresh.values()])
+            for (msg, event, payload, handler), span in zip(items, spans, strict=True):
+                if fresh.get(event.id) is not None and fresh[event.id][0] is msg:
+                    with trace.use_span(span, end_on_exit=False):
+                        await handler(s, event, payload)
+            outcomes[:] = [not (fresh.get(e.id) is not None and fresh[e.id][0] is m) for m, e, _, _ in items]
+
+        try:
+            await run_transaction(self.sessions, apply)
+        except Exception as exc:
+            log.debug("batch of %d events not applied together (%s): one by one", len(items), type(exc).__name__)
+            return None
+        finally:
+            for span in spans:
+                span.end()
+        return outcomes
+
+    async def _settle(self, msg, event, outcome: bool | Exception) -> None:
+        deliveries = msg.metadata.num_delivered
+        if isinstance(outcome, Exception):
+            reason = failure_reason(outcome)
+            if deliveries >= self.max_deliveries:
+                log.error("event %s failed %d times: dead-lettered (%s)", event.type, deliveries, reason,
+                          extra={"event_id": event.id})
+                await self._dead_letter(msg, reason, deliveries)
+            else:
+                level = logging.WARNING if deliveries == 1 else logging.INFO
+                log.log(level, "event %s failed (delivery %d of %d): %s; redelivered with backoff",
+                        event.type, deliveries, self.max_deliveries, reason, extra={"event_id": event.id})
+                await msg.nak(delay=backoff(deliveries, cap=self.max_backoff))
+            return
+        if outcome:
             self.duplicates += 1
         else:
             self.applied += 1

@@ -1,10 +1,11 @@
 """Idempotent mutations keyed by ``request_id`` (AIP-155).
 
 The key row ``(scope, request_id)`` is inserted in the same transaction as the
-effect, before it, and the response is stored with it. The unique key is the
-only arbiter: of N concurrent calls with one key, the first insert wins and
-the others wait on its row lock (MySQL) or for the single writer (SQLite),
-then find the committed row and replay its response. A key reused with a
+effect, after it, with the response: one statement on the happy path. The
+unique key is the only arbiter: of N concurrent calls with one key, the first
+insert wins; the others' inserts wait on its row lock (MySQL) or for the single
+writer (SQLite), fail on the key, roll their own effect back, and replay the
+stored response. A key reused with a
 different request is INVALID_ARGUMENT ``REQUEST_ID_REUSED``. Errors are not
 stored: a failed call may be retried with the same key.
 
@@ -26,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mallkit.auth import current_principal
 from mallkit.db import UTCDateTime, is_duplicate_key, run_transaction, utcnow
-from mallkit.errors import FieldViolation, InvalidArgument
+from mallkit.errors import FieldViolation, InvalidArgument, MallError
 
 M = TypeVar("M", bound=Message)
 
@@ -79,8 +80,13 @@ class Idempotency:
         *,
         request_id: str | None = None,
         required: bool = False,
+        key_first: bool = False,
     ) -> M:
-        """Run ``use_case(session)`` in a transaction; replay on a repeated key."""
+        """Run ``use_case(session)`` in a transaction; replay on a repeated key.
+
+        ``key_first``: for a use case with an effect outside the database (a message sent
+        to WeChat), the key goes in before the effect, so a concurrent repeat waits on it
+        and never reaches the effect (two statements instead of one)."""
         rid = request_id if request_id is not None else getattr(request, "request_id", "")
         if not rid:
             if required:
@@ -91,27 +97,33 @@ class Idempotency:
         scope, digest = self.scope(), request_hash(request)
         t = self.table
 
-        async def first_time(s: AsyncSession):
-            found = await self._stored(s, scope, rid)
-            if found is not None:
-                return found
+        async def key_then_effect(s: AsyncSession):
             await s.execute(insert(t).values(scope=scope, request_id=rid, request_hash=digest, create_time=utcnow()))
             response = await use_case(s)
-            await s.execute(
-                update(t)
-                .where(t.c.scope == scope, t.c.request_id == rid)
-                .values(response=response.SerializeToString(deterministic=True))
-            )
+            await s.execute(update(t).where(t.c.scope == scope, t.c.request_id == rid)
+                            .values(response=response.SerializeToString(deterministic=True)))
+            return response
+
+        async def first_time(s: AsyncSession):
+            # Happy path in one statement: the effect, then the key with its response. A
+            # concurrent or repeated call with the same key fails on the unique key at this
+            # insert (MySQL: after waiting for the first one's commit), rolls its effect back
+            # and replays the stored response below.
+            response = await use_case(s)
+            await s.execute(insert(t).values(scope=scope, request_id=rid, request_hash=digest, create_time=utcnow(),
+                                             response=response.SerializeToString(deterministic=True)))
             return response
 
         try:
-            outcome = await run_transaction(self.sessions, first_time)
-        except IntegrityError as exc:
-            if not is_duplicate_key(exc):
+            outcome = await run_transaction(self.sessions, key_then_effect if key_first else first_time)
+        except (IntegrityError, MallError) as exc:
+            # A repeat: its effect (rolled back) hit the key, or a rule the first call's effect
+            # now trips (a limit, a state). Only this path reads the stored response.
+            if isinstance(exc, IntegrityError) and not is_duplicate_key(exc):
                 raise
             async with self.sessions() as s, s.begin():
                 outcome = await self._stored(s, scope, rid)
-            if outcome is None:  # the duplicate was in the use case's own tables
+            if outcome is None:  # a genuine failure of the first call (errors are not stored)
                 raise
         if isinstance(outcome, Message):
             return outcome  # type: ignore[return-value]

@@ -37,6 +37,7 @@ from mallkit.events import Consumer, EventBus, Outbox, Relay, StreamSettings, Su
 from mallkit.idempotency import Idempotency
 from mallkit.jobs import Job, periodic
 from mallkit.members import MembersClient
+from mallkit.output import filter_outputs
 from mallkit.pagination import PageTokens
 from mallkit.principals import Lookup, PrincipalCheck
 from mallkit.server import ServiceHost
@@ -145,8 +146,8 @@ class Platform:
             principals=PrincipalCheck(principal_lookup or self.members.active_principals,
                                       ttl=self.settings.platform.principal_cache_seconds),
         )
-        for s in servicers:
-            host.add(s.register, s.servicer)
+        for s in servicers:  # answers never carry an INPUT_ONLY field (mallkit.output)
+            host.add(s.register, filter_outputs(s.servicer, s.descriptor))
         self.host = host
         return host
 

@@ -49,6 +49,11 @@ RPC_DURATION = Histogram(
 RPC_ERRORS = Counter(
     "mall_rpc_server_errors_total", "RPCs that ended with an error.", ["service", "method", "code"]
 )
+EVENTS_REFUSED = Counter(
+    "mall_events_refused_total",
+    "Events a consumer refused for a business reason (recorded and applied once, never retried).",
+    ["service", "event_type", "reason"],
+)
 
 
 def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> trace.TracerProvider:

@@ -124,6 +124,7 @@ class NatsServer:
 
     def __init__(self, store_dir: Path, port: int = 0):
         self.store_dir = store_dir
+        self.fixed_port = bool(port)
         self.port = port or free_port()
         self.proc: asyncio.subprocess.Process | None = None
 
@@ -132,6 +133,16 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
+        for attempt in range(5):
+            try:
+                return await self._start()
+            except RuntimeError:
+                # The free port was taken meanwhile by another process: try another one.
+                if self.fixed_port or attempt == 4:
+                    raise
+                self.port = free_port()
+
+    async def _start(self) -> None:
         import socket
 
         self.store_dir.mkdir(parents=True, exist_ok=True)

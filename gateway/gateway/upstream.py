@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.config import GatewaySettings
 from gateway.routing import Route
+from mallkit.clients import LOAD_BALANCING, LOAD_BALANCING_OPTIONS, channel_target
 from mallkit.telemetry import grpc_client_interceptors
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ _KEEPALIVE = [
 def service_config(service_full_name: str) -> str:
     return json.dumps(
         {
+            **LOAD_BALANCING,  # round_robin over every pod, skipping draining ones
             "methodConfig": [
                 {
                     "name": [{"service": service_full_name}],
@@ -66,12 +68,13 @@ class Upstreams:
     async def start(self) -> None:
         for name, full_name in self.services.items():
             options = [
+                *LOAD_BALANCING_OPTIONS,
                 ("grpc.enable_retries", 1),
                 ("grpc.service_config", service_config(full_name)),
                 *_KEEPALIVE,
             ]
             self._channels[name] = grpc.aio.insecure_channel(
-                self.settings.upstream_addr(name),
+                channel_target(self.settings.upstream_addr(name)),
                 options=options,
                 interceptors=grpc_client_interceptors(),
             )

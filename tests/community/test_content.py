@@ -39,7 +39,7 @@ async def test_a_quiz_answered_correctly_20_times_concurrently_grants_points_onc
     group = await make_group(community)
     quiz = await post(community, group, kind=pb.POST_KIND_QUIZ, quiz=pb.Quiz(
         question="宝宝几个月可以添加辅食?", options=["3 个月", "6 个月", "12 个月"], correct_option=1, reward_points=50))
-    assert quiz.quiz.correct_option == 0  # never returned
+    assert quiz.quiz.correct_option == 1  # staff see it (members only after answering: tests/e2e/test_output_filtering.py)
     m = new_member_id()
     await join(community, group, m)
     md = community.member_md(m)
@@ -87,10 +87,18 @@ async def test_only_group_members_answer_and_a_replayed_request_id_replays(commu
 
 
 @pytest.mark.mariadb
-async def test_coupon_drop_is_claimed_once_per_member_and_never_beyond_quantity(community):
+async def test_coupon_drop_is_claimed_once_per_member_and_never_beyond_quantity(community, orders):
+    from mall.orders.v1 import orders_service_pb2 as opb
+
+    # A real template: the real orders service consumes the community stream too, and would
+    # refuse (and so give back) claims of a template it does not know.
+    template = await orders.stub.CreateCouponTemplate(opb.CreateCouponTemplateRequest(
+        coupon_template=opb.CouponTemplate(display_name="群券", kind=opb.COUPON_KIND_AMOUNT_OFF, amount_off_fen=100,
+                                           threshold_fen=1000, valid_days=7, per_member_limit=1,
+                                           total_quantity=100)), metadata=orders.staff_md)
     group = await make_group(community)
     drop = await post(community, group, kind=pb.POST_KIND_COUPON_DROP,
-                      coupon=pb.CouponDrop(coupon_template="couponTemplates/9", quantity=5))
+                      coupon=pb.CouponDrop(coupon_template=template.name, quantity=5))
     members = [new_member_id() for _ in range(8)]
     for m in members:
         await join(community, group, m)

@@ -10,8 +10,8 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
+from mallkit import wechatpay_devkeys as devkeys
 from mallkit.telemetry import register_settings_secrets, setup_logging
-from orders import devkeys
 
 
 @pytest.fixture

@@ -168,21 +168,22 @@ async def test_a_consumer_killed_between_commit_and_ack_applies_once(db, nats_se
     p = Pipeline(db, nats_server.url, ack_wait=1.0)
     names = await p.emit(30)
     unacked = {"n": 0}
-    real_process = p.consumer.process
+    real_process = p.consumer.process_batch
 
-    async def process_without_ack(msg):
+    async def process_without_ack(msgs):
         # Apply (commit) but "die" before the ack: the server redelivers after ack_wait.
         async def no_ack():
             unacked["n"] += 1
-        msg.ack = no_ack
-        await real_process(msg)
+        for msg in msgs:
+            msg.ack = no_ack
+        await real_process(msgs)
 
-    p.consumer.process = process_without_ack
+    p.consumer.process_batch = process_without_ack
     p.start()
     try:
         await until(lambda: _all(db, names), 60 + len(names), "30 effects")
         await until(_true_when(lambda: unacked["n"] >= 30), 60, "first pass")
-        p.consumer.process = real_process  # the process restarts
+        p.consumer.process_batch = real_process  # the process restarts
         await until(_true_when(lambda: p.consumer.duplicates >= 30), 120, "redeliveries")
         got = await effects(db)
         assert set(got) == set(names) and set(got.values()) == {1}

@@ -12,9 +12,9 @@ from pydantic import ValidationError
 
 from community.config import CommunitySettings
 from gateway.config import GatewaySettings
+from mallkit import wechatpay_devkeys as devkeys
 from mallkit.settings import DEV_TOKEN_SECRET, PlatformSettings
 from members.config import DEV_WECHAT_SECRET, MembersSettings
-from orders import devkeys
 from orders.config import OrdersSettings
 from points.config import PointsSettings
 
@@ -32,6 +32,10 @@ DEV_VARS = {
     "ORDERS_WECHATPAY_APIV3_KEY": devkeys.APIV3_KEY,
     "ORDERS_WECHATPAY_PLATFORM_PUBLIC_KEY": devkeys.PLATFORM_PUBLIC_KEY,
     "ORDERS_WECHATPAY_PLATFORM_SERIAL": devkeys.PLATFORM_SERIAL,
+    **{f"POINTS_WECHATPAY_{k}": v for k, v in {
+        "MCHID": devkeys.MCHID, "APPID": devkeys.APPID, "MERCHANT_PRIVATE_KEY": devkeys.MERCHANT_PRIVATE_KEY,
+        "MERCHANT_SERIAL": devkeys.MERCHANT_SERIAL, "APIV3_KEY": devkeys.APIV3_KEY,
+        "PLATFORM_PUBLIC_KEY": devkeys.PLATFORM_PUBLIC_KEY, "PLATFORM_SERIAL": devkeys.PLATFORM_SERIAL}.items()},
 }
 PRODUCTION_VALUES = {
     "MALL_TOKEN_SECRET": "prod-token-secret-0123456789-abcdefghij",
@@ -45,6 +49,8 @@ PRODUCTION_VALUES = {
     "ORDERS_WECHATPAY_PLATFORM_PUBLIC_KEY": "-----BEGIN PUBLIC KEY-----\nprod\n-----END PUBLIC KEY-----\n",
     "ORDERS_WECHATPAY_PLATFORM_SERIAL": "PUB_KEY_ID_0114232134912410000000000000",
 }
+PRODUCTION_VALUES.update({n.replace("ORDERS_", "POINTS_"): v for n, v in PRODUCTION_VALUES.items()
+                          if n.startswith("ORDERS_")})
 CLASSES = [GatewaySettings, MembersSettings, PointsSettings, OrdersSettings, CommunitySettings]
 
 

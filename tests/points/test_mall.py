@@ -41,12 +41,12 @@ async def test_physical_gift_ships_and_is_delivered_and_cancel_returns_points_an
     member = fresh_member_id()
     md = points.member_md(member)
     await points.grant(member, 500)
-    item = await points.create_item(kind=pb.ITEM_KIND_PHYSICAL, points_price=100, cash_price_fen=990, stock=3)
+    item = await points.create_item(kind=pb.ITEM_KIND_PHYSICAL, points_price=100, stock=3)
     assert await reason_of(points.stub.RedeemItem(pb.RedeemItemRequest(name=item.name, request_id=rid()),
                                                   metadata=md)) == "SHIPPING_ADDRESS_REQUIRED"
     first = await points.stub.RedeemItem(pb.RedeemItemRequest(name=item.name, quantity=2, shipping_address=ADDRESS,
                                                               request_id=rid()), metadata=md)
-    assert (first.points, first.cash_fen, first.state) == (200, 1980, pb.REDEMPTION_STATE_PENDING_SHIPMENT)
+    assert (first.points, first.cash_fen, first.state) == (200, 0, pb.REDEMPTION_STATE_PENDING_SHIPMENT)
     assert first.shipping_address.detail == ADDRESS.detail
     second = await points.stub.RedeemItem(pb.RedeemItemRequest(name=item.name, shipping_address=ADDRESS,
                                                                request_id=rid()), metadata=md)

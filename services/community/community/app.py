@@ -93,8 +93,7 @@ def build(settings: CommunitySettings, engine: AsyncEngine | None = None, *, clo
     app = CommunityApp(platform, clock=clock, **parts)
     app.servicer = CommunityServicer(**parts, sessions=platform.sessions, idempotency=platform.idempotency,
                                      directory=MembersDirectory(platform.members),
-                                     activity_window_days=settings.activity_window_days, clock=clock,
-                                     max_transactions=settings.db_pool_size)
+                                     activity_window_days=settings.activity_window_days, clock=clock)
     platform.serve(app, domain=DOMAIN, handlers=events.HANDLERS, jobs=_jobs.schedule(app) if jobs else (),
                    servicers=[Servicer(pb.DESCRIPTOR.services_by_name["CommunityService"],
                                        pb_grpc.add_CommunityServiceServicer_to_server, app.servicer)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mall.community.v1 import community_events_pb2 as evpb
@@ -42,3 +42,14 @@ class CouponDrops:
                                                       coupon_template=p.coupon_template, claim_time=ts(now)),
                               subject=f"members/{member_id}")
         return False
+
+    async def give_back(self, s: AsyncSession, post_id: int, member_id: int) -> bool:
+        """The compensation of a claim whose coupon the orders service refused: the claim is deleted (the
+        member may claim again) and the drop's count restored. Once: False when there is no such claim."""
+        gone = await s.execute(delete(CouponClaim).where(CouponClaim.post_id == post_id,
+                                                         CouponClaim.member_id == member_id))
+        if gone.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        await s.execute(update(Post).where(Post.id == post_id, Post.coupon_claimed > 0)
+                        .values(coupon_claimed=Post.coupon_claimed - 1))
+        return True

@@ -66,7 +66,9 @@ def membership_pb(m: Membership) -> pb.Membership:
     return out
 
 
-def post_pb(p: Post) -> pb.Post:
+def post_pb(p: Post, reveal_answer: bool = False) -> pb.Post:
+    """The post as a caller sees it: a quiz's correct option only with ``reveal_answer`` (staff, or
+    a member who has answered it)."""
     out = pb.Post(name=f"groups/{p.group_id}/posts/{p.id}", kind=p.kind, title=p.title, body=p.body,
                   product=p.product, state=p.state, author=p.author)
     if p.kind == pb.POST_KIND_COUPON_DROP:
@@ -77,10 +79,12 @@ def post_pb(p: Post) -> pb.Post:
         out.flash_sale.product = p.product
         out.flash_sale.price_fen = p.flash_price_fen
         set_time(out.flash_sale.start_time, p.flash_start_time)
-    if p.kind == pb.POST_KIND_QUIZ:  # the correct option is never returned
+    if p.kind == pb.POST_KIND_QUIZ:
         out.quiz.question = p.quiz_question
         out.quiz.options.extend(quiz_options(p))
         out.quiz.reward_points = p.quiz_reward
+        if reveal_answer:
+            out.quiz.correct_option = p.quiz_correct
     set_time(out.publish_time, p.publish_time)
     set_time(out.create_time, p.create_time)
     return out

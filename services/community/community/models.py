@@ -128,6 +128,18 @@ class QuizReward(Base):
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class QuizAnswer(Base):
+    """A member's first answer to a quiz (the one that counts): at most one per (post, member)."""
+
+    __tablename__ = "quiz_answers"
+    post_id: Mapped[int] = mapped_column(ForeignKey("posts.id"), primary_key=True)
+    member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    token: Mapped[str] = mapped_column(String(36))  # which of racing answers won
+    chosen_option: Mapped[int] = mapped_column(SmallInteger)
+    correct: Mapped[bool] = mapped_column(Boolean)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class CouponClaim(Base):
     """A claimed coupon of a drop: at most one per (post, member)."""
 

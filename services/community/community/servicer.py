@@ -9,7 +9,6 @@ VIP tier check calls the members service before the transaction opens.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import datetime
 
@@ -52,7 +51,6 @@ class CommunityServicer(GroupsRpc, ContentRpc, BroadcastsRpc, pb_grpc.CommunityS
         directory: MembersDirectory,
         activity_window_days: int = 30,
         clock: Callable[[], datetime] = utcnow,
-        max_transactions: int = 10,
     ):
         self.groups = groups
         self.memberships = memberships
@@ -68,6 +66,5 @@ class CommunityServicer(GroupsRpc, ContentRpc, BroadcastsRpc, pb_grpc.CommunityS
         self.directory = directory
         self.activity_window_days = activity_window_days
         self.clock = clock
-        # Admission control: at most this many write transactions at once; the rest queue here
-        # instead of timing out on the connection pool when hundreds of members hit one hot row.
-        self.slots = asyncio.Semaphore(max_transactions)
+        # Admission control is the platform's (mallkit.db): write transactions queue there, as
+        # wide as the pool, instead of timing out on it when hundreds of members hit one hot row.

@@ -1,12 +1,14 @@
 """Events the members service consumes: type -> (payload message, handler).
 
 Each handler runs in the inbox transaction of the event (applied once per event id),
-translates the payload and calls the domain through the app; an error (e.g. an order
-of a member not known yet) makes the producer's relay retry later.
+translates the payload and calls the domain through the app; an order event of a
+member this service does not know is refused (recorded, never retried), an error (a
+refund before its paid event) is redelivered with backoff.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
@@ -16,15 +18,32 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mall.orders.v1 import orders_events_pb2 as opb
 from mallkit.db import utcnow
+from mallkit.events import refused
 from mallkit.names import parse_id
+
+from .models import Member
 
 if TYPE_CHECKING:
     from .app import MembersApp
 
+log = logging.getLogger("members.events")
+
 Handler = Callable[["MembersApp", AsyncSession, Any, Any], Awaitable[None]]
 
 
+async def known(s: AsyncSession, event, member: str, order: str) -> bool:
+    """An order event of a member this service does not know can never apply (members exist
+    before they can order): recorded (a WARNING line, ``mall_events_refused_total``) and
+    skipped, never retried."""
+    if await s.get(Member, parse_id(member, "members", "member")) is not None:
+        return True
+    refused("members", event, "MEMBER_NOT_FOUND", f"{order} of unknown {member}")
+    return False
+
+
 async def on_order_paid(app: MembersApp, s: AsyncSession, event, p: opb.OrderPaidEvent) -> None:
+    if not await known(s, event, p.member, p.order):
+        return
     member_id = parse_id(p.member, "members", "member")
     pay_time = p.pay_time.ToDatetime(tzinfo=UTC) if p.HasField("pay_time") else utcnow()
     categories: dict[str, int] = {}
@@ -34,12 +53,26 @@ async def on_order_paid(app: MembersApp, s: AsyncSession, event, p: opb.OrderPai
 
 
 async def on_order_refunded(app: MembersApp, s: AsyncSession, event, p: opb.OrderRefundedEvent) -> None:
+    if not await known(s, event, p.member, p.order):
+        return
     member_id = parse_id(p.member, "members", "member")
     when = p.refund_time.ToDatetime(tzinfo=UTC) if p.HasField("refund_time") else utcnow()
     await app.purchases.record_refund(s, member_id, p.order, p.refund_amount_fen, when)
 
 
+async def on_bargain_helped(app: MembersApp, s: AsyncSession, event, p: opb.BargainHelpedEvent) -> None:
+    """A helper arrived through a bargain's share: a touchpoint under the activity's share channel code."""
+    if not p.share_scene:
+        return
+    channel = await app.channels.by_scene(s, p.share_scene)
+    if channel is None:
+        log.info("bargain share scene matches no channel code; no touchpoint")
+        return
+    await app.channels.create_touchpoint(s, parse_id(p.helper, "members", "helper"), p.share_scene)
+
+
 HANDLERS: dict[str, tuple[type[Message], Handler]] = {
     "order.paid": (opb.OrderPaidEvent, on_order_paid),
     "order.refunded": (opb.OrderRefundedEvent, on_order_refunded),
+    "order.bargain_helped": (opb.BargainHelpedEvent, on_bargain_helped),
 }

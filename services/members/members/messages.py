@@ -95,8 +95,8 @@ def tier_pb(t: Tier) -> pb.Tier:
 
 def tier_change_pb(c: TierChange) -> pb.TierChange:
     out = pb.TierChange(name=f"members/{c.member_id}/tierChanges/{c.id}",
-                        from_tier=f"tiers/{c.from_tier_id}" if c.from_tier_id else "", to_tier=f"tiers/{c.to_tier_id}",
-                        growth_value=c.growth_value)
+                        from_tier=f"tiers/{c.from_tier_id}" if c.from_tier_id else "",
+                        to_tier=f"tiers/{c.to_tier_id}" if c.to_tier_id else "", growth_value=c.growth_value)
     set_time(out.create_time, c.create_time)
     return out
 

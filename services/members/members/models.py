@@ -144,7 +144,7 @@ class TierChange(Base):
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id"))
     from_tier_id: Mapped[int | None] = mapped_column(ForeignKey("tiers.id"), nullable=True)
-    to_tier_id: Mapped[int] = mapped_column(ForeignKey("tiers.id"))
+    to_tier_id: Mapped[int | None] = mapped_column(ForeignKey("tiers.id"), nullable=True)
     growth_value: Mapped[int] = mapped_column(BigInteger)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
     __table_args__ = (Index("ix_tier_changes_member_id_id", "member_id", "id"),)

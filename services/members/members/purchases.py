@@ -2,8 +2,11 @@
 
 A paid order adds growth value (one per paid yuan, through :meth:`Tiers.add_growth`)
 and records the purchase fact and the member's aggregates; a refund records the
-refund. Both run inside the inbox transaction of their event (``events.py``), so
-each event applies once; a second event about the same order adds nothing.
+refund and takes back the growth the refunded amount gave (:func:`growth.reverse_order`:
+the tier follows down by the tier rules, with history). Both run inside the inbox
+transaction of their event (``events.py``), so each event applies once; a second event
+about the same order adds nothing, and cannot refund more than was paid; a refund that
+arrives before its order's paid event is retried until that one is applied.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from sqlalchemy import case, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mallkit.db import insert_ignore, utcnow
+from mallkit.errors import FailedPrecondition
 
+from . import growth
 from .models import MemberPurchase, MemberPurchaseCategory, MemberPurchaseStats
 from .portrait import Portrait
 from .tiers import Tiers
@@ -28,7 +33,7 @@ class Purchases:
     async def record_paid(self, s: AsyncSession, member_id: int, order: str, paid_fen: int,
                           categories: dict[str, int], pay_time: datetime) -> None:
         """``categories``: amount paid per product category of the order."""
-        await self.portrait.member(s, member_id)  # NOT_FOUND: the relay retries (the member must exist)
+        await self.portrait.member(s, member_id)  # events.py refuses an unknown member before this
         inserted = await s.execute(select(MemberPurchase.id).where(MemberPurchase.order == order))
         if inserted.first() is not None:
             return  # the same order's fact arrived under another event id: nothing to add
@@ -60,12 +65,22 @@ class Purchases:
 
     async def record_refund(self, s: AsyncSession, member_id: int, order: str, refund_fen: int,
                             when: datetime) -> None:
-        done = await s.execute(update(MemberPurchase)
-                               .where(MemberPurchase.order == order, MemberPurchase.member_id == member_id)
-                               .values(refunded_fen=MemberPurchase.refunded_fen + refund_fen, refund_time=when))
+        mp = MemberPurchase
+        done = await s.execute(update(mp)
+                               .where(mp.order == order, mp.member_id == member_id,
+                                      mp.refunded_fen + refund_fen <= mp.paid_fen)
+                               .values(refunded_fen=mp.refunded_fen + refund_fen, refund_time=when))
         if done.rowcount != 1:  # type: ignore[attr-defined]
-            return  # no paid fact recorded (e.g. refunded before the paid event applied): nothing to adjust
+            if (await s.execute(select(mp.id).where(mp.order == order))).first() is not None:
+                return  # more than was paid: the same refund under another event id, nothing more to take
+            # The order's paid event is not applied yet (redeliveries may reorder them): retried with
+            # backoff until it is, so the growth it gives is taken back.
+            raise FailedPrecondition("the paid event of this order is not applied yet",
+                                     reason="ORDER_NOT_APPLIED_YET", metadata={"order": order})
         st = MemberPurchaseStats
         await s.execute(update(st).where(st.member_id == member_id).values(
             refund_count=st.refund_count + 1, total_refunded_fen=st.total_refunded_fen + refund_fen,
             update_time=utcnow()))
+        paid, refunded = (await s.execute(select(mp.paid_fen, mp.refunded_fen).where(
+            mp.order == order, mp.member_id == member_id))).one()
+        await growth.reverse_order(s, self.tiers.outbox, member_id, order, paid, refunded)

@@ -4,7 +4,7 @@ Nothing is created at import time; tests build the app with their own
 settings (database, ports, WeChat Pay simulator) and call ``start``/``stop``.
 The sub-domains (``catalog``, ``cart``, ``addresses``, ``coupons``,
 ``checkout``, ``lifecycle``, ``payment``, ``flash_sales``, ``group_buying``,
-``journey``) are built here with their explicit dependencies. Background work of
+``bargains``, ``reviews``, ``journey``) are built here with their explicit dependencies. Background work of
 the process (the outbox relay to NATS, the consumers of ``events.py`` and the
 jobs of ``jobs.py``) is run by the platform's host.
 """
@@ -20,9 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mall.orders.v1 import orders_service_pb2 as pb
 from mall.orders.v1 import orders_service_pb2_grpc as pb_grpc
 from mallkit.platform import Platform, ServiceApp, Servicer, Tables
+from mallkit.wechatpay import WechatPay
 
 from . import events, jobs
 from .addresses import Addresses
+from .bargain import Bargains
 from .cart import Cart
 from .catalog import Catalog
 from .checkout import Checkout
@@ -36,8 +38,8 @@ from .lifecycle import Lifecycle
 from .members_client import MemberReads
 from .models import IdempotencyKeys, InboxEvents, OutboxEvents
 from .payment import Payment
+from .reviews import Reviews
 from .servicer import OrdersServicer
-from .wechatpay import WechatPay
 
 SERVICE_DIR = Path(__file__).resolve().parent.parent  # holds alembic.ini and migrations/
 TABLES = Tables(outbox=OutboxEvents, inbox=InboxEvents, idempotency=IdempotencyKeys)
@@ -58,6 +60,8 @@ class OrdersApp(ServiceApp):
     flash_sales: FlashSales
     group_buying: GroupBuying
     journey: Journey
+    bargains: Bargains
+    reviews: Reviews
     servicer: OrdersServicer
 
     async def close(self) -> None:
@@ -90,16 +94,20 @@ def build(settings: OrdersSettings, engine: AsyncEngine | None = None) -> Orders
     checkout = Checkout(addresses=addresses, coupons=coupons, cart=cart, members=members, pay_timeout=pay_timeout)
     flash_sales = FlashSales(catalog=catalog, addresses=addresses, pay_timeout=pay_timeout)
     group_buying = GroupBuying(catalog=catalog, addresses=addresses, pay_timeout=pay_timeout)
+    bargains = Bargains(catalog=catalog, addresses=addresses, outbox=outbox, pay_timeout=pay_timeout)
     journey = Journey(sessions=sessions, members=platform.members, template_ids=settings.reach_template_ids)
     lifecycle = Lifecycle(outbox=outbox, pages=pages, coupons=coupons, flash_sales=flash_sales,
-                          group_buying=group_buying, journey=journey, after_sales=timedelta(days=settings.after_sales_days))
+                          group_buying=group_buying, journey=journey, after_sales=timedelta(days=settings.after_sales_days),
+                          bargains=bargains)
+    reviews = Reviews(lifecycle=lifecycle, outbox=outbox, pages=pages)
     payment = Payment(sessions=sessions, outbox=outbox, pay=pay, members=members, lifecycle=lifecycle,
                       group_buying=group_buying, journey=journey, care_after=timedelta(days=settings.care_after_days))
     servicer = OrdersServicer(sessions=sessions, idem=platform.idempotency, catalog=catalog, cart=cart,
                               addresses=addresses, coupons=coupons, checkout=checkout, lifecycle=lifecycle,
-                              payment=payment, flash_sales=flash_sales, group_buying=group_buying)
+                              payment=payment, flash_sales=flash_sales, group_buying=group_buying,
+                              bargains=bargains, reviews=reviews, members=members)
     app = OrdersApp(platform, pay, members, catalog, cart, addresses, coupons, checkout, lifecycle, payment,
-                    flash_sales, group_buying, journey, servicer)
+                    flash_sales, group_buying, journey, bargains, reviews, servicer)
     platform.serve(app, domain=DOMAIN, handlers=events.HANDLERS, jobs=jobs.schedule(app),
                    servicers=[Servicer(pb.DESCRIPTOR.services_by_name["OrdersService"],
                                        pb_grpc.add_OrdersServiceServicer_to_server, servicer)])

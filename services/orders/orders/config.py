@@ -5,9 +5,8 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from mallkit import wechatpay_devkeys as devkeys
 from mallkit.settings import DEV_ONLY, ServiceSettings
-
-from . import devkeys
 
 
 class OrdersSettings(ServiceSettings):

@@ -90,17 +90,19 @@ class Coupons:
                 skipped.append(mid)
         return issued, skipped
 
-    async def issue_welcome(self, s: AsyncSession, member_id: int) -> int:
-        """Every welcome template to a new member; templates at a limit are skipped."""
-        ids = (await s.execute(select(CouponTemplate.id).where(CouponTemplate.welcome.is_(True)))).scalars().all()
-        n = 0
+    async def issue_welcome(self, s: AsyncSession, member_id: int) -> tuple[int, list[tuple[int, str]]]:
+        """Every welcome template to a new member; returns (issued, [(template, reason)] skipped at a limit)."""
+        ids = (await s.execute(select(CouponTemplate.id).where(CouponTemplate.welcome.is_(True))
+                               .order_by(CouponTemplate.id))).scalars().all()
+        n, skipped = 0, []
         for tid in ids:
             try:
-                await self.issue(s, tid, member_id, "welcome")
+                async with s.begin_nested():
+                    await self.issue(s, tid, member_id, "welcome")
                 n += 1
-            except FailedPrecondition:
-                pass
-        return n
+            except FailedPrecondition as err:
+                skipped.append((tid, err.reason))
+        return n, skipped
 
     async def list_of(self, s: AsyncSession, member_id: int, size: int, page_token: str) -> tuple[list[Coupon], str]:
         return await keyset_page(s, select(Coupon).where(Coupon.member_id == member_id), key=Coupon.id.desc(),

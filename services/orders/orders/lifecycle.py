@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import select, update
@@ -29,6 +30,9 @@ from .coupons import Coupons
 from .flash_sale import FlashSales
 from .group_buy import GroupBuying
 from .journey import Journey
+
+if TYPE_CHECKING:
+    from .bargain import Bargains
 from .models import (
     CANCELLED,
     COMPLETED,
@@ -69,8 +73,9 @@ def state_conflict(order: Order, action: str) -> FailedPrecondition:
 
 class Lifecycle:
     def __init__(self, *, outbox: Outbox, pages: PageTokens, coupons: Coupons, flash_sales: FlashSales,
-                 group_buying: GroupBuying, journey: Journey, after_sales: timedelta):
+                 group_buying: GroupBuying, journey: Journey, after_sales: timedelta, bargains: Bargains | None = None):
         self.outbox = outbox
+        self.bargains = bargains
         self.pages = pages
         self.coupons = coupons
         self.flash_sales = flash_sales
@@ -135,6 +140,8 @@ class Lifecycle:
                 await s.execute(update(Sku).where(Sku.id == it.sku_id).values(stock=Sku.stock + it.quantity))
         if o.group_id is not None:
             await self.group_buying.release_place(s, o.group_id, o.member_id)
+        if o.bargain_id is not None and self.bargains is not None:
+            await self.bargains.release(s, o.bargain_id, order_id)
         if o.coupon_id is not None:
             await self.coupons.release(s, o.coupon_id, order_id)
         return await self.order(s, order_id)

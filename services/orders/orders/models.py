@@ -20,6 +20,9 @@ PENDING_PAYMENT, PAID, SHIPPED, COMPLETED, CANCELLED, REFUND_REQUESTED, REFUNDED
     pb.ORDER_STATE_CANCELLED, pb.ORDER_STATE_REFUND_REQUESTED, pb.ORDER_STATE_REFUNDED)
 COUPON_AVAILABLE, COUPON_USED = pb.COUPON_STATE_AVAILABLE, pb.COUPON_STATE_USED
 GROUP_OPEN, GROUP_FULL, GROUP_FAILED = pb.GROUP_STATE_OPEN, pb.GROUP_STATE_FULL, pb.GROUP_STATE_FAILED
+BARGAIN_ACTIVE, BARGAIN_BOUGHT = pb.BARGAIN_STATE_ACTIVE, pb.BARGAIN_STATE_BOUGHT
+REVIEW_PENDING, REVIEW_APPROVED, REVIEW_REJECTED = (pb.REVIEW_STATE_PENDING, pb.REVIEW_STATE_APPROVED,
+                                                    pb.REVIEW_STATE_REJECTED)
 ACTIVE = pb.PRODUCT_STATUS_ACTIVE
 AMOUNT_OFF, PERCENT_OFF = pb.COUPON_KIND_AMOUNT_OFF, pb.COUPON_KIND_PERCENT_OFF
 # Refund states (internal: no proto enum).
@@ -106,6 +109,22 @@ class CouponTemplate(Base):
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class CouponRefusal(Base):
+    """A coupon granted by another service (points redemption, community drop, welcome) that could not be
+    issued, with the reason; written with the compensating event, once per granting event."""
+
+    __tablename__ = "coupon_refusals"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    granted_event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    granted_by: Mapped[str] = mapped_column(String(16))
+    source_ref: Mapped[str] = mapped_column(String(128))
+    member: Mapped[str] = mapped_column(String(64))
+    coupon_template: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(64))
+    compensation_event_id: Mapped[str] = mapped_column(String(36), default="")
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class CouponHolding(Base):
     """How many coupons of a template a member has received (the per-member limit counter)."""
 
@@ -144,6 +163,10 @@ class Order(Base):
     flash_sale_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     group_deal_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     group_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    bargain_activity_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    bargain_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # When the order's first review was approved (order.reviewed is published then, once per order).
+    review_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     out_trade_no: Mapped[str] = mapped_column(String(32), unique=True)
     transaction_id: Mapped[str | None] = mapped_column(String(32), unique=True, nullable=True)
     prepay_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -282,3 +305,100 @@ class GroupMember(Base):
     group_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     order_id: Mapped[int] = mapped_column(BigInteger)
+
+
+class BargainActivity(Base):
+    """A bargain activity (砍价活动) on one SKU."""
+
+    __tablename__ = "bargain_activities"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    sku_id: Mapped[int] = mapped_column(ForeignKey("skus.id"))
+    start_price_fen: Mapped[int] = mapped_column(BigInteger)
+    floor_price_fen: Mapped[int] = mapped_column(BigInteger)
+    helpers_needed: Mapped[int] = mapped_column(Integer)
+    cut_mode: Mapped[int] = mapped_column(SmallInteger)
+    start_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    end_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    bargain_seconds: Mapped[int] = mapped_column(Integer)
+    per_member_limit: Mapped[int] = mapped_column(Integer)
+    share_scene: Mapped[str] = mapped_column(String(64), default="")
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Bargain(Base):
+    """A member's bargain: the price falls by the next planned cut per helper, by conditional UPDATE."""
+
+    __tablename__ = "bargains"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    activity_id: Mapped[int] = mapped_column(BigInteger)
+    member_id: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[int] = mapped_column(SmallInteger)
+    start_price_fen: Mapped[int] = mapped_column(BigInteger)
+    floor_price_fen: Mapped[int] = mapped_column(BigInteger)
+    current_price_fen: Mapped[int] = mapped_column(BigInteger)
+    helper_count: Mapped[int] = mapped_column(Integer, default=0)
+    helpers_needed: Mapped[int] = mapped_column(Integer)
+    cuts: Mapped[str] = mapped_column(Text)  # JSON list of the planned cuts in fen (sum = start - floor)
+    sharer_invite_code: Mapped[str] = mapped_column(String(32), default="")
+    deadline_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    order_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    __table_args__ = (Index("ix_bargains_activity_id_member_id", "activity_id", "member_id"),)
+
+
+class BargainHelp(Base):
+    """One helper's cut (once per helper and bargain; one helper per sequence number)."""
+
+    __tablename__ = "bargain_helps"
+    bargain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    helper_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    sequence: Mapped[int] = mapped_column(Integer)
+    cut_fen: Mapped[int] = mapped_column(BigInteger)
+    price_after_fen: Mapped[int] = mapped_column(BigInteger)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    __table_args__ = (UniqueConstraint("bargain_id", "sequence"),)
+
+
+class BargainStart(Base):
+    """Bargains a member started on an activity (the per-member limit counter)."""
+
+    __tablename__ = "bargain_starts"
+    activity_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Review(Base):
+    """A member's review of one item of a completed order (once per order and SKU)."""
+
+    __tablename__ = "reviews"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    order_id: Mapped[int] = mapped_column(BigInteger)
+    member_id: Mapped[int] = mapped_column(BigInteger)
+    product_id: Mapped[int] = mapped_column(BigInteger)
+    sku_id: Mapped[int] = mapped_column(BigInteger)
+    rating: Mapped[int] = mapped_column(SmallInteger)
+    text: Mapped[str] = mapped_column(String(500), default="")
+    image_urls: Mapped[str] = mapped_column(Text)  # JSON list
+    state: Mapped[int] = mapped_column(SmallInteger)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    moderate_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    __table_args__ = (
+        UniqueConstraint("order_id", "sku_id"),
+        Index("ix_reviews_product_id_state_id", "product_id", "state", "id"),
+        Index("ix_reviews_state_id", "state", "id"),
+    )
+
+
+class ProductRating(Base):
+    """Approved reviews of a product, counted per rating (changed by conditional UPDATEs)."""
+
+    __tablename__ = "product_ratings"
+    product_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    review_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    rating_sum: Mapped[int] = mapped_column(BigInteger, default=0)
+    stars_1: Mapped[int] = mapped_column(BigInteger, default=0)
+    stars_2: Mapped[int] = mapped_column(BigInteger, default=0)
+    stars_3: Mapped[int] = mapped_column(BigInteger, default=0)
+    stars_4: Mapped[int] = mapped_column(BigInteger, default=0)
+    stars_5: Mapped[int] = mapped_column(BigInteger, default=0)

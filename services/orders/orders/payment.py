@@ -5,7 +5,10 @@ PENDING_PAYMENT -> PAID is the arbiter across replicas; within a process,
 repeats are answered from a bounded set of applied ids or a one-column read,
 and deliveries arriving together share one transaction. A payment for an order
 cancelled meanwhile is refunded, never fulfilled. Refunds are claimed with a
-lease and sent until WeChat Pay answers SUCCESS (idempotent on out_refund_no).
+lease and sent until WeChat Pay answers SUCCESS (idempotent on out_refund_no);
+a verified refund notification (REFUND.SUCCESS) completes the refund at once,
+applied once by the conditional UPDATE PENDING -> SUCCEEDED, and the polling
+stays as the fallback when a notification never arrives.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from mallkit import jobs
 from mallkit.db import run_transaction, utcnow
 from mallkit.errors import FailedPrecondition, NotFound, PermissionDenied, Unavailable
 from mallkit.events import Outbox
+from mallkit.wechatpay import NotificationRejected, PaidTransaction, PayApiError, RefundNotice, WechatPay
 
 from . import errors as reasons
 from .group_buy import GroupBuying
@@ -40,7 +44,6 @@ from .models import (
     PaymentNotification,
     Refund,
 )
-from .wechatpay import NotificationRejected, PaidTransaction, PayApiError, WechatPay
 
 log = logging.getLogger("orders.payment")
 
@@ -99,6 +102,8 @@ class Payment:
         except NotificationRejected as exc:
             log.warning("payment notification rejected: %s", exc.reason)
             raise PermissionDenied("notification rejected", reason=exc.reason, zh="通知验证失败") from None
+        if isinstance(tx, RefundNotice):
+            return await self.handle_refund_notice(tx)
         # Fast paths for repeats (WeChat Pay retries until it sees 2xx): a notification this process
         # applied, or an order already carrying this transaction: acknowledged without a write.
         if tx.notification_id in self._applied:
@@ -196,6 +201,33 @@ class Payment:
 
     # --- refunds ---------------------------------------------------------------------------
 
+    async def handle_refund_notice(self, notice: RefundNotice) -> str:
+        """Apply a verified refund notification once ("" when it completed the refund)."""
+        if notice.notification_id in self._applied:
+            return "duplicate"
+        if notice.refund_status != "SUCCESS":
+            log.warning("refund %s reported %s; left to the polling", notice.out_refund_no, notice.refund_status)
+            return "ignored"
+        outcome = await run_transaction(self.sessions, lambda s: self.apply_refund_notice(s, notice))
+        self._remember(notice.notification_id)
+        return "" if outcome == "refunded" else outcome
+
+    async def apply_refund_notice(self, s: AsyncSession, notice: RefundNotice) -> str:
+        r = (await s.execute(select(Refund).where(Refund.out_refund_no == notice.out_refund_no))).scalar_one_or_none()
+        if r is None:
+            raise NotFound("no refund for out_refund_no", reason=reasons.ORDER_NOT_FOUND, zh="退款不存在")
+        o = await self.lifecycle.order(s, r.order_id)
+        if notice.out_trade_no != o.out_trade_no or notice.refund_fen != r.amount_fen:
+            raise FailedPrecondition("refund notice differs from the refund", reason=reasons.AMOUNT_MISMATCH,
+                                     metadata={"expected_fen": r.amount_fen, "refund_fen": notice.refund_fen},
+                                     zh="退款金额不符")
+        if not await self.refund_succeeded(s, r.id):
+            return "duplicate"
+        s.add(PaymentNotification(notification_id=notice.notification_id[:64], order_id=o.id,
+                                  transaction_id=notice.refund_id[:32], outcome="refunded", receive_time=utcnow()))
+        await s.flush()
+        return "refunded"
+
     def _kick_refund(self, refund_id: int) -> None:
         """Send a refund right after the commit that queued it (the refunds job retries otherwise)."""
         task = asyncio.get_running_loop().create_task(self.process_refund(refund_id))
@@ -217,21 +249,23 @@ class Payment:
         r, o = await self._details(s, refund_id)
         return None if r.state != REFUND_PENDING else (r.out_refund_no, r.amount_fen, o.out_trade_no, o.payable_fen)
 
-    async def refund_succeeded(self, s: AsyncSession, refund_id: int) -> None:
+    async def refund_succeeded(self, s: AsyncSession, refund_id: int) -> bool:
+        """PENDING -> SUCCEEDED once (polling or notification, whichever comes first); True when this call did it."""
         now = utcnow()
         done = await s.execute(update(Refund).where(Refund.id == refund_id, Refund.state == REFUND_PENDING)
                                .values(state=REFUND_SUCCEEDED, success_time=now, lease_until=None))
         if done.rowcount != 1:  # type: ignore[attr-defined]
-            return
+            return False
         r, o = await self._details(s, refund_id)
         if r.reason != "member":
-            return  # a late payment: the order stays CANCELLED, it was never fulfilled
+            return True  # a late payment: the order stays CANCELLED, it was never fulfilled
         moved = await s.execute(update(Order).where(Order.id == o.id, Order.state == REFUND_REQUESTED)
                                 .values(state=REFUNDED, refunded_fen=r.amount_fen, close_time=now))
         if moved.rowcount == 1:  # type: ignore[attr-defined]
             await self.outbox.add(s, "order.refunded", events.OrderRefundedEvent(
                 order=f"orders/{o.id}", member=f"members/{o.member_id}", refund_amount_fen=r.amount_fen,
                 refund_time=timestamp(now)), subject=f"orders/{o.id}")
+        return True
 
     async def process_refund(self, refund_id: int) -> bool:
         """Claim one pending refund (lease), ask WeChat Pay, record success. True when refunded."""

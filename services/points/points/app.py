@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,8 +19,10 @@ from mallkit.events import Outbox
 from mallkit.members import MembersClient
 from mallkit.pagination import PageTokens
 from mallkit.platform import Platform, ServiceApp, Servicer, Tables
+from mallkit.wechatpay import WechatPay
 
 from . import events, jobs
+from .cash import CashPayments
 from .check_in import CheckIns
 from .config import PointsSettings
 from .errors import DOMAIN
@@ -49,6 +51,12 @@ class PointsApp(ServiceApp):
     purchases: Purchases
     expiry: Expiry
     reach: Reach
+    pay: WechatPay | None = None
+    cash: CashPayments | None = None
+
+    async def close(self) -> None:
+        if self.pay is not None:
+            await self.pay.close()
 
     @property
     def members(self) -> MembersClient:
@@ -70,7 +78,7 @@ def domain(settings: PointsSettings, outbox: Outbox, pages: PageTokens) -> dict:
         "check_ins": CheckIns(ledger, points=settings.check_in_points, streak_cycle=settings.check_in_streak_cycle,
                               streak_bonuses=settings.check_in_streak_bonuses),
         "tasks": Tasks(ledger, pages),
-        "mall": Mall(ledger, outbox, pages),
+        "mall": Mall(ledger, outbox, pages, reach, reach_template=settings.reach_template_redemption_failed),
         "purchases": Purchases(ledger, reach, points_per_yuan=settings.purchase_points_per_yuan,
                                reach_template=settings.reach_template_available),
         "expiry": Expiry(ledger, reach, reminder_days=settings.expiry_reminder_days,
@@ -79,12 +87,27 @@ def domain(settings: PointsSettings, outbox: Outbox, pages: PageTokens) -> dict:
     }
 
 
+def wechat_pay(settings: PointsSettings) -> WechatPay:
+    """The points mall's own WeChat Pay merchant client (cash part of points + cash items)."""
+    return WechatPay(
+        base_url=settings.wechatpay_base_url, mchid=settings.wechatpay_mchid, appid=settings.wechatpay_appid,
+        merchant_private_key=settings.wechatpay_merchant_private_key.get_secret_value(),
+        merchant_serial=settings.wechatpay_merchant_serial, apiv3_key=settings.wechatpay_apiv3_key.get_secret_value(),
+        platform_public_key=settings.wechatpay_platform_public_key, platform_serial=settings.wechatpay_platform_serial,
+        notify_url=settings.wechatpay_notify_url, window_seconds=settings.wechatpay_window_seconds,
+        timeout=settings.wechatpay_timeout_seconds,
+    )
+
+
 def build(settings: PointsSettings, engine: AsyncEngine | None = None, *, background: bool = True) -> PointsApp:
     platform = Platform.create("points", settings, tables=TABLES, engine=engine)
     app = PointsApp(platform, **domain(settings, platform.outbox, platform.tokens))
+    app.pay = wechat_pay(settings)
+    app.cash = CashPayments(sessions=platform.sessions, pay=app.pay, mall=app.mall, members=platform.members,
+                            pay_timeout=timedelta(seconds=settings.cash_pay_timeout_seconds))
     servicer = PointsServicer(ledger=app.ledger, statements=app.statements, check_ins=app.check_ins, tasks=app.tasks,
                               mall=app.mall, purchases=app.purchases, members=platform.members,
-                              sessions=platform.sessions, idempotency=platform.idempotency)
+                              sessions=platform.sessions, idempotency=platform.idempotency, cash=app.cash)
     platform.serve(app, domain=DOMAIN, handlers=events.HANDLERS, jobs=jobs.schedule(app), background=background,
                    servicers=[Servicer(pb.DESCRIPTOR.services_by_name["PointsService"],
                                        pb_grpc.add_PointsServiceServicer_to_server, servicer)])

@@ -5,7 +5,7 @@ their ledger entries, ``available`` equals what the member's lots still hold,
 no balance or lot is negative or above what was earned; for every lot, its
 ``remaining`` equals the sum of its moves; for every entry, its available
 change equals the sum of its lot moves; for every item, stock is not negative
-and its redeemed count equals its live redemptions. ``python -m points check``
+and its redeemed count equals its live redemptions (not cancelled, not failed). ``python -m points check``
 runs it against ``POINTS_DATABASE_URL`` (exit status 1 on a violation).
 """
 
@@ -43,7 +43,9 @@ async def check_ledger(engine: AsyncEngine, limit: int = 50) -> LedgerReport:
     entry_moves = (select(LotMove.entry_id.label("entry_id"), func.sum(LotMove.delta).label("total"))
                    .group_by(LotMove.entry_id).subquery())
     live = (select(Redemption.item_id.label("item_id"), func.sum(Redemption.quantity).label("quantity"))
-            .where(Redemption.state != pb.REDEMPTION_STATE_CANCELLED).group_by(Redemption.item_id).subquery())
+            .where(Redemption.state.notin_([pb.REDEMPTION_STATE_CANCELLED, pb.REDEMPTION_STATE_FAILED,
+                                            pb.REDEMPTION_STATE_EXPIRED]))
+            .group_by(Redemption.item_id).subquery())
     zero = literal(0)
     async with engine.connect() as conn:
         report.accounts = (await conn.execute(select(func.count()).select_from(Account))).scalar_one()

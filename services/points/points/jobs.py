@@ -114,7 +114,15 @@ async def run_once(app: PointsApp, now: datetime | None = None) -> None:
     await send_reaches(app, now)
 
 
+async def cash_pass(app: PointsApp, now: datetime | None = None) -> None:
+    """Points + cash: unpaid redemptions past their deadline expire; late payments are refunded."""
+    assert app.cash is not None
+    await app.cash.expire_unpaid(now)
+    await app.cash.process_refunds()
+
+
 def schedule(app: PointsApp) -> list[jobs.Job]:
     """The service's scheduled jobs, run by the platform's host."""
     return [jobs.Job("points_expiry", app.settings.expiry_job_seconds, lambda: expiry_pass(app)),
-            jobs.Job("points_reach", app.settings.reach_job_seconds, lambda: send_reaches(app))]
+            jobs.Job("points_reach", app.settings.reach_job_seconds, lambda: send_reaches(app)),
+            jobs.Job("points_cash", app.settings.cash_job_seconds, lambda: cash_pass(app))]

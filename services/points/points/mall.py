@@ -22,6 +22,7 @@ from mallkit.queries import keyset_page
 from . import errors as reasons
 from .ledger import Ledger
 from .models import Account, Item, Lot, LotMove, MemberItemCount, Redemption
+from .reach import Reach
 
 #: ``redeem(tier_id=TIER_UNKNOWN)``: the caller has not looked the member's tier up (yet).
 TIER_UNKNOWN = -1
@@ -32,10 +33,13 @@ class TierRequired(Exception):
 
 
 class Mall:
-    def __init__(self, ledger: Ledger, outbox: Outbox, pages: PageTokens):
+    def __init__(self, ledger: Ledger, outbox: Outbox, pages: PageTokens, reach: Reach | None = None,
+                 reach_template: str = "redemption_failed"):
         self.ledger = ledger
         self.pages = pages
         self.outbox = outbox
+        self.reach = reach
+        self.reach_template = reach_template
 
     # --- items ---------------------------------------------------------------------------------
 
@@ -99,6 +103,8 @@ class Mall:
                                      metadata={"field": "shipping_address"}, zh="请填写收货地址")
         cost = it.points_price * quantity
         state = pb.REDEMPTION_STATE_PENDING_SHIPMENT if it.kind == pb.ITEM_KIND_PHYSICAL else pb.REDEMPTION_STATE_COMPLETED
+        if it.cash_price_fen:  # points + cash: held until the cash part is paid (points.cash)
+            state = pb.REDEMPTION_STATE_PENDING_PAYMENT
         # Lock order: the member's account, then the item, then rows referring to the item
         # (their foreign-key checks take shared locks on it, which must come after our own lock).
         await self.ledger.take(s, member_id, cost)  # locks the account row (or fails: no points)
@@ -127,12 +133,16 @@ class Mall:
             if counted.rowcount != 1:
                 raise FailedPrecondition("per-member limit reached", reason=reasons.REDEMPTION_LIMIT_REACHED,
                                          metadata={"limit": it.per_member_limit}, zh="已达到该商品的兑换上限")
-        if it.kind == pb.ITEM_KIND_COUPON:
-            event = epb.CouponRedeemedEvent(redemption=f"members/{member_id}/redemptions/{r.id}",
-                                            member=f"members/{member_id}", coupon_template=it.coupon_template)
-            event.redeem_time.FromDatetime(now)
-            await self.outbox.add(s, "points.coupon_redeemed", event, subject=f"members/{member_id}")
+        if it.kind == pb.ITEM_KIND_COUPON and state != pb.REDEMPTION_STATE_PENDING_PAYMENT:
+            await self.coupon_redeemed(s, r, now)
         return r
+
+    async def coupon_redeemed(self, s: AsyncSession, r: Redemption, now: datetime) -> None:
+        """The orders service issues the coupon of a coupon redemption (event points.coupon_redeemed)."""
+        event = epb.CouponRedeemedEvent(redemption=f"members/{r.member_id}/redemptions/{r.id}",
+                                        member=f"members/{r.member_id}", coupon_template=r.coupon_template)
+        event.redeem_time.FromDatetime(now)
+        await self.outbox.add(s, "points.coupon_redeemed", event, subject=f"members/{r.member_id}")
 
     async def redemption(self, s: AsyncSession, member_id: int, redemption_id: int) -> Redemption:
         r = await s.get(Redemption, redemption_id, populate_existing=True)
@@ -160,15 +170,50 @@ class Mall:
             raise FailedPrecondition("redemption is not in a state that allows this", reason=reasons.REDEMPTION_STATE,
                                      metadata={"state": pb.RedemptionState.Name(r.state)}, zh="当前状态不允许此操作")
 
-    async def cancel_redemption(self, s: AsyncSession, member_id: int, redemption_id: int) -> Redemption:
-        """Points back to the lots they came from, stock and count back; once."""
+    async def cancel_redemption(self, s: AsyncSession, member_id: int, redemption_id: int, *,
+                                from_state: int = pb.REDEMPTION_STATE_PENDING_SHIPMENT,
+                                to_state: int = pb.REDEMPTION_STATE_CANCELLED) -> Redemption:
+        """Points back to the lots they came from, stock and count back; once (the state transition guards it).
+
+        Also the expiry of an unpaid points + cash redemption (PENDING_PAYMENT -> EXPIRED)."""
         now = self.ledger.clock()
         await self.ledger.lock(s, member_id, now)
         r = await self.redemption(s, member_id, redemption_id)
-        await self._transition(s, r, pb.REDEMPTION_STATE_PENDING_SHIPMENT, {"state": pb.REDEMPTION_STATE_CANCELLED})
+        await self._transition(s, r, from_state, {"state": to_state})
+        if r.transaction_id is not None:  # a paid points + cash redemption: its cash is refunded too (points.cash)
+            await s.execute(update(Redemption).where(Redemption.id == r.id, Redemption.refund_state == 0)
+                            .values(refund_state=1))
+        await self._give_back(s, r, "cancel", f"取消兑换 {r.item_display_name}", now)
+        return await self.redemption(s, member_id, redemption_id)
+
+    async def fail_redemption(self, s: AsyncSession, member_id: int, redemption_id: int, reason: str) -> bool:
+        """A coupon redemption the orders service refused: COMPLETED -> FAILED with the reason, points back to
+        their lots, stock and count back, the member told. Once: False when it is not (or no longer) COMPLETED."""
+        now = self.ledger.clock()
+        await self.ledger.lock(s, member_id, now)
+        r = await s.get(Redemption, redemption_id, populate_existing=True)
+        if r is None or r.member_id != member_id or r.item_kind != pb.ITEM_KIND_COUPON:
+            return False
+        moved = await s.execute(update(Redemption).where(Redemption.id == r.id,
+                                                         Redemption.state == pb.REDEMPTION_STATE_COMPLETED)
+                                .values(state=pb.REDEMPTION_STATE_FAILED, failure_reason=reason[:64], update_time=now))
+        if moved.rowcount != 1:
+            return False  # already failed (a refusal is applied once)
+        await self._give_back(s, r, "fail", f"兑换失败 {r.item_display_name} 积分退回", now)
+        if self.reach is not None:
+            await self.reach.queue(
+                s, member_id, f"redemption-failed-{r.id}", self.reach_template, "points.redemption_failed",
+                {"thing1": r.item_display_name[:20], "number2": str(r.points), "thing3": "优惠券未能发放,积分已退回"},
+                "pages/points/redemptions")
+        return True
+
+    async def _give_back(self, s: AsyncSession, r: Redemption, key: str, description: str, now: datetime) -> None:
+        """Return a redemption's points to the lots they came from (the account is locked), and its stock and
+        per-member count. Points returned to lots past their expiry expire again at once."""
+        member_id = r.member_id
         spent = await self.ledger.applied(s, f"redeem:{r.id}")
-        e = await self.ledger.entry(s, member_id, f"cancel:{r.id}", pb.ENTRY_KIND_REVERSE, pb.ENTRY_SOURCE_REDEMPTION,
-                                    f"items/{r.item_id}", r.points, 0, now, f"取消兑换 {r.item_display_name}", fresh=True)
+        e = await self.ledger.entry(s, member_id, f"{key}:{r.id}", pb.ENTRY_KIND_REVERSE, pb.ENTRY_SOURCE_REDEMPTION,
+                                    f"items/{r.item_id}", r.points, 0, now, description, fresh=True)
         await s.execute(update(Account).where(Account.member_id == member_id)
                         .values(available=Account.available + r.points))
         moves = [(lot_id, delta, expired or expire_time <= now) for lot_id, delta, expired, expire_time in (
@@ -182,8 +227,9 @@ class Mall:
             if expired:
                 expired_back += -delta
         if expired_back:  # points returned to lots past their expiry expire again at once
-            x = await self.ledger.entry(s, member_id, f"cancel-expire:{r.id}", pb.ENTRY_KIND_EXPIRE, pb.ENTRY_SOURCE_EXPIRY,
-                                        f"items/{r.item_id}", -expired_back, 0, now, "退回的积分已过期")
+            x = await self.ledger.entry(s, member_id, f"{key}-expire:{r.id}", pb.ENTRY_KIND_EXPIRE,
+                                        pb.ENTRY_SOURCE_EXPIRY, f"items/{r.item_id}", -expired_back, 0, now,
+                                        "退回的积分已过期")
             await s.execute(update(Account).where(Account.member_id == member_id)
                             .values(available=Account.available - expired_back))
             for lot_id, delta, expired in moves:
@@ -196,7 +242,6 @@ class Mall:
                                                       MemberItemCount.member_id == member_id)
                         .values(quantity=MemberItemCount.quantity - r.quantity))
         await s.flush()
-        return await self.redemption(s, member_id, redemption_id)
 
     async def ship_redemption(self, s: AsyncSession, member_id: int, redemption_id: int, carrier: str,
                               tracking: str) -> Redemption:

@@ -79,12 +79,16 @@ def redemption_pb(r: Redemption) -> pb.Redemption:
     out = pb.Redemption(name=f"members/{r.member_id}/redemptions/{r.id}", item=f"items/{r.item_id}",
                         item_display_name=r.item_display_name, item_kind=r.item_kind, quantity=r.quantity,
                         points=r.points, cash_fen=r.cash_fen, state=r.state, carrier=r.carrier,
-                        tracking_number=r.tracking_number, coupon_template=r.coupon_template)
+                        tracking_number=r.tracking_number, coupon_template=r.coupon_template,
+                        failure_reason=r.failure_reason)
     if r.recipient:
         out.shipping_address.CopyFrom(pb.ShippingAddress(recipient=r.recipient, phone=r.phone, province=r.province,
                                                          city=r.city, district=r.district, detail=r.detail))
     _ts(out.create_time, r.create_time)
     _ts(out.update_time, r.update_time)
+    _ts(out.pay_deadline_time, r.pay_deadline_time)
+    _ts(out.pay_time, r.pay_time)
+    out.out_trade_no = r.out_trade_no or ""
     return out
 
 

@@ -206,7 +206,28 @@ class Redemption(Base):
     coupon_template: Mapped[str] = mapped_column(String(64), default="")
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
     update_time: Mapped[datetime] = mapped_column(UTCDateTime())
-    __table_args__ = (Index("ix_redemptions_member_id_id", "member_id", "id"),)
+    failure_reason: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    # Points + cash: the cash part through WeChat Pay (see points.cash).
+    out_trade_no: Mapped[str | None] = mapped_column(String(32), unique=True, nullable=True)
+    prepay_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    transaction_id: Mapped[str | None] = mapped_column(String(32), unique=True, nullable=True)
+    pay_deadline_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    pay_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    refund_state: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")  # 0 none, 1 due, 2 done
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    __table_args__ = (Index("ix_redemptions_member_id_id", "member_id", "id"),
+                      Index("ix_redemptions_state_pay_deadline_time", "state", "pay_deadline_time"),
+                      Index("ix_redemptions_refund_state", "refund_state"))
+
+
+class CashNotification(Base):
+    """Every WeChat Pay notification applied to a points + cash redemption, once."""
+
+    __tablename__ = "cash_notifications"
+    notification_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    redemption_id: Mapped[int] = mapped_column(BigInteger)
+    outcome: Mapped[str] = mapped_column(String(16))  # paid | late_refund | refunded
+    receive_time: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class PurchasePoints(Base):

@@ -23,6 +23,8 @@ from mallkit.pagination import page_size
 from mallkit.validation import Validator
 
 from . import errors as reasons
+from .cash import CashPayments
+from .cash_servicer import CashRpcs
 from .check_in import CheckIns
 from .ledger import Ledger
 from .mall import TIER_UNKNOWN, Mall, TierRequired
@@ -55,10 +57,10 @@ def profile_complete(m: mpb.Member) -> bool:
     return bool(m.nickname and m.gender and m.birthday.year and m.region.city)
 
 
-class PointsServicer(pb_grpc.PointsServiceServicer):
+class PointsServicer(CashRpcs, pb_grpc.PointsServiceServicer):
     def __init__(self, *, ledger: Ledger, statements: Statements, check_ins: CheckIns, tasks: Tasks, mall: Mall,
                  purchases: Purchases, members: MembersClient, sessions: async_sessionmaker[AsyncSession],
-                 idempotency: Idempotency):
+                 idempotency: Idempotency, cash: CashPayments):
         self.ledger = ledger
         self.statements = statements
         self.check_ins = check_ins
@@ -68,6 +70,7 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         self.members = members
         self.sessions = sessions
         self.idem = idempotency
+        self.cash = cash
 
     # --- statements --------------------------------------------------------------------------
 
@@ -240,7 +243,8 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         tier: dict[str, int | None] = {"id": TIER_UNKNOWN}  # looked up only for tier-restricted items
 
         async def use_case(s):
-            return redemption_pb(await self.mall.redeem(s, member_id, item_id, quantity, address, tier["id"]))
+            r = await self.mall.redeem(s, member_id, item_id, quantity, address, tier["id"])
+            return redemption_pb(await self.cash.hold(s, r))  # points + cash: awaits its payment
 
         try:
             return await self.idem.run(request, pb.Redemption, use_case)

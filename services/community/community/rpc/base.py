@@ -3,7 +3,6 @@ idempotency with admission control, the clock."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import datetime
 
@@ -38,13 +37,11 @@ class RpcBase:
     directory: MembersDirectory
     sessions: async_sessionmaker[AsyncSession]
     idem: Idempotency
-    slots: asyncio.Semaphore
     activity_window_days: int
     clock: Callable[[], datetime]
 
     async def _run(self, request, response_type, use_case, **kw):
-        async with self.slots:
-            return await self.idem.run(request, response_type, use_case, **kw)
+        return await self.idem.run(request, response_type, use_case, **kw)
 
     async def _retry_unique(self, fn):
         """Run a mutation again when a concurrent twin took the unique key first (it then finds the row)."""

@@ -88,7 +88,8 @@ class ContentRpc(RpcBase):
         member_id = int(caller.id) if caller.is_member else None
 
         async def use_case(s):
-            return post_pb(await self.content.create_post(s, group_id, fields, caller.subject, now, member_id))
+            return post_pb(await self.content.create_post(s, group_id, fields, caller.subject, now, member_id),
+                           reveal_answer=not caller.is_member)
 
         return await self._run(request, pb.Post, use_case)
 
@@ -101,7 +102,14 @@ class ContentRpc(RpcBase):
                 raise not_member()
             rows, token = await self.content.list_posts(s, group_id, size, request.page_token,
                                                         include_scheduled=member_id is None)
-        return pb.ListPostsResponse(posts=[post_pb(p) for p in rows], next_page_token=token)
+            answered = await self._answered(s, member_id, rows)
+        return pb.ListPostsResponse(posts=[post_pb(p, p.id in answered) for p in rows], next_page_token=token)
+
+    async def _answered(self, s: AsyncSession, member_id: int | None, posts: list[Post]) -> set[int]:
+        """The posts whose quiz answer the caller may see: all for staff, those answered for a member."""
+        if member_id is None:
+            return {p.id for p in posts}
+        return await self.quizzes.answered(s, member_id, [p.id for p in posts if p.kind == pb.POST_KIND_QUIZ])
 
     async def _member_post(self, s: AsyncSession, name: str, member_id: int) -> Post:
         group_id, post_id = parse_ids(name, "groups/{}/posts/{}", "name")
@@ -131,10 +139,11 @@ class ContentRpc(RpcBase):
             else:
                 p = await self.content.post(s, group_id, post_id)
             if caller is not None and caller.is_staff:  # staff preview: not a view
-                return pb.ViewPostResponse(post=post_pb(p))
+                return pb.ViewPostResponse(post=post_pb(p, reveal_answer=True))
             self.content.require_published(p)
             view_id = await self.sharing.record_view(s, p, member_id, request.visitor_id or None, share, now)
-            return pb.ViewPostResponse(post=post_pb(p), view=f"groups/{group_id}/posts/{post_id}/views/{view_id}")
+            reveal = member_id is not None and p.id in await self.quizzes.answered(s, member_id, [p.id])
+            return pb.ViewPostResponse(post=post_pb(p, reveal), view=f"groups/{group_id}/posts/{post_id}/views/{view_id}")
 
         return await self._run(request, pb.ViewPostResponse, use_case, request_id="")
 
@@ -176,7 +185,8 @@ class ContentRpc(RpcBase):
         async def use_case(s):
             p = await self._member_post(s, request.name, member_id)
             correct, points, already = await self.quizzes.answer_quiz(s, p, member_id, request.option, now)
-            return pb.AnswerQuizResponse(correct=correct, reward_points=points, already_rewarded=already)
+            return pb.AnswerQuizResponse(correct=correct, reward_points=points, already_rewarded=already,
+                                         correct_option=p.quiz_correct)
 
         return await self._run(request, pb.AnswerQuizResponse, use_case)
 

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 
 from mall.community.v1 import community_service_pb2 as pb
 from mallkit.auth import principal
+from mallkit.db import admitted
 from mallkit.errors import FailedPrecondition, NotFound
 from mallkit.names import parse_id, parse_ids
 from mallkit.pagination import page_size
@@ -135,7 +136,7 @@ class GroupsRpc(RpcBase):
         v.pattern("invite_code", request.invite_code, INVITE, "must be an invite code")
         v.done()
         member_id, now = int(principal().id), self.clock()
-        async with self.slots, self.sessions() as s:  # admission control covers the read too
+        async with admitted(self.sessions), self.sessions() as s:  # the platform's admission covers the read too
             g = await self.groups.group(s, group_id)
             already = await self.groups.is_member(s, group_id, member_id)
         if g.type == pb.GROUP_TYPE_VIP and not already:

@@ -46,7 +46,7 @@ class ReachRpc(RpcBase):
                                                 request.purpose)
             return touch_pb(touch)
 
-        return await self.idem.run(request, pb.Touch, use_case, required=True)
+        return await self.idem.run(request, pb.Touch, use_case, required=True, key_first=True)  # WeChat is called inside
 
     async def ListTouches(self, request, context):
         member_id = member_scope(request.parent, "parent")

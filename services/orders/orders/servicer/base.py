@@ -10,6 +10,7 @@ from mallkit.idempotency import Idempotency
 from mallkit.names import parse_id
 
 from ..addresses import Addresses
+from ..bargain import Bargains
 from ..cart import Cart
 from ..catalog import Catalog
 from ..checkout import Checkout
@@ -17,7 +18,9 @@ from ..coupons import Coupons
 from ..flash_sale import FlashSales
 from ..group_buy import GroupBuying
 from ..lifecycle import Lifecycle
+from ..members_client import MemberReads
 from ..payment import Payment
+from ..reviews import Reviews
 
 
 class ServicerBase:
@@ -32,6 +35,9 @@ class ServicerBase:
     payment: Payment
     flash_sales: FlashSales
     group_buying: GroupBuying
+    bargains: Bargains
+    reviews: Reviews
+    members: MemberReads
 
     async def _read(self, fn):
         """Run a read-only use case in a session of its own."""

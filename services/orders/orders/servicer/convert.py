@@ -6,8 +6,12 @@ import json
 
 from mall.orders.v1 import orders_service_pb2 as pb
 
+from ..bargain import bargain_name, display_state
 from ..models import (
     Address,
+    Bargain,
+    BargainActivity,
+    BargainHelp,
     Category,
     Coupon,
     CouponTemplate,
@@ -17,6 +21,8 @@ from ..models import (
     Order,
     OrderItem,
     Product,
+    ProductRating,
+    Review,
     Sku,
 )
 
@@ -72,6 +78,7 @@ def order_pb(o: Order, items: list[OrderItem]) -> pb.Order:
         flash_sale=f"flashSales/{o.flash_sale_id}" if o.flash_sale_id else "", out_trade_no=o.out_trade_no,
         cancel_reason=o.cancel_reason, refunded_fen=o.refunded_fen,
         group=f"groupDeals/{o.group_deal_id}/groups/{o.group_id}" if o.group_id else "",
+        bargain=f"bargainActivities/{o.bargain_activity_id}/bargains/{o.bargain_id}" if o.bargain_id else "",
         items=[pb.OrderItem(sku=f"products/{it.product_id}/skus/{it.sku_id}", product=f"products/{it.product_id}",
                             category=f"categories/{it.category_id}", product_display_name=it.product_display_name,
                             sku_display_name=it.sku_display_name, unit_price_fen=it.unit_price_fen,
@@ -104,4 +111,51 @@ def group_pb(g: GroupBuy) -> pb.Group:
     out = pb.Group(name=f"groupDeals/{g.deal_id}/groups/{g.id}", leader=f"members/{g.leader_id}", state=g.state,
                    group_size=g.group_size, joined_count=g.joined_count, paid_count=g.paid_count)
     _ts(out.deadline_time, g.deadline_time)
+    return out
+
+
+def bargain_activity_pb(a: BargainActivity, product_id: int) -> pb.BargainActivity:
+    out = pb.BargainActivity(
+        name=f"bargainActivities/{a.id}", sku=f"products/{product_id}/skus/{a.sku_id}",
+        start_price_fen=a.start_price_fen, floor_price_fen=a.floor_price_fen, helpers_needed=a.helpers_needed,
+        cut_mode=a.cut_mode, per_member_limit=a.per_member_limit, share_scene=a.share_scene)
+    _ts(out.start_time, a.start_time)
+    _ts(out.end_time, a.end_time)
+    out.bargain_duration.seconds = a.bargain_seconds
+    return out
+
+
+def bargain_pb(b: Bargain, share_scene: str, now) -> pb.Bargain:
+    out = pb.Bargain(
+        name=bargain_name(b), owner=f"members/{b.member_id}", state=display_state(b, now),
+        start_price_fen=b.start_price_fen, floor_price_fen=b.floor_price_fen, current_price_fen=b.current_price_fen,
+        helper_count=b.helper_count, helpers_needed=b.helpers_needed, order=f"orders/{b.order_id}" if b.order_id else "",
+        sharer_invite_code=b.sharer_invite_code, share_scene=share_scene)
+    _ts(out.deadline_time, b.deadline_time)
+    _ts(out.create_time, b.create_time)
+    return out
+
+
+def bargain_help_pb(h: BargainHelp, b: Bargain) -> pb.BargainHelp:
+    return pb.BargainHelp(bargain=bargain_name(b), helper=f"members/{h.helper_id}", cut_fen=h.cut_fen,
+                          sequence=h.sequence, price_after_fen=h.price_after_fen)
+
+
+def review_pb(r: Review) -> pb.Review:
+    out = pb.Review(name=f"reviews/{r.id}", order=f"orders/{r.order_id}", sku=f"products/{r.product_id}/skus/{r.sku_id}",
+                    product=f"products/{r.product_id}", member=f"members/{r.member_id}", rating=r.rating, text=r.text,
+                    image_urls=json.loads(r.image_urls or "[]"), state=r.state)
+    _ts(out.create_time, r.create_time)
+    _ts(out.moderate_time, r.moderate_time)
+    return out
+
+
+def rating_pb(product_id: int, r: ProductRating | None) -> pb.ProductRating:
+    out = pb.ProductRating(name=f"products/{product_id}/rating")
+    if r is not None and r.review_count:
+        out.review_count = r.review_count
+        out.average_rating = round(r.rating_sum / r.review_count, 2)
+        out.rating_counts.extend([r.stars_1, r.stars_2, r.stars_3, r.stars_4, r.stars_5])
+    else:
+        out.rating_counts.extend([0, 0, 0, 0, 0])
     return out

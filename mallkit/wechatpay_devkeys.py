@@ -1,8 +1,8 @@
-"""DEVELOPMENT-ONLY WeChat Pay keys, shared by the orders service and the local simulator.
+"""DEVELOPMENT-ONLY WeChat Pay keys, shared by the services that take payments and the local simulator.
 
-Never use these outside development: ``OrdersSettings`` refuses to start with
-them when ``MALL_ENV`` is not development/test. Production keys come from the
-environment (``ORDERS_WECHATPAY_*``).
+Never use these outside development: ``OrdersSettings`` and ``PointsSettings``
+refuse to start with them when ``MALL_ENV`` is not development/test. Production
+keys come from the environment (``ORDERS_WECHATPAY_*``, ``POINTS_WECHATPAY_*``).
 """
 
 MERCHANT_PRIVATE_KEY = """-----BEGIN PRIVATE KEY-----

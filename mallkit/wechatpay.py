@@ -1,5 +1,9 @@
 """WeChat Pay v3 (JSAPI) as the merchant sees it: signed requests out, verified notifications in.
 
+The protocol only (no business rule): the services that take payments (orders
+for orders, points for the cash part of points + cash redemptions) each build
+one client from their own settings and decide what a payment or refund means.
+
 * Requests to WeChat Pay carry ``Authorization: WECHATPAY2-SHA256-RSA2048
   mchid=..,nonce_str=..,signature=..,timestamp=..,serial_no=..``; the
   signature is RSA-SHA256 (PKCS#1 v1.5) with the merchant private key over
@@ -9,6 +13,9 @@
 * Notifications are verified with the platform public key over
   ``TIMESTAMP\\nNONCE\\nBODY\\n`` (headers ``Wechatpay-*``), within a timestamp
   window, and the ``resource`` is decrypted with AES-256-GCM and the APIv3 key.
+  Payment (``TRANSACTION.*``) and refund (``REFUND.*``) notifications share
+  that envelope; :meth:`WechatPay.verify_notification` returns a
+  :class:`PaidTransaction` or a :class:`RefundNotice`.
 """
 
 from __future__ import annotations
@@ -93,6 +100,20 @@ class PaidTransaction:
     trade_state: str
 
 
+@dataclass(frozen=True)
+class RefundNotice:
+    """A verified refund result notification (退款结果通知): SUCCESS, CLOSED or ABNORMAL."""
+
+    notification_id: str
+    out_trade_no: str
+    out_refund_no: str
+    refund_id: str
+    refund_status: str
+    refund_fen: int
+    total_fen: int
+    success_time: str
+
+
 class WechatPay:
     """The merchant's client of WeChat Pay v3 and verifier of its notifications."""
 
@@ -153,7 +174,7 @@ class WechatPay:
     async def refund(self, *, out_trade_no: str, out_refund_no: str, refund_fen: int, total_fen: int) -> str:
         """Request a refund (idempotent on out_refund_no); returns SUCCESS, PROCESSING, ..."""
         data = await self._call("POST", "/v3/refund/domestic/refunds", {
-            "out_trade_no": out_trade_no, "out_refund_no": out_refund_no,
+            "out_trade_no": out_trade_no, "out_refund_no": out_refund_no, "notify_url": self.notify_url,
             "amount": {"refund": refund_fen, "total": total_fen, "currency": "CNY"},
         })
         return str(data.get("status", ""))
@@ -161,8 +182,8 @@ class WechatPay:
     # --- incoming ----------------------------------------------------------------------------
 
     def verify_notification(self, *, timestamp: str, nonce: str, signature: str, serial: str, body: str,
-                            now: float | None = None) -> PaidTransaction:
-        """Verify and decrypt a payment notification, or raise NotificationRejected."""
+                            now: float | None = None) -> PaidTransaction | RefundNotice:
+        """Verify and decrypt a payment or refund notification, or raise NotificationRejected."""
         now = time.time() if now is None else now
         if serial != self.platform_serial:
             raise NotificationRejected("NOTIFICATION_SERIAL_UNKNOWN", "unknown platform serial")
@@ -179,6 +200,8 @@ class WechatPay:
         if resource.get("algorithm") != "AEAD_AES_256_GCM":
             raise NotificationRejected("NOTIFICATION_MALFORMED", "unsupported algorithm")
         tx = decrypt_resource(self._apiv3_key, resource)
+        if str(envelope.get("event_type", "")).startswith("REFUND."):
+            return self._refund_notice(notification_id, tx)
         try:
             if tx["mchid"] != self.mchid or tx["appid"] != self.appid:
                 raise NotificationRejected("NOTIFICATION_MERCHANT_MISMATCH", "notification for another merchant")
@@ -187,6 +210,19 @@ class WechatPay:
                 transaction_id=str(tx["transaction_id"]), total_fen=int(tx["amount"]["total"]),
                 payer_total_fen=int(tx["amount"].get("payer_total", tx["amount"]["total"])),
                 success_time=str(tx.get("success_time", "")), trade_state=str(tx["trade_state"]),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise NotificationRejected("NOTIFICATION_MALFORMED", "resource lacks required fields") from exc
+
+    def _refund_notice(self, notification_id: str, tx: dict) -> RefundNotice:
+        try:
+            if tx["mchid"] != self.mchid:
+                raise NotificationRejected("NOTIFICATION_MERCHANT_MISMATCH", "notification for another merchant")
+            return RefundNotice(
+                notification_id=notification_id, out_trade_no=str(tx["out_trade_no"]),
+                out_refund_no=str(tx["out_refund_no"]), refund_id=str(tx["refund_id"]),
+                refund_status=str(tx["refund_status"]), refund_fen=int(tx["amount"]["refund"]),
+                total_fen=int(tx["amount"]["total"]), success_time=str(tx.get("success_time", "")),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise NotificationRejected("NOTIFICATION_MALFORMED", "resource lacks required fields") from exc
