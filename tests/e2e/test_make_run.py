@@ -56,6 +56,15 @@ def demo_member_can_redeem_and_pay(base: str, env: dict, token: str, staff_token
           lambda coupons: any(c["couponTemplate"] == coupon_item["couponTemplate"] for c in coupons),
           "the redeemed coupon never reached the member's coupons")
 
+    # The community's coupon drop hands out its template: Alice joins the group and claims it.
+    joined = httpx.post(f"{base}/v1/groups/1:join", headers=me, json={}, timeout=10)
+    assert joined.status_code == 200, joined.text
+    claimed = httpx.post(f"{base}/v1/{drop['name']}:claimCoupon", headers=me, json={}, timeout=10)
+    assert claimed.status_code == 200, claimed.text
+    until(lambda: httpx.get(f"{base}/v1/members/me/coupons", headers=me, timeout=10).json().get("coupons", []),
+          lambda coupons: any(c["couponTemplate"] == drop["coupon"]["couponTemplate"] for c in coupons),
+          "the community coupon never reached the member's coupons")
+
     # Pay locally: prepay through the gateway, then the simulator plays the buyer (POST /__sim/pay).
     product = httpx.get(f"{base}/v1/products", timeout=10).json()["products"][0]
     address = httpx.post(f"{base}/v1/members/me/addresses", headers=me, timeout=10, json={
