@@ -118,7 +118,7 @@ async def main() -> None:
         "MALL_COMMUNITY_ADDR": f"127.0.0.1:{grpc_port}",
         "COMMUNITY_PORT": str(grpc_port),
         "COMMUNITY_DATABASE_URL": url,
-        "COMMUNITY_EVENT_ROUTES": "{}",
+        "COMMUNITY_RELAY_ENABLED": "false", "MALL_NATS_URL": "nats://127.0.0.1:1",
         "GATEWAY_PORT": str(http_port),
         "GATEWAY_SERVICES": "community",
         "GATEWAY_RATE_PER_IP": "0",

@@ -67,7 +67,7 @@ async def main() -> None:
         "MEMBERS_PORT": str(grpc_port),
         "MEMBERS_DATABASE_URL": url,
         "MEMBERS_WECHAT_BASE_URL": f"http://127.0.0.1:{wechat_port}",
-        "MEMBERS_EVENT_ROUTES": "{}",
+        "MEMBERS_RELAY_ENABLED": "false", "MALL_NATS_URL": "nats://127.0.0.1:1",
         "GATEWAY_PORT": str(http_port),
         "GATEWAY_SERVICES": "members",
         "GATEWAY_RATE_PER_IP": "0",

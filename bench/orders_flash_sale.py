@@ -66,7 +66,7 @@ async def main() -> None:
     env = {
         **os.environ, "MALL_ENV": "development", "MALL_LOG_LEVEL": "WARNING", "MALL_TOKEN_SECRET": DEV_TOKEN_SECRET,
         "MALL_ORDERS_ADDR": f"127.0.0.1:{grpc_port}", "ORDERS_PORT": str(grpc_port), "ORDERS_DATABASE_URL": url,
-        "ORDERS_EVENT_ROUTES": "{}", "ORDERS_JOBS_ENABLED": "false", "GATEWAY_PORT": str(http_port),
+        "ORDERS_RELAY_ENABLED": "false", "MALL_NATS_URL": "nats://127.0.0.1:1", "ORDERS_JOBS_ENABLED": "false", "GATEWAY_PORT": str(http_port),
         "GATEWAY_SERVICES": "orders", "GATEWAY_RATE_PER_IP": "0", "GATEWAY_RATE_PER_MEMBER": "0",
     }
     py = sys.executable

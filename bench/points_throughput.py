@@ -139,7 +139,7 @@ async def main() -> None:
         url, backend = f"sqlite+aiosqlite:///{tmp / 'points.db'}", "SQLite (no MariaDB answered)"
     port = free_port()
     env = {**os.environ, "MALL_ENV": "development", "MALL_LOG_LEVEL": "WARNING", "MALL_LOG_FORMAT": "text",
-           "POINTS_PORT": str(port), "POINTS_DATABASE_URL": url, "POINTS_EVENT_ROUTES": "{}",
+           "POINTS_PORT": str(port), "POINTS_DATABASE_URL": url, "POINTS_RELAY_ENABLED": "false", "MALL_NATS_URL": "nats://127.0.0.1:1",
            "POINTS_DB_POOL_SIZE": "16", "POINTS_EXPIRY_JOB_SECONDS": "3600", "POINTS_REACH_JOB_SECONDS": "3600"}
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     py = sys.executable
