@@ -93,7 +93,7 @@ def start_members(env: dict, folder, member_ids: Iterable[int] = (), staff_ids: 
     root = Path(__file__).resolve().parent.parent
     port, db = free_port(), Path(folder) / f"members-{uuid.uuid4().hex[:6]}.db"
     env.update({"MEMBERS_PORT": str(port), "MEMBERS_DATABASE_URL": f"sqlite+aiosqlite:///{db}",
-                "MALL_MEMBERS_ADDR": f"127.0.0.1:{port}", "MEMBERS_EVENT_ROUTES": "{}"})
+                "MALL_MEMBERS_ADDR": f"127.0.0.1:{port}", "MEMBERS_RELAY_ENABLED": "false"})
     subprocess.run([sys.executable, "-m", "members", "migrate"], env=env, check=True, cwd=root,
                    stdout=subprocess.DEVNULL)
     engine, now = sa.create_engine(f"sqlite:///{db}"), datetime.now(UTC)
