@@ -14,6 +14,9 @@ IMAGE ?= mall:$(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
 IMAGE_BUILD_FLAGS ?=
 SERVICES := members points orders community
 export PYTHONDONTWRITEBYTECODE := 1
+# Every process defaults to MALL_ENV=production (and refuses development secrets there);
+# the targets here are development tools. Deployments run `python -m <svc>` with their own env.
+export MALL_ENV ?= development
 
 .DEFAULT_GOAL := help
 
@@ -52,8 +55,8 @@ lint: protos ## Lint Python (ruff), type-check mallkit (mypy) and lint the proto
 run: protos ## Run everything (fake WeChat, services, gateway) on SQLite with demo data; Ctrl-C stops
 	$(PY) scripts/run_local.py
 
-reset: ## Delete the local SQLite databases (var/)
-	rm -rf var
+reset: ## Delete the local SQLite databases (var/, or $MALL_VAR_DIR)
+	rm -rf "$${MALL_VAR_DIR:-var}"
 
 test: protos ## Run the whole test suite (MariaDB when it answers, else SQLite with a report)
 	$(PY) -m pytest
@@ -76,6 +79,9 @@ revision: protos ## New migration for SVC with MSG="..." (autogenerate against a
 
 create-admin: protos ## Create the first admin: make create-admin USERNAME=admin PASSWORD=...
 	MEMBERS_ADMIN_PASSWORD="$(PASSWORD)" $(PY) -m members create-admin --username "$(or $(USERNAME),admin)"
+
+disable-staff: protos ## Disable a staff account (its tokens stop working within a minute): make disable-staff USERNAME=...
+	$(PY) -m members disable-staff --username "$(USERNAME)"
 
 bench: protos ## Run every benchmark in bench/ (figures and ratios against a baseline measured in the same run)
 	@set -e; for f in bench/*.py; do echo "== $$f"; $(PY) $$f; done
@@ -120,4 +126,4 @@ clean: ## Remove generated code, caches and the venvs
 	rm -rf $(GEN) gen/k8s $(VENV) $(K8S_VENV) .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: run reset test test-sqlite fuzz fuzz-nightly migrate revision create-admin bench check-points dlq dlq-replay clean
+.PHONY: run reset test test-sqlite fuzz fuzz-nightly migrate revision create-admin disable-staff bench check-points dlq dlq-replay clean

@@ -37,7 +37,7 @@ from mallkit.settings import PlatformSettings
 from mallkit.testing import MYSQL_ADMIN_URL, mysql_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import drive, free_port, summary, wait_http  # noqa: E402
+from harness import drive, free_port, start_members, summary, wait_http, wait_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,7 +124,10 @@ async def main() -> None:
         "GATEWAY_RATE_PER_IP": "0",
         "GATEWAY_RATE_PER_MEMBER": "0",
     }
-    procs = await asyncio.to_thread(start_processes, env)
+    # members answers whether members/1 and staff/1 exist (every service checks a token's account)
+    members = await asyncio.to_thread(start_members, env, tmp, [1])
+    await wait_port(int(env["MEMBERS_PORT"]), members)
+    procs = [members, *await asyncio.to_thread(start_processes, env)]
     codec = TokenCodec(PlatformSettings(env="development").token_secret.get_secret_value())
     staff = {"Authorization": f"Bearer {codec.issue(Principal(STAFF, 'staff/1', frozenset({'admin'})))[0]}"}
     member = {"Authorization": f"Bearer {codec.issue(Principal(MEMBER, 'members/1'))[0]}"}

@@ -74,3 +74,35 @@ def summary(name: str, seconds: float, lat: list[float], unit: str = "req/s") ->
            "p99": lat[max(0, int(len(lat) * 0.99) - 1)] * 1000}
     print(f"  {name:<44} {row['rate']:>8.0f} {unit:<6} p50 {row['p50']:>7.2f} ms   p99 {row['p99']:>7.2f} ms", flush=True)
     return row
+
+
+def start_members(env: dict, folder, member_ids: Iterable[int] = (), staff_ids: Iterable[int] = (1,)) -> subprocess.Popen:
+    """The members service every other service asks whether a token's account exists (``mallkit.principals``),
+    on its own SQLite file in ``folder``, holding the given member and staff (admin) ids. Sets
+    ``MALL_MEMBERS_ADDR`` in ``env``; returns the process (wait for it with :func:`wait_port`)."""
+    import sys
+    import uuid
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    import sqlalchemy as sa
+
+    from mall.members.v1 import members_service_pb2 as mpb
+    from members.models import Member, Staff
+
+    root = Path(__file__).resolve().parent.parent
+    port, db = free_port(), Path(folder) / f"members-{uuid.uuid4().hex[:6]}.db"
+    env.update({"MEMBERS_PORT": str(port), "MEMBERS_DATABASE_URL": f"sqlite+aiosqlite:///{db}",
+                "MALL_MEMBERS_ADDR": f"127.0.0.1:{port}", "MEMBERS_RELAY_ENABLED": "false"})
+    subprocess.run([sys.executable, "-m", "members", "migrate"], env=env, check=True, cwd=root,
+                   stdout=subprocess.DEVNULL)
+    engine, now = sa.create_engine(f"sqlite:///{db}"), datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(Staff.__table__), [
+            dict(id=i, username=f"bench-admin-{i}", display_name="压测", role=mpb.STAFF_ROLE_ADMIN, password_hash="!", disabled=False,
+                 create_time=now) for i in staff_ids])
+        rows = [dict(id=i, openid=f"bench-{i}", invite_code=f"B{i}", create_time=now, update_time=now) for i in member_ids]
+        for start in range(0, len(rows), 5000):
+            conn.execute(sa.insert(Member.__table__), rows[start:start + 5000])
+    engine.dispose()
+    return subprocess.Popen([sys.executable, "-m", "members"], env=env, cwd=root, stdout=subprocess.DEVNULL)

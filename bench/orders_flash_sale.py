@@ -32,7 +32,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import drive, free_port, summary, wait_http  # noqa: E402
+from harness import drive, free_port, start_members, summary, wait_http, wait_port  # noqa: E402
 
 from mall.orders.v1 import orders_service_pb2 as pb  # noqa: E402
 from mall.orders.v1 import orders_service_pb2_grpc as pb_grpc  # noqa: E402
@@ -70,8 +70,11 @@ async def main() -> None:
         "GATEWAY_SERVICES": "orders", "GATEWAY_RATE_PER_IP": "0", "GATEWAY_RATE_PER_MEMBER": "0",
     }
     py = sys.executable
+    # members answers whether each buyer and staff/1 exist (every service checks a token's account)
+    members = start_members(env, tmp, range(10_000_000, 10_000_000 + 300 + 2 * args.attempts))
+    await wait_port(int(env["MEMBERS_PORT"]), members)
     subprocess.run([py, "-m", "orders", "migrate"], env=env, check=True, cwd=ROOT)
-    procs = [subprocess.Popen([py, "-m", "orders"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL),
+    procs = [members, subprocess.Popen([py, "-m", "orders"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL),
              subprocess.Popen([py, "-m", "gateway"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL)]
     codec = TokenCodec(DEV_TOKEN_SECRET)
     staff = {"Authorization": f"Bearer {codec.issue(Principal(STAFF, 'staff/1', frozenset({'admin'})))[0]}"}

@@ -46,7 +46,7 @@ from mallkit.settings import DEV_TOKEN_SECRET
 from mallkit.testing import MYSQL_ADMIN_URL, mysql_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import drive_each, free_port, summary, wait_port  # noqa: E402
+from harness import drive_each, free_port, start_members, summary, wait_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMBERS = 400
@@ -143,6 +143,9 @@ async def main() -> None:
            "POINTS_DB_POOL_SIZE": "16", "POINTS_EXPIRY_JOB_SECONDS": "3600", "POINTS_REACH_JOB_SECONDS": "3600"}
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     py = sys.executable
+    # members answers whether each member and staff/1 exist (every service checks a token's account)
+    members = start_members(env, tmp, range(1, MEMBERS + 1))
+    await wait_port(int(env["MEMBERS_PORT"]), members)
     subprocess.run([py, "-m", "points", "migrate"], env=env, check=True, cwd=ROOT)
     proc = subprocess.Popen([py, "-m", "points"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
     raw = RawDriver(url)
@@ -210,6 +213,8 @@ async def main() -> None:
         print(f"  ledger check after the run: {report.accounts} accounts, {report.entries} entries, "
               f"{'OK' if report.ok else report.problems[:5]}")
     finally:
+        members.terminate()
+        members.wait(15)
         proc.terminate()
         try:
             proc.wait(15)

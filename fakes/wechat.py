@@ -48,6 +48,7 @@ class FakeWechat:
         self.messages: list[dict] = []
         self.refusing: set[str] = set()
         self.logins = 0
+        self.session_keys: list[str] = []  # handed out (tests check none of them is ever logged)
 
     def _check_app(self, appid: str, secret: str) -> dict | None:
         if appid != self.appid:
@@ -69,10 +70,12 @@ class FakeWechat:
         self.used_codes.add(code)
         self.logins += 1
         user = code.split("#", 1)[0]
+        session_key = secrets.token_urlsafe(16)
+        self.session_keys.append(session_key)
         return JSONResponse({
             "openid": openid_for(self.appid, user),
             "unionid": unionid_for(user),
-            "session_key": secrets.token_urlsafe(16),
+            "session_key": session_key,
         })
 
     async def token(self, request: Request) -> JSONResponse:

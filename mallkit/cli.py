@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mallkit import migrations
 from mallkit.db import create_engine
-from mallkit.telemetry import setup_logging, setup_tracing
+from mallkit.telemetry import register_settings_secrets, setup_logging, setup_tracing
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,7 @@ def main(
         cmd.arguments(sub.add_parser(cmd_name, help=cmd.help))
     args = parser.parse_args(argv)
     settings = settings_cls()
+    register_settings_secrets(settings)
     setup_logging(name, settings.platform.log_level, settings.platform.log_format == "json")
     status = 0
     if args.command in (None, "serve"):

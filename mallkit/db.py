@@ -80,7 +80,9 @@ def create_engine(url: str, *, pool_size: int = 10, trace: bool = True) -> Async
     """The engine of one service's database, traced."""
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
-        engine = create_async_engine(u, connect_args={"timeout": 30})
+        # hide_parameters: statement parameters (tokens in stored responses, password hashes, phones)
+        # never reach a log line or an error message, even with DEBUG logging on.
+        engine = create_async_engine(u, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _on_connect(dbapi_connection, _record):
@@ -110,6 +112,7 @@ def create_engine(url: str, *, pool_size: int = 10, trace: bool = True) -> Async
             pool_recycle=1800,
             pool_timeout=10,
             isolation_level="READ COMMITTED",
+            hide_parameters=True,
         )
     if trace:
         instrument_engine(engine)
@@ -175,17 +178,25 @@ _inside_transaction: ContextVar[bool] = ContextVar("mall_inside_transaction", de
 
 
 def _admission(sessions) -> asyncio.Semaphore:
-    """One semaphore per engine, as wide as its connection pool.
+    """One semaphore per engine, as wide as its connection pool (one on SQLite).
 
     Write transactions queue here, in order and without a timeout of their own
     (the RPC's deadline bounds the wait), instead of timing out in the pool's
     checkout under a burst of hundreds of concurrent calls.
+
+    SQLite has a single writer: there the queue is one wide. Wider, every waiting
+    writer held a pooled connection inside ``BEGIN IMMEDIATE`` and polled SQLite's
+    busy handler (sleep and retry, in no order), so on a loaded machine a writer
+    could lose that lottery past ``busy_timeout`` ("database is locked", then
+    ABORTED after the retries) while reads found the pool empty.
     """
     engine = sessions.kw["bind"].sync_engine
     sem = getattr(engine, "_mall_admission", None)
     if sem is None:
         pool = engine.pool
         width = pool.size() + max(getattr(pool, "_max_overflow", 0), 0) if hasattr(pool, "size") else 10
+        if engine.dialect.name == "sqlite":
+            width = 1
         sem = asyncio.Semaphore(max(1, width))
         engine._mall_admission = sem
     return sem

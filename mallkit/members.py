@@ -96,6 +96,16 @@ class MembersClient:
         except grpc.aio.AioRpcError as err:
             raise translate(err, member_id) from None
 
+    async def active_principals(self, subjects: list[str], deadline: float = 5.0) -> set[str]:
+        """Which token subjects ("members/{id}", "staff/{id}") still name an active account
+        (``CheckPrincipals``, for :mod:`mallkit.principals`); UNAVAILABLE when members cannot say."""
+        try:
+            resp = await self.stub().CheckPrincipals(mpb.CheckPrincipalsRequest(principals=subjects), timeout=deadline)
+        except grpc.aio.AioRpcError as err:
+            raise Unavailable("cannot check the caller's account now, retry", reason="PRINCIPALS_UNAVAILABLE",
+                              metadata={"code": err.code().name}) from None
+        return set(resp.active_principals)
+
     async def send_reach(self, member_id: int, template_id: str, data: dict[str, str], page: str, purpose: str,
                          request_id: str) -> mpb.Touch:
         """A subscribe message through members' reach (consent and caps apply there); idempotent on request_id."""

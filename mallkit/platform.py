@@ -39,6 +39,7 @@ from mallkit.jobs import Job, periodic
 from mallkit.members import MembersClient
 from mallkit.output import filter_outputs
 from mallkit.pagination import PageTokens
+from mallkit.principals import Lookup, PrincipalCheck
 from mallkit.server import ServiceHost
 
 
@@ -121,8 +122,12 @@ class Platform:
 
     def serve(self, app: Any, *, domain: str, servicers: Iterable[Servicer],
               handlers: Mapping[str, tuple[type[Message], Callable]] | None = None, jobs: Iterable[Job] = (),
-              background: bool = True) -> ServiceHost:
-        """Build the service's host: server, health, relay, consumers and jobs (``background=False``: none)."""
+              background: bool = True, principal_lookup: Lookup | None = None) -> ServiceHost:
+        """Build the service's host: server, health, relay, consumers and jobs (``background=False``: none).
+
+        Member and staff tokens are served only while their account exists and is active
+        (:mod:`mallkit.principals`): ``principal_lookup`` answers that (the members service passes
+        its own database's); by default the members service is asked."""
         servicers = list(servicers)
         if handlers:
             self.subscribe(app, handlers)
@@ -138,6 +143,8 @@ class Platform:
             service=self.service, domain=domain, codec=self.codec, descriptors=[s.descriptor for s in servicers],
             host=self.settings.host, port=self.settings.port, readiness=lambda: ping(self.engine),
             background=tasks, drain_seconds=self.settings.drain_seconds,
+            principals=PrincipalCheck(principal_lookup or self.members.active_principals,
+                                      ttl=self.settings.platform.principal_cache_seconds),
         )
         for s in servicers:  # answers never carry an INPUT_ONLY field (mallkit.output)
             host.add(s.register, filter_outputs(s.servicer, s.descriptor))

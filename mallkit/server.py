@@ -2,8 +2,9 @@
 
 :class:`ServiceHost` builds the server with, in order, the OpenTelemetry
 interceptor and :class:`PlatformInterceptor` (authentication and the access
-policy of the proto, context variables, typed errors -> google.rpc.Status,
-metrics); registers the gRPC health service, whose readiness follows the
+policy of the proto, then the account behind a member/staff token must exist
+and be active (``principals``, :mod:`mallkit.principals`), context variables,
+typed errors -> google.rpc.Status, metrics); registers the gRPC health service, whose readiness follows the
 database, and reflection; runs background tasks (outbox relay, event consumers, schedulers);
 and on SIGTERM/SIGINT flips health to NOT_SERVING, stops the background tasks
 and drains in-flight calls for ``grace`` seconds.
@@ -29,6 +30,7 @@ from mallkit.constraints import RequestRules
 from mallkit.db import is_unavailable
 from mallkit.errors import MallError, Unavailable, internal_status
 from mallkit.idempotency import current_method
+from mallkit.principals import PrincipalCheck
 from mallkit.telemetry import RPC_DURATION, RPC_ERRORS, current_trace_id, grpc_server_interceptor
 
 log = logging.getLogger("mallkit.server")
@@ -39,8 +41,10 @@ BackgroundTask = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 class PlatformInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates, authorizes and maps errors for the RPCs of our services."""
 
-    def __init__(self, service: str, domain: str, codec: TokenCodec, descriptors: Iterable[ServiceDescriptor]):
+    def __init__(self, service: str, domain: str, codec: TokenCodec, descriptors: Iterable[ServiceDescriptor],
+                 principals: PrincipalCheck | None = None):
         self.service = service
+        self.principals = principals  # the account behind member/staff tokens must exist (mallkit.principals)
         self.domain = domain
         self.codec = codec
         self.rules = RequestRules(descriptors)
@@ -66,6 +70,8 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):
                 principal = self.codec.verify(token) if token else None
                 current_principal.set(principal)
                 authorize(policy, principal)
+                if principal is not None and self.principals is not None and not policy.public:
+                    await self.principals.require(principal)
                 self.rules.check(method, request)  # the field rules declared in the proto (mallkit.constraints)
                 return await inner(request, context)
             except MallError as err:
@@ -114,6 +120,7 @@ class ServiceHost:
         background: Iterable[BackgroundTask] = (),
         readiness_interval: float = 5.0,
         drain_seconds: float = 0.0,
+        principals: PrincipalCheck | None = None,
     ):
         self.service = service
         self.descriptors = descriptors
@@ -122,7 +129,7 @@ class ServiceHost:
         self.drain_seconds = drain_seconds
         self.background = list(background)
         self.server = grpc.aio.server(
-            interceptors=[grpc_server_interceptor(), PlatformInterceptor(service, domain, codec, descriptors)],
+            interceptors=[grpc_server_interceptor(), PlatformInterceptor(service, domain, codec, descriptors, principals)],
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)],
         )
         self.health = health.aio.HealthServicer()

@@ -5,25 +5,60 @@ environment name, the token secret, where the other services listen. Each
 service adds its own ``<SERVICE>_*`` settings in its ``config.py`` by
 subclassing :class:`ServiceSettings`.
 
-Outside development the processes refuse to start with the default secrets.
+Outside development (``MALL_ENV`` other than development/test; production is the
+default) the processes refuse to start while any setting marked :data:`DEV_ONLY`
+(secrets, keys, serials, demo ids) still holds its development value.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_TOKEN_SECRET = "dev-only-token-secret-change-me-please"
 
+#: ``json_schema_extra`` of a field whose default is for development only: outside
+#: development the process refuses to start until the environment sets it.
+DEV_ONLY: dict[str, Any] = {"dev_only": True}
+DEVELOPMENT_ENVS = ("development", "test")
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, str):
+        return "".join(value.split())  # the same PEM with other line breaks is the same key
+    return value
+
+
+def refuse_development_values(settings: BaseSettings, env: str) -> None:
+    """Outside development, raise naming every DEV_ONLY setting still at its development value
+    (names only: a value never reaches an error message or a log)."""
+    if env in DEVELOPMENT_ENVS:
+        return
+    prefix = settings.model_config.get("env_prefix", "")
+    left = [
+        f"{prefix}{name.upper()}"
+        for name, field in type(settings).model_fields.items()
+        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("dev_only")
+        and _plain(getattr(settings, name)) == _plain(field.get_default(call_default_factory=True))
+    ]
+    if left:
+        raise ValueError(f"MALL_ENV={env}: development values are refused, set {', '.join(left)}")
+
 
 class PlatformSettings(BaseSettings):
     """Shared settings, ``MALL_*``."""
 
-    model_config = SettingsConfigDict(env_prefix="MALL_", extra="ignore")
+    # hide_input_in_errors: a refused configuration names the variable, never echoes its (secret) value.
+    model_config = SettingsConfigDict(env_prefix="MALL_", extra="ignore", hide_input_in_errors=True)
 
-    env: str = Field("development", description="development | test | production")
+    env: str = Field("production", description="development | test | production (anything but development/test is production)")
     token_secret: SecretStr = Field(
-        SecretStr(DEV_TOKEN_SECRET), description="HMAC key of session, service and page tokens"
+        SecretStr(DEV_TOKEN_SECRET), description="HMAC key of session, service and page tokens",
+        json_schema_extra=DEV_ONLY,
     )
     brand_timezone: str = Field("Asia/Shanghai", description="Time zone of calendar days")
     members_addr: str = Field("127.0.0.1:50051", description="host:port of the members service")
@@ -40,17 +75,21 @@ class PlatformSettings(BaseSettings):
     event_stream_replicas: int = Field(1, ge=1, le=5, description="Replicas of each stream (JetStream cluster)")
     members_cache_seconds: float = Field(60.0, ge=0, description="How long tiers read from members are cached")
     call_timeout_seconds: float = Field(5.0, description="Deadline of service-to-service calls")
+    principal_cache_seconds: float = Field(
+        30.0, ge=0, le=60,
+        description="How long a member/staff account seen active (or, 5 s at most, missing) is remembered; "
+                    "a disabled account's tokens stop working within this",
+    )
     log_level: str = Field("INFO", description="Log level")
     log_format: str = Field("json", description="json | text")
 
     @property
     def is_development(self) -> bool:
-        return self.env in ("development", "test")
+        return self.env in DEVELOPMENT_ENVS
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> PlatformSettings:
-        if not self.is_development and self.token_secret.get_secret_value() == DEV_TOKEN_SECRET:
-            raise ValueError("MALL_TOKEN_SECRET must be set outside development")
+        refuse_development_values(self, self.env)
         if len(self.token_secret.get_secret_value()) < 32:
             raise ValueError("MALL_TOKEN_SECRET must be at least 32 characters")
         return self
@@ -62,7 +101,7 @@ class PlatformSettings(BaseSettings):
 class ServiceSettings(BaseSettings):
     """Base of a service's own settings; subclasses set ``env_prefix``."""
 
-    model_config = SettingsConfigDict(extra="ignore")
+    model_config = SettingsConfigDict(extra="ignore", hide_input_in_errors=True)
 
     host: str = Field("127.0.0.1", description="Interface the gRPC server binds")
     port: int = Field(0, description="gRPC port (0: the default of the service)")
@@ -75,3 +114,8 @@ class ServiceSettings(BaseSettings):
     outbox_poll_seconds: float = Field(0.2, description="Outbox relay poll interval when idle")
     outbox_max_backoff_seconds: float = Field(300.0, description="Longest wait between two delivery attempts")
     platform: PlatformSettings = Field(default_factory=lambda: PlatformSettings())
+
+    @model_validator(mode="after")
+    def _refuse_development_values(self) -> ServiceSettings:
+        refuse_development_values(self, self.platform.env)
+        return self

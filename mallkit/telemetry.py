@@ -10,6 +10,14 @@ Configured from the standard ``OTEL_*`` variables:
 Instrumentation is explicit: the gRPC server and client interceptors, the
 SQLAlchemy engine of each service and the gateway's ASGI app. Health checks are
 not traced.
+
+No secret reaches a log line (:func:`install_redaction`, installed by
+:func:`setup_logging`): every record, whichever handler writes it, has tokens,
+``Bearer`` values, PEM blocks, secret-named query/JSON parameters (``secret``,
+``js_code``, ``session_key``, ``access_token``, ``password``...) and the exact values
+of the process's own secrets replaced before any handler sees it; the HTTP
+client's loggers (httpx, httpcore: request lines with the WeChat app secret and
+the login code in the query) stay at WARNING whatever the level.
 """
 
 from __future__ import annotations
@@ -17,7 +25,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from opentelemetry import trace
@@ -105,6 +115,91 @@ def current_trace_id() -> str:
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
 
 
+REDACTED = "[REDACTED]"
+#: Names whose values are secrets wherever they appear as ``name=value`` or ``"name": "value"``.
+SECRET_NAMES = (
+    "secret", "appsecret", "app_secret", "js_code", "code", "session_key", "sessionKey", "access_token", "accessToken",
+    "refresh_token", "token", "password", "apiv3_key", "api_key", "private_key", "paySign", "pay_sign",
+    "authorization", "signature",
+)
+_NAMES = "|".join(sorted(SECRET_NAMES, key=len, reverse=True))
+_PATTERNS = [
+    (re.compile(r"-----BEGIN [A-Z ]+-----.*?-----END [A-Z ]+-----", re.DOTALL), REDACTED),
+    (re.compile(r"(\w+://[^/\s:@]+:)[^@\s/]+@"), r"\1" + REDACTED + "@"),  # passwords in URLs (nats://u:p@host)
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]+"), REDACTED),  # JWTs
+    (re.compile(r"(?i)\b(bearer|WECHATPAY2-SHA256-RSA2048)\s+[^\s\"',]+"), r"\1 " + REDACTED),
+    (re.compile(rf"(?i)(?<![A-Za-z0-9_])({_NAMES})=([^&\s\"',;)]+)"), r"\1=" + REDACTED),
+    (re.compile(rf"(?i)([\"']({_NAMES})[\"']\s*:\s*)[\"'][^\"']*[\"']"), r'\1"' + REDACTED + '"'),
+]
+_secrets: set[str] = set()
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Values that must never appear in a log line (the process's own secrets)."""
+    for v in values:
+        v = (v or "").strip()
+        if len(v) >= 8:
+            _secrets.add(v)
+            _secrets.update(line.strip() for line in v.splitlines()
+                            if len(line.strip()) >= 16 and not line.startswith("-----"))
+
+
+def register_settings_secrets(settings) -> None:
+    """Register every ``SecretStr`` (and PEM) setting of a settings object and of its ``platform``."""
+    from pydantic import SecretStr
+    from pydantic_settings import BaseSettings
+
+    values = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            values.append(value.get_secret_value())
+        elif isinstance(value, BaseSettings):
+            register_settings_secrets(value)
+        elif isinstance(value, str) and "PRIVATE KEY" in value:
+            values.append(value)
+    register_secrets(values)
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret it carries replaced."""
+    for pattern, repl in _PATTERNS:  # shapes first: a PEM block goes whole, markers included
+        text = pattern.sub(repl, text)
+    for secret in sorted(_secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+_base_factory = None
+
+
+def install_redaction() -> None:
+    """Redact every log record when it is created, so every handler (ours, pytest's, a library's)
+    only ever sees the redacted message and traceback. Idempotent."""
+    global _base_factory
+    if _base_factory is not None:
+        return
+    _base_factory = base = logging.getLogRecordFactory()
+    plain = logging.Formatter()
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        try:
+            record.msg, record.args = redact(record.getMessage()), ()
+            if record.exc_info and not record.exc_text:
+                record.exc_text = redact(plain.formatException(record.exc_info))
+            if record.stack_info:
+                record.stack_info = redact(record.stack_info)
+        except Exception:  # a broken format string: keep the record, drop what could not be checked
+            record.msg, record.args = "(log message dropped: could not be redacted)", ()
+        return record
+
+    logging.setLogRecordFactory(factory)
+    for name in ("httpx", "httpcore", "hpack"):  # request lines carry query strings (WeChat's secret, codes)
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the trace and span ids of the record."""
 
@@ -128,12 +223,13 @@ class JsonFormatter(logging.Formatter):
             if hasattr(record, key):
                 out[key] = getattr(record, key)
         if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
+            out["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)
 
 
 def setup_logging(service: str, level: str = "INFO", json_logs: bool = True) -> None:
-    """Log to stderr, as JSON lines (production) or plain text (``LOG_FORMAT=text``)."""
+    """Log to stderr, as JSON lines (production) or plain text (``LOG_FORMAT=text``), redacted."""
+    install_redaction()
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_mall", False):

@@ -1,8 +1,10 @@
 """`make run`: the whole system on this machine, on embedded SQLite, with demo data.
 
-Migrates and seeds each service's SQLite file under var/, starts the fake
-WeChat, every service and the gateway as child processes, prints where each
-listens, and stops them all cleanly on Ctrl-C (or when one of them dies).
+Migrates and seeds each service's SQLite file under var/ (``MALL_VAR_DIR``),
+starts the fake WeChat, the WeChat Pay simulator, every service and the gateway
+as child processes with ``MALL_ENV=development``, prints where each listens, and
+stops them all cleanly on Ctrl-C (or when one of them dies). Ports:
+``GATEWAY_PORT``, ``<SVC>_PORT``, ``FAKE_WECHAT_PORT``, ``FAKE_WECHATPAY_PORT``, ``NATS_PORT``.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def wait_port(port: int, proc: subprocess.Popen, name: str, timeout: float = 30)
 
 
 def main() -> int:
-    VAR.mkdir(exist_ok=True)
+    VAR.mkdir(parents=True, exist_ok=True)
     env = base_env()
     for name, _ in SERVICES:
         fresh = not (VAR / f"{name}.db").exists()
@@ -102,14 +104,14 @@ def main() -> int:
         start("gateway", ["-m", "gateway"], GATEWAY_PORT)
         print(
             "\n"
-            "  The mall is running (SQLite files in var/; `make reset` wipes them).\n"
+            f"  The mall is running (SQLite files in {VAR}; `make reset` wipes them).\n"
             f"  gateway (HTTP/JSON) http://127.0.0.1:{GATEWAY_PORT}   docs: /docs   OpenAPI: /openapi.json   health: /healthz\n"
             + "".join(f"  {n:<19} grpc 127.0.0.1:{p} (reflection on)\n" for n, p in SERVICES)
-            + f"  NATS JetStream      nats://127.0.0.1:{NATS_PORT}   (events; store in var/nats)\n"
+            + f"  NATS JetStream      nats://127.0.0.1:{NATS_PORT}   (events; store in {VAR / 'nats'})\n"
             + f"  fake WeChat         http://127.0.0.1:{WECHAT_PORT}\n"
             + f"  WeChat Pay sim      http://127.0.0.1:{WECHATPAY_PORT}   (the buyer pays: POST /__sim/pay {{\"out_trade_no\": ...}})\n"
             "\n"
-            "  Try:  curl -s -XPOST localhost:8080/v1/members:loginWithWechat -d '{\"code\":\"alice\"}'\n"
+            f"  Try:  curl -s -XPOST localhost:{GATEWAY_PORT}/v1/members:loginWithWechat -d '{{\"code\":\"alice\"}}'\n"
             "        staff: admin / admin-demo-password  (POST /v1/staff:login)\n"
             "  Ctrl-C stops everything.\n",
             flush=True,

@@ -34,8 +34,10 @@ def _default(field) -> str:
             value = None
     else:
         value = field.default
-    if isinstance(value, SecretStr):
+    if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("dev_only"):
         return "(dev value; required outside development)"
+    if isinstance(value, SecretStr) or (isinstance(value, str) and "\n" in value):
+        return "(secret)"
     if value is None or value == "":
         return ""
     return f"`{value}`".replace("|", "\\|")
@@ -45,10 +47,7 @@ def table() -> str:
     out = []
     for title, path in SOURCES:
         module, name = path.split(":")
-        try:
-            cls = getattr(importlib.import_module(module), name)
-        except ImportError:
-            continue
+        cls = getattr(importlib.import_module(module), name)  # a missing module fails loudly, never a silent gap
         prefix = cls.model_config.get("env_prefix", "")
         out += [f"**{title}**", "", "| variable | default | meaning |", "|---|---|---|"]
         for fname, field in cls.model_fields.items():

@@ -13,7 +13,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.config import GatewaySettings
-from mallkit.telemetry import setup_logging, setup_tracing
+from mallkit.telemetry import register_settings_secrets, setup_logging, setup_tracing
 
 
 class _Server(uvicorn.Server):
@@ -26,6 +26,7 @@ class _Server(uvicorn.Server):
 def main() -> None:
     settings = GatewaySettings()
     setup_tracing("gateway")
+    register_settings_secrets(settings)
     setup_logging("gateway", settings.platform.log_level, json_logs=settings.platform.log_format != "text")
     config = uvicorn.Config(
         create_app(settings),

@@ -42,7 +42,7 @@ SERVICES: dict[str, ServiceEntry] = {
 class GatewaySettings(BaseSettings):
     """Settings of the HTTP gateway, ``GATEWAY_*`` (shared ones are ``MALL_*``)."""
 
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", hide_input_in_errors=True)
 
     host: str = Field("127.0.0.1", description="Interface the HTTP server binds")
     port: int = Field(8080, description="HTTP port (0: any free port)")

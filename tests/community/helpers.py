@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import uuid
 
 import grpc
@@ -10,13 +9,13 @@ import pytest
 
 from mall.community.v1 import community_service_pb2 as pb
 from mallkit.errors import error_info, status_of
-
-_ids = itertools.count(int(uuid.uuid4().int % 10**6) * 1000 + 10_000_000)
+from tests.fixtures import directory
 
 
 def new_member_id() -> int:
-    """A member id no other test uses (the community service trusts signed member tokens)."""
-    return next(_ids)
+    """A new member of the members service (no other test uses it; every service refuses tokens of
+    members that do not exist)."""
+    return directory().new_member()
 
 
 def rid() -> str:

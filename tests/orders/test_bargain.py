@@ -19,6 +19,7 @@ from mall.orders.v1 import orders_service_pb2 as pb
 from mallkit.errors import error_info, status_of
 from orders.bargain import plan_cuts
 from orders.models import Bargain, BargainHelp, OutboxEvents
+from tests.fixtures import directory
 
 pytestmark = pytest.mark.mariadb
 
@@ -82,7 +83,7 @@ async def test_200_helpers_cut_concurrently_each_once_never_past_the_floor_and_b
     stock_before = (await orders.stub.GetProduct(pb.GetProductRequest(name=product.name))).skus[0].stock
 
     # 200 helpers, each sending two cuts at once (different request ids): 400 concurrent calls.
-    helper_ids = random.sample(range(10_000_000, 20_000_000), 200)
+    helper_ids = directory().new_members(200)  # real members: tokens of unknown ones are refused
     helps: list[pb.BargainHelp] = []
     refused: Counter[str] = Counter()
 
@@ -118,7 +119,7 @@ async def test_200_helpers_cut_concurrently_each_once_never_past_the_floor_and_b
 
     # A helper who never cut cannot pass the floor either.
     assert await _reason(orders.stub.HelpBargain(pb.HelpBargainRequest(bargain=bargain.name),
-                                                 metadata=orders.member_md(5))) == "BARGAIN_FLOOR_REACHED"
+                                                 metadata=orders.member_md(directory().new_member()))) == "BARGAIN_FLOOR_REACHED"
 
     # The owner buys: 10 attempts at once with different request ids, one order, at the final price.
     address = await orders.address(owner_md)
@@ -155,13 +156,14 @@ async def test_rules_limit_own_cut_expiry_and_cancel_gives_the_bargain_back(orde
                                                   metadata=owner_md)) == "BARGAIN_LIMIT_REACHED"
     assert await _reason(orders.stub.HelpBargain(pb.HelpBargainRequest(bargain=bargain.name),
                                                  metadata=owner_md)) == "BARGAIN_OWN"
-    h = await orders.stub.HelpBargain(pb.HelpBargainRequest(bargain=bargain.name), metadata=orders.member_md(77))
+    helper = orders.member_md(directory().new_member())
+    h = await orders.stub.HelpBargain(pb.HelpBargainRequest(bargain=bargain.name), metadata=helper)
     assert h.cut_fen == 1_000 and h.price_after_fen == 9_000 and h.sequence == 1
     assert await _reason(orders.stub.HelpBargain(pb.HelpBargainRequest(bargain=bargain.name),
-                                                 metadata=orders.member_md(77))) == "BARGAIN_ALREADY_HELPED"
+                                                 metadata=helper)) == "BARGAIN_ALREADY_HELPED"
     # Another member cannot buy it.
     assert await _reason(orders.stub.BuyBargain(pb.BuyBargainRequest(bargain=bargain.name, request_id=rid()),
-                                                metadata=orders.member_md(78))) == "NOT_OWNER"
+                                                metadata=orders.member_md(directory().new_member()))) == "NOT_OWNER"
     # Bought at the price reached so far, cancelled unpaid: the bargain is the owner's again, stock back.
     o = await orders.stub.BuyBargain(pb.BuyBargainRequest(bargain=bargain.name, request_id=rid()), metadata=owner_md)
     assert o.payable_fen == 9_000
@@ -173,7 +175,7 @@ async def test_rules_limit_own_cut_expiry_and_cancel_gives_the_bargain_back(orde
         await conn.execute(update(Bargain).where(Bargain.id == int(bargain.name.split("/")[-1]))
                            .values(deadline_time=datetime.now(UTC) - timedelta(seconds=1)))
     assert await _reason(orders.stub.HelpBargain(pb.HelpBargainRequest(bargain=bargain.name),
-                                                 metadata=orders.member_md(79))) == "BARGAIN_EXPIRED"
+                                                 metadata=orders.member_md(directory().new_member()))) == "BARGAIN_EXPIRED"
     assert await _reason(orders.stub.BuyBargain(pb.BuyBargainRequest(bargain=bargain.name, request_id=rid()),
                                                 metadata=owner_md)) == "BARGAIN_EXPIRED"
     expired = await orders.stub.GetBargain(pb.GetBargainRequest(name=bargain.name), metadata=owner_md)

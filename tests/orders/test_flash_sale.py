@@ -13,18 +13,17 @@ from sqlalchemy import func, select
 from mall.orders.v1 import orders_service_pb2 as pb
 from mallkit.errors import error_info, status_of
 from orders.models import FlashPurchase, FlashSale, Order
+from tests.fixtures import directory
 from tests.fixtures.orders import rid
 
 pytestmark = pytest.mark.mariadb
-
-BASE = 50_000_000  # synthetic member ids of the buyers (their tokens are signed like real sessions)
 
 
 async def test_2000_buyers_race_for_100_units(orders):
     product = await orders.product(price_fen=9_900, stock=5)
     sale = await orders.flash_sale(product.skus[0].name, stock=100, price_fen=1_990, limit=1)
     fid = int(sale.name.split("/")[1])
-    buyers = list(range(BASE, BASE + 2000))
+    buyers = directory().new_members(2000)  # real members (tokens of unknown ones are refused)
     attempts = buyers + random.sample(buyers, 300)  # 300 buyers try twice, at the same time
     random.shuffle(attempts)
     mds = {m: orders.member_md(m) for m in buyers}
@@ -63,7 +62,8 @@ async def test_2000_buyers_race_for_100_units(orders):
 async def test_limit_window_and_cancel_returns_flash_stock(orders):
     product = await orders.product(price_fen=9_900)
     sale = await orders.flash_sale(product.skus[0].name, stock=3, price_fen=500, limit=2)
-    md = orders.member_md(BASE + 5000)
+    a, b, c = directory().new_members(3)
+    md = orders.member_md(a)
     first = await orders.stub.BuyFlashSale(pb.BuyFlashSaleRequest(flash_sale=sale.name, quantity=2, request_id=rid()),
                                            metadata=md)
     assert first.payable_fen == 1000 and first.flash_sale == sale.name
@@ -71,12 +71,12 @@ async def test_limit_window_and_cancel_returns_flash_stock(orders):
         await orders.stub.BuyFlashSale(pb.BuyFlashSaleRequest(flash_sale=sale.name, quantity=1, request_id=rid()),
                                        metadata=md)
     assert error_info(await status_of(e.value)).reason == "FLASH_SALE_LIMIT_REACHED"
-    other = orders.member_md(BASE + 5001)
+    other = orders.member_md(b)
     await orders.stub.BuyFlashSale(pb.BuyFlashSaleRequest(flash_sale=sale.name, quantity=1, request_id=rid()),
                                    metadata=other)
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await orders.stub.BuyFlashSale(pb.BuyFlashSaleRequest(flash_sale=sale.name, quantity=1, request_id=rid()),
-                                       metadata=orders.member_md(BASE + 5002))
+                                       metadata=orders.member_md(c))
     assert error_info(await status_of(e.value)).reason == "FLASH_SALE_SOLD_OUT"
     await orders.stub.CancelOrder(pb.CancelOrderRequest(name=first.name), metadata=md)  # 2 units come back
     again = await orders.stub.BuyFlashSale(pb.BuyFlashSaleRequest(flash_sale=sale.name, quantity=2, request_id=rid()),

@@ -1,8 +1,10 @@
 """Demo data for `make run` (idempotent).
 
-Refers to the members service's demo data by name only: the guide is
+Refers to the other services' demo data by name only: the guide is
 "staff/3" and the gold / black-gold tiers are "tiers/3" and "tiers/4" in a
-freshly seeded members database (`python -m members seed`).
+freshly seeded members database (`python -m members seed`); the coupon drop
+hands out orders' "couponTemplates/4" (群专享 满 199 减 30), the recommendation
+names "products/1" (the formula milk) and the flash-sale notice "products/2".
 """
 
 from __future__ import annotations
@@ -53,11 +55,11 @@ async def seed_demo(engine: AsyncEngine, settings: CommunitySettings) -> None:
         author = f"staff/{GUIDE}"
         await service["content"].create_post(s, general.id, {"kind": pb.POST_KIND_ARTICLE, "title": "新生儿洗澡的五个要点",
                                                              "body": "水温 38-40 度,时间控制在 5-10 分钟……"}, author, now, None)
-        await service["content"].create_post(s, general.id, {"kind": pb.POST_KIND_PRODUCT_RECOMMENDATION, "title": "今日推荐:有机米粉",
-                                                             "body": "6 月龄以上宝宝的第一口辅食", "product": "products/1"},
+        await service["content"].create_post(s, general.id, {"kind": pb.POST_KIND_PRODUCT_RECOMMENDATION, "title": "今日推荐:有机婴儿配方奶粉",
+                                                             "body": "0-6 个月宝宝的第一罐奶粉", "product": "products/1"},
                                   author, now, None)
         await service["content"].create_post(s, general.id, {"kind": pb.POST_KIND_COUPON_DROP, "title": "群专享:满 199 减 30",
-                                                  "coupon_template": "couponTemplates/1", "coupon_quantity": 100},
+                                                  "coupon_template": "couponTemplates/4", "coupon_quantity": 100},
                                   author, now, None)
         await service["content"].create_post(s, general.id, {"kind": pb.POST_KIND_FLASH_SALE_NOTICE, "title": "明晚 8 点秒杀预告",
                                                              "product": "products/2", "flash_price_fen": 9900,

@@ -16,8 +16,9 @@ from mall.members.v1 import members_service_pb2_grpc as pb_grpc
 from mallkit.events import Outbox
 from mallkit.pagination import PageTokens
 from mallkit.platform import Platform, ServiceApp, Servicer, Tables
+from mallkit.principals import guarded
 
-from . import events, jobs
+from . import events, jobs, principals
 from .channels import Channels
 from .config import MembersSettings
 from .errors import DOMAIN
@@ -84,5 +85,6 @@ def build(settings: MembersSettings, engine: AsyncEngine | None = None) -> Membe
                                idempotency=platform.idempotency, codec=platform.codec, wechat=wechat)
     platform.serve(app, domain=DOMAIN, handlers=events.HANDLERS, jobs=jobs.schedule(app),
                    servicers=[Servicer(pb.DESCRIPTOR.services_by_name["MembersService"],
-                                       pb_grpc.add_MembersServiceServicer_to_server, servicer)])
+                                       pb_grpc.add_MembersServiceServicer_to_server, servicer)],
+                   principal_lookup=guarded(principals.lookup(platform.sessions)))  # its own database
     return app

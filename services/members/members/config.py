@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from mallkit.settings import ServiceSettings
+from mallkit.settings import DEV_ONLY, ServiceSettings
 
 DEV_WECHAT_SECRET = "dev-wechat-secret"
 
@@ -16,13 +16,8 @@ class MembersSettings(ServiceSettings):
     port: int = Field(50051, description="gRPC port")
     database_url: str = Field("sqlite+aiosqlite:///var/members.db", description="SQLAlchemy URL")
     wechat_base_url: str = Field("http://127.0.0.1:9100", description="WeChat API base URL (fake by default)")
-    wechat_appid: str = Field("wx0000000000demo", description="Mini-program appid")
-    wechat_secret: SecretStr = Field(SecretStr(DEV_WECHAT_SECRET), description="Mini-program app secret")
+    wechat_appid: str = Field("wx0000000000demo", description="Mini-program appid", json_schema_extra=DEV_ONLY)
+    wechat_secret: SecretStr = Field(SecretStr(DEV_WECHAT_SECRET), description="Mini-program app secret",
+                                     json_schema_extra=DEV_ONLY)
     wechat_timeout_seconds: float = Field(5.0, description="Timeout of calls to WeChat")
     reach_daily_cap: int = Field(3, description="Subscribe messages a member gets per brand day at most")
-
-    @model_validator(mode="after")
-    def _refuse_default_secrets(self) -> MembersSettings:
-        if not self.platform.is_development and self.wechat_secret.get_secret_value() == DEV_WECHAT_SECRET:
-            raise ValueError("MEMBERS_WECHAT_SECRET must be set outside development")
-        return self

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mall.members.v1 import members_service_pb2 as pb
 from mallkit.db import session_factory
 from mallkit.events import Outbox
 from mallkit.pagination import PageTokens
+from mallkit.settings import PlatformSettings
 
 from .app import domain
 from .config import MembersSettings
@@ -19,14 +20,16 @@ DEMO_ADMIN = ("admin", "admin-demo-password")
 DEMO_USERS = ["alice", "bob", "carol"]
 
 
-def _service(settings: MembersSettings) -> dict:
+def _service(settings: MembersSettings | None) -> dict:
+    # Creating a staff account reads no setting: without settings (tests' setup), the defaults, unvalidated.
+    settings = settings or MembersSettings.model_construct(platform=PlatformSettings.model_construct())
     outbox = Outbox(OutboxEvents, "members")
     return domain(settings, outbox, PageTokens(settings.platform.token_secret.get_secret_value()))
 
 
-async def ensure_admin(engine: AsyncEngine, username: str, password: str) -> bool:
+async def ensure_admin(engine: AsyncEngine, username: str, password: str, settings: MembersSettings | None = None) -> bool:
     """Create an admin account unless the username exists. Returns True if created."""
-    service = _service(MembersSettings())
+    service = _service(settings)
     async with session_factory(engine)() as s, s.begin():
         if (await s.execute(select(Staff.id).where(Staff.username == username))).first():
             return False
@@ -35,12 +38,19 @@ async def ensure_admin(engine: AsyncEngine, username: str, password: str) -> boo
         return True
 
 
-async def seed_demo(engine: AsyncEngine) -> None:
+async def set_staff_disabled(engine: AsyncEngine, username: str, disabled: bool) -> bool:
+    """Disable (or enable again) a staff account: it can no longer log in, and every service refuses
+    its tokens within MALL_PRINCIPAL_CACHE_SECONDS. Returns False when no such account exists."""
+    async with session_factory(engine)() as s, s.begin():
+        result = await s.execute(update(Staff).where(Staff.username == username).values(disabled=disabled))
+        return bool(result.rowcount)
+
+
+async def seed_demo(engine: AsyncEngine, settings: MembersSettings) -> None:
     from fakes.wechat import openid_for, unionid_for
 
-    settings = MembersSettings()
     service = _service(settings)
-    if not await ensure_admin(engine, *DEMO_ADMIN):
+    if not await ensure_admin(engine, *DEMO_ADMIN, settings):
         print("members: demo data already present")
         return
     async with session_factory(engine)() as s, s.begin():

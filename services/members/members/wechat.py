@@ -58,7 +58,8 @@ class WechatClient:
             resp.raise_for_status()
             return resp.json()
         except (httpx.HTTPError, ValueError):
-            raise Unavailable("WeChat is unreachable", reason=WECHAT_UNAVAILABLE)
+            # from None: httpx's error text carries the URL, whose query holds the app secret and the code.
+            raise Unavailable("WeChat is unreachable", reason=WECHAT_UNAVAILABLE) from None
 
     async def code_to_session(self, code: str) -> WechatIdentity:
         with tracer.start_as_current_span("wechat jscode2session", kind=trace.SpanKind.CLIENT):

@@ -10,4 +10,4 @@ from .seed import seed_demo
 
 if __name__ == "__main__":
     main(name="orders", settings_cls=OrdersSettings, build=build, service_dir=SERVICE_DIR,
-         seed=lambda engine, settings: seed_demo(engine))
+         seed=seed_demo)

@@ -6,7 +6,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from mallkit import wechatpay_devkeys as devkeys
-from mallkit.settings import ServiceSettings
+from mallkit.settings import DEV_ONLY, ServiceSettings
 
 
 class OrdersSettings(ServiceSettings):
@@ -16,15 +16,20 @@ class OrdersSettings(ServiceSettings):
     database_url: str = Field("sqlite+aiosqlite:///var/orders.db", description="SQLAlchemy URL")
     # --- WeChat Pay v3 (the local simulator and dev keys by default) ---
     wechatpay_base_url: str = Field("http://127.0.0.1:9200", description="WeChat Pay API base URL (simulator by default)")
-    wechatpay_mchid: str = Field(devkeys.MCHID, description="Merchant id (mchid)")
-    wechatpay_appid: str = Field(devkeys.APPID, description="Mini-program appid paying")
+    wechatpay_mchid: str = Field(devkeys.MCHID, description="Merchant id (mchid)", json_schema_extra=DEV_ONLY)
+    wechatpay_appid: str = Field(devkeys.APPID, description="Mini-program appid paying", json_schema_extra=DEV_ONLY)
     wechatpay_merchant_private_key: SecretStr = Field(SecretStr(devkeys.MERCHANT_PRIVATE_KEY),
-                                                      description="Merchant API private key (PEM)")
-    wechatpay_merchant_serial: str = Field(devkeys.MERCHANT_SERIAL, description="Serial of the merchant API certificate")
-    wechatpay_apiv3_key: SecretStr = Field(SecretStr(devkeys.APIV3_KEY), description="APIv3 key (32 bytes)")
+                                                      description="Merchant API private key (PEM)",
+                                                      json_schema_extra=DEV_ONLY)
+    wechatpay_merchant_serial: str = Field(devkeys.MERCHANT_SERIAL, description="Serial of the merchant API certificate",
+                                           json_schema_extra=DEV_ONLY)
+    wechatpay_apiv3_key: SecretStr = Field(SecretStr(devkeys.APIV3_KEY), description="APIv3 key (32 bytes)",
+                                           json_schema_extra=DEV_ONLY)
     wechatpay_platform_public_key: str = Field(devkeys.PLATFORM_PUBLIC_KEY,
-                                               description="WeChat Pay platform public key (PEM) verifying notifications")
-    wechatpay_platform_serial: str = Field(devkeys.PLATFORM_SERIAL, description="Serial (public key id) of that key")
+                                               description="WeChat Pay platform public key (PEM) verifying notifications",
+                                               json_schema_extra=DEV_ONLY)
+    wechatpay_platform_serial: str = Field(devkeys.PLATFORM_SERIAL, description="Serial (public key id) of that key",
+                                           json_schema_extra=DEV_ONLY)
     wechatpay_notify_url: str = Field("http://127.0.0.1:8080/v1/wechatpay/notifications",
                                       description="Public URL WeChat Pay posts payment notifications to")
     wechatpay_window_seconds: int = Field(300, description="Accepted age of a notification's timestamp")
@@ -43,12 +48,8 @@ class OrdersSettings(ServiceSettings):
     )
 
     @model_validator(mode="after")
-    def _refuse_dev_keys(self) -> OrdersSettings:
-        if not self.platform.is_development:
-            if (self.wechatpay_merchant_private_key.get_secret_value() == devkeys.MERCHANT_PRIVATE_KEY
-                    or self.wechatpay_apiv3_key.get_secret_value() == devkeys.APIV3_KEY
-                    or self.wechatpay_platform_public_key == devkeys.PLATFORM_PUBLIC_KEY):
-                raise ValueError("ORDERS_WECHATPAY_* keys must be set outside development (dev keys refused)")
+    def _apiv3_key_length(self) -> OrdersSettings:
+        # The development keys are refused outside development by ServiceSettings (DEV_ONLY fields).
         if len(self.wechatpay_apiv3_key.get_secret_value().encode()) != 32:
             raise ValueError("ORDERS_WECHATPAY_APIV3_KEY must be 32 bytes")
         return self

@@ -18,8 +18,7 @@ from .flash_sale import FlashSales
 from .models import ACTIVE, AMOUNT_OFF, PERCENT_OFF, Category
 
 
-async def seed_demo(engine: AsyncEngine) -> None:
-    settings = OrdersSettings()
+async def seed_demo(engine: AsyncEngine, settings: OrdersSettings) -> None:
     pages = PageTokens(settings.platform.token_secret.get_secret_value())
     catalog = Catalog(pages=pages)
     coupons = Coupons(catalog=catalog, pages=pages)
@@ -48,8 +47,18 @@ async def seed_demo(engine: AsyncEngine) -> None:
             "display_name": "奶粉 95 折", "kind": PERCENT_OFF, "amount_off_fen": 0, "percent": 95, "threshold_fen": 0,
             "category_id": milk.id, "valid_days": 14, "per_member_limit": 2, "total_quantity": 1000,
             "claimable": True, "welcome": False})
+        # couponTemplates/3: what the points mall's "10元无门槛券" issues (points seed).
+        await coupons.create_template(s, {
+            "display_name": "10元无门槛券", "kind": AMOUNT_OFF, "amount_off_fen": 1000, "percent": 0,
+            "threshold_fen": 0, "category_id": None, "valid_days": 30, "per_member_limit": 2,
+            "total_quantity": 1000, "claimable": False, "welcome": False})
+        # couponTemplates/4: what the community's "群专享:满 199 减 30" drop hands out (community seed).
+        await coupons.create_template(s, {
+            "display_name": "群专享 满 199 减 30", "kind": AMOUNT_OFF, "amount_off_fen": 3000, "percent": 0,
+            "threshold_fen": 19900, "category_id": None, "valid_days": 14, "per_member_limit": 1,
+            "total_quantity": 100, "claimable": False, "welcome": False})
         now = utcnow()
         await flash_sales.create(s, p1.id, skus1[0].id, {
             "price_fen": 19900, "total_stock": 100, "per_member_limit": 1, "start_time": now,
             "end_time": now + timedelta(days=7)})
-    print("orders: demo data created (2 categories, 2 products, 2 coupon templates, flashSales/1)")
+    print("orders: demo data created (2 categories, 2 products, 4 coupon templates, flashSales/1)")

@@ -16,6 +16,9 @@ from .app import domain
 from .config import PointsSettings
 from .models import OutboxEvents, Task
 
+DEMO_MEMBERS = (1, 2, 3)
+DEMO_GRANT = 3000
+
 TASKS = [
     (pb.TASK_KIND_COMPLETE_PROFILE, "完善个人资料", 50, pb.TASK_FREQUENCY_ONCE, 1),
     (pb.TASK_KIND_INVITE_FRIEND, "邀请好友注册", 100, pb.TASK_FREQUENCY_WEEKLY, 10),
@@ -26,8 +29,7 @@ TASKS = [
 ]
 
 
-async def seed_demo(engine: AsyncEngine, settings: PointsSettings | None = None) -> None:
-    settings = settings or PointsSettings()
+async def seed_demo(engine: AsyncEngine, settings: PointsSettings) -> None:
     secret = settings.platform.token_secret.get_secret_value()
     service = domain(settings, Outbox(OutboxEvents, "points"), PageTokens(secret))
     sessions = session_factory(engine)
@@ -36,7 +38,7 @@ async def seed_demo(engine: AsyncEngine, settings: PointsSettings | None = None)
             print("points: demo data already present")
             return
     await run_transaction(sessions, lambda s: _seed(s, service))
-    print("points: demo data created (6 tasks, 4 mall items)")
+    print(f"points: demo data created (6 tasks, 4 mall items, {DEMO_GRANT} points to each of members/1-3)")
 
 
 async def _seed(s, service: dict) -> None:
@@ -46,7 +48,7 @@ async def _seed(s, service: dict) -> None:
     now = utcnow()
     for fields in [
         {"display_name": "10元无门槛券", "kind": pb.ITEM_KIND_COUPON, "points_price": 500, "stock": 1000,
-         "per_member_limit": 2, "coupon_template": "couponTemplates/1", "description": "全场通用,兑换后放入卡包"},
+         "per_member_limit": 2, "coupon_template": "couponTemplates/3", "description": "全场通用,兑换后放入卡包"},
         {"display_name": "品牌定制保温杯", "kind": pb.ITEM_KIND_PHYSICAL, "points_price": 2000,
          "cash_price_fen": 990, "stock": 100, "per_member_limit": 1, "description": "积分+9.9元,包邮到家"},
         {"display_name": "视频会员月卡", "kind": pb.ITEM_KIND_VIRTUAL, "points_price": 1500, "stock": 200,
@@ -55,3 +57,8 @@ async def _seed(s, service: dict) -> None:
          "allowed_tiers": "3,4", "description": "金卡及以上会员专享"},
     ]:
         await service["mall"].create_item(s, {"state": pb.ITEM_STATE_ACTIVE, **fields})
+    # The demo members (alice, bob, carol are members/1-3 of a freshly seeded members database) start
+    # with enough points for any item but the gold-tier one, so the points mall can be tried at once.
+    for member_id in DEMO_MEMBERS:
+        await service["ledger"].earn(s, member_id, DEMO_GRANT, key=f"demo:welcome:{member_id}",
+                                     source=pb.ENTRY_SOURCE_OPERATOR, description="演示积分")

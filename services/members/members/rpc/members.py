@@ -10,6 +10,7 @@ from mallkit.names import optional_id, parse_id, parse_ids
 from mallkit.pagination import page_size
 from mallkit.validation import Validator
 
+from .. import principals
 from ..messages import (
     ATTRIBUTE_KEY,
     CODE,
@@ -53,6 +54,9 @@ class MembersRpc(RpcBase):
             m = await self.portrait.member(s, member_id)
         return pb.MemberIdentity(member=f"members/{m.id}", app_id=self.wechat.appid, openid=m.openid,
                                  unionid=m.unionid or "")
+
+    async def CheckPrincipals(self, request, context):
+        return await principals.check(self.sessions, request)
 
     async def ListMembers(self, request, context):
         size = page_size(request.page_size)
