@@ -18,11 +18,12 @@ from mallkit.pagination import PageTokens
 from mallkit.platform import Platform, ServiceApp, Servicer, Tables
 
 from . import events, jobs
+from .behaviour import Behaviour
 from .channels import Channels
 from .config import MembersSettings
 from .errors import DOMAIN
 from .identity import Identity
-from .models import IdempotencyKeys, InboxEvents, OutboxEvents
+from .models import BehaviourInbox, IdempotencyKeys, InboxEvents, OutboxEvents
 from .portrait import Portrait
 from .purchases import Purchases
 from .reach import Reach
@@ -48,6 +49,7 @@ class MembersApp(ServiceApp):
     staffing: Staffing
     reach: Reach
     purchases: Purchases
+    behaviour: Behaviour
 
     async def close(self) -> None:
         await self.wechat.close()
@@ -61,8 +63,9 @@ def domain(settings: MembersSettings, outbox: Outbox, pages: PageTokens, wechat:
     tags = Tags(portrait, pages)
     tiers = Tiers(portrait, outbox, pages)
     channels = Channels(portrait, tags, staffing, pages)
+    behaviour = Behaviour(pages)
     return {
-        "identity": Identity(portrait, tiers, channels, outbox, wechat, sessions),
+        "identity": Identity(portrait, tiers, channels, outbox, wechat, sessions, behaviour),
         "portrait": portrait,
         "channels": channels,
         "tiers": tiers,
@@ -71,6 +74,7 @@ def domain(settings: MembersSettings, outbox: Outbox, pages: PageTokens, wechat:
         "reach": Reach(portrait, wechat, pages, brand_timezone=settings.platform.brand_timezone,  # type: ignore[arg-type]
                        daily_cap=settings.reach_daily_cap),
         "purchases": Purchases(portrait, tiers),
+        "behaviour": behaviour,
     }
 
 
@@ -81,7 +85,12 @@ def build(settings: MembersSettings, engine: AsyncEngine | None = None) -> Membe
     parts = domain(settings, platform.outbox, platform.tokens, wechat, platform.sessions)
     app = MembersApp(platform, wechat, **parts)
     servicer = MembersServicer(**{k: v for k, v in parts.items() if k != "purchases"}, sessions=platform.sessions,
-                               idempotency=platform.idempotency, codec=platform.codec, wechat=wechat)
+                               idempotency=platform.idempotency, codec=platform.codec, wechat=wechat,
+                               behaviour_max_age_days=settings.behaviour_max_age_days,
+                               behaviour_clock_skew_seconds=settings.behaviour_clock_skew_seconds)
+    # Behaviour from every service's stream: a second durable consumer (members-behaviour) with its
+    # own inbox, from the beginning of the streams, so history already published is recorded too.
+    platform.subscribe(app, events.BEHAVIOUR_HANDLERS, purpose="behaviour", inbox=BehaviourInbox)
     platform.serve(app, domain=DOMAIN, handlers=events.HANDLERS, jobs=jobs.schedule(app),
                    servicers=[Servicer(pb.DESCRIPTOR.services_by_name["MembersService"],
                                        pb_grpc.add_MembersServiceServicer_to_server, servicer)])

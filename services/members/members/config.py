@@ -20,6 +20,9 @@ class MembersSettings(ServiceSettings):
     wechat_secret: SecretStr = Field(SecretStr(DEV_WECHAT_SECRET), description="Mini-program app secret")
     wechat_timeout_seconds: float = Field(5.0, description="Timeout of calls to WeChat")
     reach_daily_cap: int = Field(3, description="Subscribe messages a member gets per brand day at most")
+    behaviour_max_age_days: int = Field(7, ge=1, description="Client behaviour events older than this are refused")
+    behaviour_clock_skew_seconds: int = Field(
+        300, ge=0, description="How far in the future a client behaviour event's time may be (device clocks)")
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> MembersSettings:

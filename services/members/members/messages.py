@@ -13,6 +13,7 @@ from mallkit.validation import Validator
 
 from .models import (
     AttributeDefinition,
+    BehaviourEvent,
     ChannelCode,
     Member,
     Staff,
@@ -34,6 +35,8 @@ PHONE = re.compile(r"1[3-9][0-9]{9}")
 URL = re.compile(r"https://[^\s<>\"']{1,500}")
 INTEGER = re.compile(r"-?[0-9]{1,18}")
 FLAG = re.compile(r"[a-z][a-z0-9_]{0,31}")
+VISITOR = re.compile(r"[A-Za-z0-9_-]{8,40}")
+CLIENT_EVENT_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")
 
 MEMBER_FIELDS = {"nickname", "avatar_url", "gender", "birthday", "region", "region.province", "region.city",
                  "occupation", "phone", "phone_consent", "attributes"}
@@ -142,6 +145,14 @@ def touch_pb(t: Touch) -> pb.Touch:
 
 
 # --- validation helpers --------------------------------------------------------------------
+
+def behavior_event_pb(e: BehaviourEvent) -> pb.BehaviorEvent:
+    out = pb.BehaviorEvent(name=f"members/{e.member_id}/behaviorEvents/{e.id}", kind=e.kind, target=e.target,
+                           detail=e.detail, touchpoint=e.touchpoint, value_fen=e.value_fen,
+                           visitor_id=e.visitor_id or "", source=e.source)
+    out.occur_time.FromMilliseconds(e.occur_ms)
+    return out
+
 
 def update_paths(paths, message, output_only: set[str], allowed: set[str], prefix: str) -> list[str]:
     """The update paths: the mask, or the populated fields; output-only paths ignored."""

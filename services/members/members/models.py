@@ -7,12 +7,14 @@ from datetime import date, datetime
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Column,
     Date,
     ForeignKey,
     Index,
     Integer,
     SmallInteger,
     String,
+    Table,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -267,3 +269,57 @@ class MemberPurchaseCategory(Base):
     order_count: Mapped[int] = mapped_column(Integer, default=0)
     amount_fen: Mapped[int] = mapped_column(BigInteger, default=0)
     last_order_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class BehaviourEvent(Base):
+    """One thing a member or an anonymous visitor did (append-only; ``behaviour.py``).
+
+    ``dedupe_key`` makes every event count once: ``{visitor_id}/{client_event_id}`` for
+    client events, ``{source}:{event id}`` for server events. ``occur_ms`` (epoch
+    milliseconds) is the time: an integer sorts and pages the same on every database.
+    """
+
+    __tablename__ = "behaviour_events"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    dedupe_key: Mapped[str] = mapped_column(String(96), unique=True)
+    member_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    visitor_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    kind: Mapped[int] = mapped_column(SmallInteger)
+    source: Mapped[str] = mapped_column(String(16))  # "client", "orders", "community", "points", "members"
+    target: Mapped[str] = mapped_column(String(128), default="")
+    detail: Mapped[str] = mapped_column(String(256), default="")
+    touchpoint: Mapped[str] = mapped_column(String(64), default="")
+    value_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    occur_ms: Mapped[int] = mapped_column(BigInteger)
+    receive_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    __table_args__ = (
+        Index("ix_behaviour_events_member_id_occur_ms", "member_id", "occur_ms", "id"),
+        Index("ix_behaviour_events_member_id_kind_occur_ms", "member_id", "kind", "occur_ms"),
+        Index("ix_behaviour_events_visitor_id_member_id", "visitor_id", "member_id"),
+    )
+
+
+class Visitor(Base):
+    """An anonymous visitor id of the mini-program, and the member it was merged into (at most one).
+
+    Every ingest and merge of a visitor locks its row first, so a merge and a concurrent
+    anonymous batch never miss each other, and two members never both take one visitor.
+    """
+
+    __tablename__ = "visitors"
+    visitor_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    member_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    merged_count: Mapped[int] = mapped_column(Integer, default=0)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    link_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+#: The inbox of the behaviour consumer (members-behaviour): it reads event types the
+#: apply consumer also reads, and an inbox is keyed on the event id alone.
+BehaviourInbox = Table(
+    "behaviour_inbox", Base.metadata,
+    Column("event_id", String(36), primary_key=True),
+    Column("event_type", String(64), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("receive_time", UTCDateTime(), nullable=False),
+)

@@ -14,10 +14,12 @@ from mall.members.v1 import members_service_pb2_grpc as pb_grpc
 from mallkit.auth import TokenCodec
 from mallkit.idempotency import Idempotency
 
+from .behaviour import Behaviour
 from .channels import Channels
 from .identity import Identity
 from .portrait import Portrait
 from .reach import Reach
+from .rpc.behaviour import BehaviourRpc
 from .rpc.channels import ChannelsRpc
 from .rpc.members import MembersRpc
 from .rpc.reach import ReachRpc
@@ -30,7 +32,8 @@ from .tiers import Tiers
 from .wechat import WechatClient
 
 
-class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, ReachRpc, pb_grpc.MembersServiceServicer):
+class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, ReachRpc, BehaviourRpc,
+                      pb_grpc.MembersServiceServicer):
     def __init__(
         self,
         *,
@@ -45,6 +48,9 @@ class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, Reac
         idempotency: Idempotency,
         codec: TokenCodec,
         wechat: WechatClient,
+        behaviour: Behaviour,
+        behaviour_max_age_days: int = 7,
+        behaviour_clock_skew_seconds: int = 300,
     ):
         self.identity = identity
         self.portrait = portrait
@@ -57,3 +63,6 @@ class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, Reac
         self.idem = idempotency
         self.codec = codec
         self.wechat = wechat
+        self.behaviour = behaviour
+        self.behaviour_max_age_days = behaviour_max_age_days
+        self.behaviour_clock_skew_seconds = behaviour_clock_skew_seconds

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from mallkit.auth import TokenCodec
 from mallkit.idempotency import Idempotency
 
+from ..behaviour import Behaviour
 from ..channels import Channels
 from ..identity import Identity
 from ..portrait import Portrait
@@ -20,6 +21,9 @@ from ..wechat import WechatClient
 
 class RpcBase:
     identity: Identity
+    behaviour: Behaviour
+    behaviour_max_age_days: int
+    behaviour_clock_skew_seconds: int
     portrait: Portrait
     channels: Channels
     tiers: Tiers
