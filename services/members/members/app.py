@@ -27,6 +27,7 @@ from .models import BehaviourInbox, IdempotencyKeys, InboxEvents, OutboxEvents
 from .portrait import Portrait
 from .purchases import Purchases
 from .reach import Reach
+from .segments import Segments
 from .servicer import MembersServicer
 from .staff import Staffing
 from .tags import Tags
@@ -50,6 +51,7 @@ class MembersApp(ServiceApp):
     reach: Reach
     purchases: Purchases
     behaviour: Behaviour
+    segments: Segments
 
     async def close(self) -> None:
         await self.wechat.close()
@@ -75,6 +77,7 @@ def domain(settings: MembersSettings, outbox: Outbox, pages: PageTokens, wechat:
                        daily_cap=settings.reach_daily_cap),
         "purchases": Purchases(portrait, tiers),
         "behaviour": behaviour,
+        "segments": Segments(pages),
     }
 
 

@@ -3,6 +3,7 @@ validation of incoming fields (no SQL, no business rule)."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import date
 
@@ -16,6 +17,8 @@ from .models import (
     BehaviourEvent,
     ChannelCode,
     Member,
+    Segment,
+    SegmentSnapshot,
     Staff,
     Store,
     Tag,
@@ -25,6 +28,7 @@ from .models import (
     Touch,
     Touchpoint,
 )
+from .rules import rule_pb
 
 CODE = re.compile(r"[A-Za-z0-9_#-]{1,128}")
 SCENE = re.compile(r"[A-Za-z0-9]{1,32}")
@@ -151,6 +155,22 @@ def behavior_event_pb(e: BehaviourEvent) -> pb.BehaviorEvent:
                            detail=e.detail, touchpoint=e.touchpoint, value_fen=e.value_fen,
                            visitor_id=e.visitor_id or "", source=e.source)
     out.occur_time.FromMilliseconds(e.occur_ms)
+    return out
+
+
+def segment_pb(seg: Segment) -> pb.Segment:
+    out = pb.Segment(name=f"segments/{seg.key}", display_name=seg.display_name, description=seg.description,
+                     builtin=seg.builtin, latest_version=seg.last_version)
+    rule_pb(json.loads(seg.rule), out.rule)
+    set_time(out.create_time, seg.create_time)
+    set_time(out.update_time, seg.update_time)
+    return out
+
+
+def snapshot_pb(key: str, snap: SegmentSnapshot) -> pb.SegmentSnapshot:
+    out = pb.SegmentSnapshot(name=f"segments/{key}/snapshots/{snap.version}", version=snap.version,
+                             member_count=snap.member_count)
+    set_time(out.create_time, snap.create_time)
     return out
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Table,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -323,3 +324,53 @@ BehaviourInbox = Table(
     Column("source", String(32), nullable=False),
     Column("receive_time", UTCDateTime(), nullable=False),
 )
+
+
+class Segment(Base):
+    """A saved audience (分群): a rule tree (JSON, ``segments.py``) over members, materialized into
+    numbered snapshots. ``key`` is the resource id: ``segments/{key}``."""
+
+    __tablename__ = "segments"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(63), unique=True)
+    display_name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(256), default="")
+    rule: Mapped[str] = mapped_column(Text)
+    builtin: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_version: Mapped[int] = mapped_column(Integer, default=0)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    update_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SegmentSnapshot(Base):
+    """One materialization of a segment: version N holds the member ids matching the rule then."""
+
+    __tablename__ = "segment_snapshots"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    segment_id: Mapped[int] = mapped_column(ForeignKey("segments.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    rule: Mapped[str] = mapped_column(Text)  # the rule as it was materialized
+    member_count: Mapped[int] = mapped_column(Integer, default=0)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    __table_args__ = (UniqueConstraint("segment_id", "version"),)
+
+
+class SegmentSnapshotMember(Base):
+    __tablename__ = "segment_snapshot_members"
+    snapshot_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+
+
+class MemberRfm(Base):
+    """A member's RFM value model (``rfm.py``): recomputed set-wise by a job, with the time computed."""
+
+    __tablename__ = "member_rfm"
+    member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    recency_days: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: no paid order in the window
+    frequency: Mapped[int] = mapped_column(Integer, default=0)
+    monetary_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    r_score: Mapped[int] = mapped_column(SmallInteger)
+    f_score: Mapped[int] = mapped_column(SmallInteger)
+    m_score: Mapped[int] = mapped_column(SmallInteger)
+    segment: Mapped[int] = mapped_column(SmallInteger, index=True)
+    compute_time: Mapped[datetime] = mapped_column(UTCDateTime())

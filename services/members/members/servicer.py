@@ -23,16 +23,18 @@ from .rpc.behaviour import BehaviourRpc
 from .rpc.channels import ChannelsRpc
 from .rpc.members import MembersRpc
 from .rpc.reach import ReachRpc
+from .rpc.segments import SegmentsRpc
 from .rpc.staff import StaffRpc
 from .rpc.tags import TagsRpc
 from .rpc.tiers import TiersRpc
+from .segments import Segments
 from .staff import Staffing
 from .tags import Tags
 from .tiers import Tiers
 from .wechat import WechatClient
 
 
-class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, ReachRpc, BehaviourRpc,
+class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, ReachRpc, BehaviourRpc, SegmentsRpc,
                       pb_grpc.MembersServiceServicer):
     def __init__(
         self,
@@ -49,6 +51,7 @@ class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, Reac
         codec: TokenCodec,
         wechat: WechatClient,
         behaviour: Behaviour,
+        segments: Segments,
         behaviour_max_age_days: int = 7,
         behaviour_clock_skew_seconds: int = 300,
     ):
@@ -64,5 +67,6 @@ class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, Reac
         self.codec = codec
         self.wechat = wechat
         self.behaviour = behaviour
+        self.segments = segments
         self.behaviour_max_age_days = behaviour_max_age_days
         self.behaviour_clock_skew_seconds = behaviour_clock_skew_seconds

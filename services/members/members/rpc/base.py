@@ -13,6 +13,7 @@ from ..channels import Channels
 from ..identity import Identity
 from ..portrait import Portrait
 from ..reach import Reach
+from ..segments import Segments
 from ..staff import Staffing
 from ..tags import Tags
 from ..tiers import Tiers
@@ -22,6 +23,7 @@ from ..wechat import WechatClient
 class RpcBase:
     identity: Identity
     behaviour: Behaviour
+    segments: Segments
     behaviour_max_age_days: int
     behaviour_clock_skew_seconds: int
     portrait: Portrait
