@@ -18,6 +18,7 @@ from mallkit.pagination import PageTokens
 from mallkit.platform import Platform, ServiceApp, Servicer, Tables
 
 from . import events, jobs
+from .autotags import AutoTags
 from .behaviour import Behaviour
 from .channels import Channels
 from .config import MembersSettings
@@ -27,6 +28,7 @@ from .models import BehaviourInbox, IdempotencyKeys, InboxEvents, OutboxEvents
 from .portrait import Portrait
 from .purchases import Purchases
 from .reach import Reach
+from .rfm import Rfm, RfmConfig
 from .segments import Segments
 from .servicer import MembersServicer
 from .staff import Staffing
@@ -52,6 +54,8 @@ class MembersApp(ServiceApp):
     purchases: Purchases
     behaviour: Behaviour
     segments: Segments
+    rfm: Rfm
+    autotags: AutoTags
 
     async def close(self) -> None:
         await self.wechat.close()
@@ -66,6 +70,11 @@ def domain(settings: MembersSettings, outbox: Outbox, pages: PageTokens, wechat:
     tiers = Tiers(portrait, outbox, pages)
     channels = Channels(portrait, tags, staffing, pages)
     behaviour = Behaviour(pages)
+    segments = Segments(pages)
+    rfm = Rfm(RfmConfig(method=settings.rfm_method, window_days=settings.rfm_window_days,
+                        recency_days=tuple(settings.rfm_recency_days),
+                        frequency_orders=tuple(settings.rfm_frequency_orders),
+                        monetary_fen=tuple(settings.rfm_monetary_fen), high=settings.rfm_high_score))
     return {
         "identity": Identity(portrait, tiers, channels, outbox, wechat, sessions, behaviour),
         "portrait": portrait,
@@ -77,7 +86,9 @@ def domain(settings: MembersSettings, outbox: Outbox, pages: PageTokens, wechat:
                        daily_cap=settings.reach_daily_cap),
         "purchases": Purchases(portrait, tiers),
         "behaviour": behaviour,
-        "segments": Segments(pages),
+        "segments": segments,
+        "rfm": rfm,
+        "autotags": AutoTags(segments, pages),
     }
 
 

@@ -23,6 +23,7 @@ from .models import (
     Store,
     Tag,
     TagGroup,
+    TagRule,
     Tier,
     TierChange,
     Touch,
@@ -171,6 +172,15 @@ def snapshot_pb(key: str, snap: SegmentSnapshot) -> pb.SegmentSnapshot:
     out = pb.SegmentSnapshot(name=f"segments/{key}/snapshots/{snap.version}", version=snap.version,
                              member_count=snap.member_count)
     set_time(out.create_time, snap.create_time)
+    return out
+
+
+def tag_rule_pb(r: TagRule, tag: Tag | None) -> pb.TagRule:
+    out = pb.TagRule(name=f"tagRules/{r.id}", display_name=r.display_name, disabled=r.disabled,
+                     tag=f"tagGroups/{tag.group_id}/tags/{tag.id}" if tag else "")
+    rule_pb(json.loads(r.rule), out.rule)
+    set_time(out.last_run_time, r.last_run_time)
+    set_time(out.create_time, r.create_time)
     return out
 
 

@@ -374,3 +374,41 @@ class MemberRfm(Base):
     m_score: Mapped[int] = mapped_column(SmallInteger)
     segment: Mapped[int] = mapped_column(SmallInteger, index=True)
     compute_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class JobLease(Base):
+    """One row per set-wise job (``rfm``): the replica holding the lease runs it."""
+
+    __tablename__ = "job_leases"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(32), unique=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_run_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class TagRule(Base):
+    """An auto-tag rule: members matching ``rule`` (the segment language) hold ``tag_id`` (source RULE)."""
+
+    __tablename__ = "tag_rules"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    display_name: Mapped[str] = mapped_column(String(64))
+    tag_id: Mapped[int] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"))
+    rule: Mapped[str] = mapped_column(Text)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_run_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class TagRuleChange(Base):
+    """History of an auto-tag rule: each member it tagged or untagged, per run."""
+
+    __tablename__ = "tag_rule_changes"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    run: Mapped[str] = mapped_column(String(36))
+    rule_id: Mapped[int] = mapped_column(BigInteger)
+    member_id: Mapped[int] = mapped_column(BigInteger)
+    action: Mapped[int] = mapped_column(SmallInteger)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    __table_args__ = (Index("ix_tag_rule_changes_run_action", "run", "action"),
+                      Index("ix_tag_rule_changes_rule_id_id", "rule_id", "id"))

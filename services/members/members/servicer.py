@@ -14,13 +14,16 @@ from mall.members.v1 import members_service_pb2_grpc as pb_grpc
 from mallkit.auth import TokenCodec
 from mallkit.idempotency import Idempotency
 
+from .autotags import AutoTags
 from .behaviour import Behaviour
 from .channels import Channels
 from .identity import Identity
 from .portrait import Portrait
 from .reach import Reach
+from .rfm import Rfm
 from .rpc.behaviour import BehaviourRpc
 from .rpc.channels import ChannelsRpc
+from .rpc.knowing import KnowingRpc
 from .rpc.members import MembersRpc
 from .rpc.reach import ReachRpc
 from .rpc.segments import SegmentsRpc
@@ -34,7 +37,7 @@ from .tiers import Tiers
 from .wechat import WechatClient
 
 
-class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, ReachRpc, BehaviourRpc, SegmentsRpc,
+class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, ReachRpc, BehaviourRpc, SegmentsRpc, KnowingRpc,
                       pb_grpc.MembersServiceServicer):
     def __init__(
         self,
@@ -52,6 +55,8 @@ class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, Reac
         wechat: WechatClient,
         behaviour: Behaviour,
         segments: Segments,
+        rfm: Rfm,
+        autotags: AutoTags,
         behaviour_max_age_days: int = 7,
         behaviour_clock_skew_seconds: int = 300,
     ):
@@ -68,5 +73,7 @@ class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, Reac
         self.wechat = wechat
         self.behaviour = behaviour
         self.segments = segments
+        self.rfm = rfm
+        self.autotags = autotags
         self.behaviour_max_age_days = behaviour_max_age_days
         self.behaviour_clock_skew_seconds = behaviour_clock_skew_seconds

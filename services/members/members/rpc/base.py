@@ -8,11 +8,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from mallkit.auth import TokenCodec
 from mallkit.idempotency import Idempotency
 
+from ..autotags import AutoTags
 from ..behaviour import Behaviour
 from ..channels import Channels
 from ..identity import Identity
 from ..portrait import Portrait
 from ..reach import Reach
+from ..rfm import Rfm
 from ..segments import Segments
 from ..staff import Staffing
 from ..tags import Tags
@@ -24,6 +26,8 @@ class RpcBase:
     identity: Identity
     behaviour: Behaviour
     segments: Segments
+    rfm: Rfm
+    autotags: AutoTags
     behaviour_max_age_days: int
     behaviour_clock_skew_seconds: int
     portrait: Portrait
