@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mall.members.v1 import members_service_pb2 as pb
 from mall.members.v1 import members_service_pb2_grpc as pb_grpc
+from mallkit.clients import Peers
 from mallkit.events import Outbox
 from mallkit.pagination import PageTokens
 from mallkit.platform import Platform, ServiceApp, Servicer, Tables
@@ -34,6 +35,7 @@ from .servicer import MembersServicer
 from .staff import Staffing
 from .tags import Tags
 from .tiers import Tiers
+from .view360 import Member360
 from .wechat import WechatClient
 
 SERVICE_DIR = Path(__file__).resolve().parent.parent  # holds alembic.ini and migrations/
@@ -56,13 +58,14 @@ class MembersApp(ServiceApp):
     segments: Segments
     rfm: Rfm
     autotags: AutoTags
+    view360: Member360
 
     async def close(self) -> None:
         await self.wechat.close()
 
 
 def domain(settings: MembersSettings, outbox: Outbox, pages: PageTokens, wechat: WechatClient | None = None,
-           sessions: async_sessionmaker[AsyncSession] | None = None) -> dict:
+           sessions: async_sessionmaker[AsyncSession] | None = None, peers: Peers | None = None) -> dict:
     """The sub-domain objects of the service, by name (also used by the demo seed, without WeChat)."""
     portrait = Portrait(pages)
     staffing = Staffing(pages)
@@ -89,6 +92,7 @@ def domain(settings: MembersSettings, outbox: Outbox, pages: PageTokens, wechat:
         "segments": segments,
         "rfm": rfm,
         "autotags": AutoTags(segments, pages),
+        "view360": Member360(portrait, tags, behaviour, peers, timeout=settings.member360_peer_timeout_seconds),
     }
 
 
@@ -96,7 +100,7 @@ def build(settings: MembersSettings, engine: AsyncEngine | None = None) -> Membe
     platform = Platform.create("members", settings, tables=TABLES, engine=engine)
     wechat = WechatClient(settings.wechat_base_url, settings.wechat_appid, settings.wechat_secret.get_secret_value(),
                           timeout=settings.wechat_timeout_seconds)
-    parts = domain(settings, platform.outbox, platform.tokens, wechat, platform.sessions)
+    parts = domain(settings, platform.outbox, platform.tokens, wechat, platform.sessions, platform.peers)
     app = MembersApp(platform, wechat, **parts)
     servicer = MembersServicer(**{k: v for k, v in parts.items() if k != "purchases"}, sessions=platform.sessions,
                                idempotency=platform.idempotency, codec=platform.codec, wechat=wechat,

@@ -30,14 +30,16 @@ from .rpc.segments import SegmentsRpc
 from .rpc.staff import StaffRpc
 from .rpc.tags import TagsRpc
 from .rpc.tiers import TiersRpc
+from .rpc.view360 import View360Rpc
 from .segments import Segments
 from .staff import Staffing
 from .tags import Tags
 from .tiers import Tiers
+from .view360 import Member360
 from .wechat import WechatClient
 
 
-class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, ReachRpc, BehaviourRpc, SegmentsRpc, KnowingRpc,
+class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, ReachRpc, BehaviourRpc, SegmentsRpc, KnowingRpc, View360Rpc,
                       pb_grpc.MembersServiceServicer):
     def __init__(
         self,
@@ -57,6 +59,7 @@ class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, Reac
         segments: Segments,
         rfm: Rfm,
         autotags: AutoTags,
+        view360: Member360,
         behaviour_max_age_days: int = 7,
         behaviour_clock_skew_seconds: int = 300,
     ):
@@ -75,5 +78,6 @@ class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, Reac
         self.segments = segments
         self.rfm = rfm
         self.autotags = autotags
+        self.view360 = view360
         self.behaviour_max_age_days = behaviour_max_age_days
         self.behaviour_clock_skew_seconds = behaviour_clock_skew_seconds

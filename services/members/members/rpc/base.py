@@ -19,6 +19,7 @@ from ..segments import Segments
 from ..staff import Staffing
 from ..tags import Tags
 from ..tiers import Tiers
+from ..view360 import Member360
 from ..wechat import WechatClient
 
 
@@ -28,6 +29,7 @@ class RpcBase:
     segments: Segments
     rfm: Rfm
     autotags: AutoTags
+    view360: Member360
     behaviour_max_age_days: int
     behaviour_clock_skew_seconds: int
     portrait: Portrait
