@@ -46,10 +46,10 @@ def cond(field: str, op: str, *values: str, **extra) -> dict:
 SIX = {"all": [cond("gender", "eq", "GENDER_FEMALE"), cond("age", "between", "25", "45"),
                cond("province", "in", "浙江省", "江苏省"), cond("orders", "ge", "2"),
                cond("days_since_last_order", "le", "180"),
-               cond("behavior", "did", kind="VIEW_PRODUCT", min_count=1, within_days=30)]}
+               cond("behavior", "did", kind="BEHAVIOR_KIND_VIEW_PRODUCT", min_count=1, within_days=30)]}
 TENTH = {"all": [cond("province", "eq", "浙江省"), cond("gender", "in", "GENDER_MALE", "GENDER_FEMALE")]}
 AUTO = {"all": [cond("rfm.segment", "in", "RFM_SEGMENT_IMPORTANT_VALUE", "RFM_SEGMENT_IMPORTANT_RETAIN"),
-                cond("behavior", "did", kind="ADD_TO_CART", min_count=1, within_days=30)]}
+                cond("behavior", "did", kind="BEHAVIOR_KIND_ADD_TO_CART", min_count=1, within_days=30)]}
 
 
 async def chunks(conn, total: int, sql: str, label: str) -> None:
@@ -178,9 +178,21 @@ async def main() -> None:
     ap.add_argument("--members", type=int, default=100_000)
     ap.add_argument("--load-only", action="store_true", help="load and keep the database")
     ap.add_argument("--keep", action="store_true", help="keep the database after measuring")
+    ap.add_argument("--measure-only", action="store_true", help="measure a database loaded by --load-only")
     args = ap.parse_args()
     name = f"mall_bench_know_{args.members}"
     admin = create_async_engine(MYSQL_ADMIN_URL)
+    if args.measure_only:
+        url = str(make_url(MYSQL_ADMIN_URL).set(database=name))
+        async with create_async_engine(url).begin() as c:  # a re-run starts from the loaded data
+            for t in ("segment_snapshot_members", "segment_snapshots", "tag_rule_changes", "member_tags",
+                      "tag_rules", "tags", "tag_groups"):
+                await c.execute(text(f"DELETE FROM {t}"))
+            await c.execute(text("DELETE FROM segments WHERE builtin = 0"))
+        print(f"== know the member: measuring {name}", flush=True)
+        await measure(url)
+        await admin.dispose()
+        return
     async with admin.begin() as c:
         await c.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
         await c.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"))

@@ -64,9 +64,9 @@ async def timeline(gateway, token: str, member: str, **params) -> list[dict]:
 
 async def test_client_batch_counts_each_event_once_and_joins_the_member_on_login(gateway):
     vid, now = visitor(), datetime.now(UTC)
-    batch = [client_event("VIEW_PRODUCT", now - timedelta(minutes=5), target="products/7", touchpoint="pages/item"),
-             client_event("SEARCH", now - timedelta(minutes=4), detail="口红", touchpoint="pages/search"),
-             client_event("ADD_TO_CART", now - timedelta(minutes=3), target="products/7", touchpoint="pages/item")]
+    batch = [client_event("BEHAVIOR_KIND_VIEW_PRODUCT", now - timedelta(minutes=5), target="products/7", touchpoint="pages/item"),
+             client_event("BEHAVIOR_KIND_SEARCH", now - timedelta(minutes=4), detail="口红", touchpoint="pages/search"),
+             client_event("BEHAVIOR_KIND_ADD_TO_CART", now - timedelta(minutes=3), target="products/7", touchpoint="pages/item")]
     r = await gateway.post("/v1/behaviorEvents:record", json={"visitorId": vid, "events": batch})
     assert r.status_code == 200, r.text
     assert r.json() == {"recordedCount": 3, "duplicateCount": 0}
@@ -77,12 +77,12 @@ async def test_client_batch_counts_each_event_once_and_joins_the_member_on_login
     member = session["member"]["name"]
     staff = await staff_token(gateway)
     events = await timeline(gateway, staff, member)
-    assert [e["kind"] for e in events] == ["ADD_TO_CART", "SEARCH", "VIEW_PRODUCT"]  # newest first
+    assert [e["kind"] for e in events] == ["BEHAVIOR_KIND_ADD_TO_CART", "BEHAVIOR_KIND_SEARCH", "BEHAVIOR_KIND_VIEW_PRODUCT"]  # newest first
     assert all(e["visitorId"] == vid and e["source"] == "client" for e in events)
     assert events[1]["detail"] == "口红" and events[2]["touchpoint"] == "pages/item"
 
     # after the merge, anonymous events of that visitor go to the member directly
-    later = client_event("OPEN_MESSAGE", now, touchpoint="subscribe")
+    later = client_event("BEHAVIOR_KIND_OPEN_MESSAGE", now, touchpoint="subscribe")
     assert (await gateway.post("/v1/behaviorEvents:record",
                                json={"visitorId": vid, "events": [later]})).json()["recordedCount"] == 1
     assert len(await timeline(gateway, staff, member)) == 4
@@ -91,12 +91,12 @@ async def test_client_batch_counts_each_event_once_and_joins_the_member_on_login
 async def test_bad_client_events_are_refused_naming_the_field(gateway):
     now, vid = datetime.now(UTC), visitor()
     cases = [
-        ([client_event("VIEW_PRODUCT", now), client_event("VIEW_PRODUCT", now + timedelta(hours=1))],
+        ([client_event("BEHAVIOR_KIND_VIEW_PRODUCT", now), client_event("BEHAVIOR_KIND_VIEW_PRODUCT", now + timedelta(hours=1))],
          "events[1].occur_time"),
-        ([client_event("VIEW_PRODUCT", now - timedelta(days=30))], "events[0].occur_time"),
-        ([client_event("ORDER_PAID", now)], "events[0].kind"),  # server kinds are not the client's to send
-        ([client_event("SEARCH", now, cid="not a valid id!")], "events[0].client_event_id"),
-        ([client_event("SEARCH", now, target="x" * 129)], "events[0].target"),
+        ([client_event("BEHAVIOR_KIND_VIEW_PRODUCT", now - timedelta(days=30))], "events[0].occur_time"),
+        ([client_event("BEHAVIOR_KIND_ORDER_PAID", now)], "events[0].kind"),  # server kinds are not the client's to send
+        ([client_event("BEHAVIOR_KIND_SEARCH", now, cid="not a valid id!")], "events[0].client_event_id"),
+        ([client_event("BEHAVIOR_KIND_SEARCH", now, target="x" * 129)], "events[0].target"),
         ([], "events"),
     ]
     for events, field in cases:
@@ -107,7 +107,7 @@ async def test_bad_client_events_are_refused_naming_the_field(gateway):
     r = await gateway.post("/v1/behaviorEvents:record", json={"visitorId": "short", "events": []})
     assert r.status_code == 400
     r = await gateway.post("/v1/behaviorEvents:record",
-                           json={"visitorId": vid, "events": [client_event("SEARCH", now)] * 101})
+                           json={"visitorId": vid, "events": [client_event("BEHAVIOR_KIND_SEARCH", now)] * 101})
     assert r.status_code == 400
 
 
@@ -115,7 +115,7 @@ async def test_timeline_filters_by_kind_and_time_pages_and_refuses_members(gatew
     session = await http_login(gateway, f"u{uuid.uuid4().hex[:10]}")
     token, member = session["accessToken"], session["member"]["name"]
     vid, now = visitor(), datetime.now(UTC)
-    kinds = ["VIEW_PRODUCT", "VIEW_CONTENT", "SHARE"]
+    kinds = ["BEHAVIOR_KIND_VIEW_PRODUCT", "BEHAVIOR_KIND_VIEW_CONTENT", "BEHAVIOR_KIND_SHARE"]
     batch = [client_event(kinds[i % 3], now - timedelta(hours=50 - i)) for i in range(45)]
     r = await gateway.post("/v1/behaviorEvents:record", json={"visitorId": vid, "events": batch},
                            headers=bearer(token))  # with a member token: the member's own events
@@ -125,8 +125,8 @@ async def test_timeline_filters_by_kind_and_time_pages_and_refuses_members(gatew
     assert len(everything) == 45
     times = [e["occurTime"] for e in everything]
     assert times == sorted(times, reverse=True) and len({e["name"] for e in everything}) == 45
-    shares = await timeline(gateway, staff, member, kinds="SHARE", pageSize=4)
-    assert len(shares) == 15 and {e["kind"] for e in shares} == {"SHARE"}
+    shares = await timeline(gateway, staff, member, kinds="BEHAVIOR_KIND_SHARE", pageSize=4)
+    assert len(shares) == 15 and {e["kind"] for e in shares} == {"BEHAVIOR_KIND_SHARE"}
     start, end = now - timedelta(hours=30), now - timedelta(hours=20)
     window = await timeline(gateway, staff, member, startTime=iso(start), endTime=iso(end), pageSize=3)
     expected = [e for e in batch if start <= datetime.fromisoformat(e["occurTime"]) < end]
@@ -172,16 +172,16 @@ async def test_server_events_become_behaviour_once_beside_the_apply_consumer(mem
     page = await members.stub.ListBehaviorEvents(pb.ListBehaviorEventsRequest(parent=name), metadata=staff)
     kinds = sorted(pb.BehaviorKind.Name(e.kind) for e in page.behavior_events)
     # member.registered of this login arrives through the real stream as well (the relay is running)
-    assert [k for k in kinds if k != "REGISTERED"] == sorted(
-        ["ORDER_PAID", "GROUP_JOINED", "GROUP_LEFT", "CHECK_IN", "CONTENT_SHARED"])
-    order = next(e for e in page.behavior_events if e.kind == pb.ORDER_PAID)
+    assert [k for k in kinds if k != "BEHAVIOR_KIND_REGISTERED"] == sorted(
+        ["BEHAVIOR_KIND_ORDER_PAID", "BEHAVIOR_KIND_GROUP_JOINED", "BEHAVIOR_KIND_GROUP_LEFT", "BEHAVIOR_KIND_CHECK_IN", "BEHAVIOR_KIND_CONTENT_SHARED"])
+    order = next(e for e in page.behavior_events if e.kind == pb.BEHAVIOR_KIND_ORDER_PAID)
     assert order.value_fen == 12_300 and order.target == "orders/991" and order.source == "orders"
     assert order.occur_time.ToDatetime(tzinfo=UTC) == when.replace(microsecond=when.microsecond // 1000 * 1000)
     me = await members.stub.GetMember(pb.GetMemberRequest(name=name), metadata=members.service_md)
     assert me.growth_value == 123
     async with members.engine.connect() as conn:
         n = (await conn.execute(select(func.count()).select_from(BehaviourEvent)
-                                .where(BehaviourEvent.member_id == mid, BehaviourEvent.kind == pb.ORDER_PAID))).scalar()
+                                .where(BehaviourEvent.member_id == mid, BehaviourEvent.kind == pb.BEHAVIOR_KIND_ORDER_PAID))).scalar()
     assert n == 1
 
 
@@ -193,7 +193,7 @@ async def test_registered_arrives_through_the_real_stream(members):
     while True:
         async with members.engine.connect() as conn:
             n = (await conn.execute(select(func.count()).select_from(BehaviourEvent).where(
-                BehaviourEvent.member_id == mid, BehaviourEvent.kind == pb.REGISTERED))).scalar()
+                BehaviourEvent.member_id == mid, BehaviourEvent.kind == pb.BEHAVIOR_KIND_REGISTERED))).scalar()
         if n == 1 or asyncio.get_running_loop().time() > deadline:
             break
         await asyncio.sleep(0.1)
@@ -204,7 +204,7 @@ async def _anonymous(members, vid: str, n: int) -> None:
     now = datetime.now(UTC)
     req = pb.RecordBehaviorEventsRequest(visitor_id=vid)
     for i in range(n):
-        e = req.events.add(client_event_id=f"e{i}", kind=pb.VIEW_PRODUCT, target=f"products/{i}")
+        e = req.events.add(client_event_id=f"e{i}", kind=pb.BEHAVIOR_KIND_VIEW_PRODUCT, target=f"products/{i}")
         e.occur_time.FromDatetime(now - timedelta(seconds=n - i))
     resp = await members.stub.RecordBehaviorEvents(req)
     assert resp.recorded_count == n
@@ -257,5 +257,5 @@ async def test_link_visitor_merges_anonymous_events_of_a_signed_in_member(member
     assert sorted(r.merged_count for r in linked) == [0, 0, 0, 0, 3]
     staff = await members.staff()
     page = await members.stub.ListBehaviorEvents(pb.ListBehaviorEventsRequest(
-        parent=resp.member.name, kinds=[pb.VIEW_PRODUCT]), metadata=staff)
+        parent=resp.member.name, kinds=[pb.BEHAVIOR_KIND_VIEW_PRODUCT]), metadata=staff)
     assert len(page.behavior_events) == 3

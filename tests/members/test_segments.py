@@ -49,7 +49,7 @@ async def test_invalid_rules_are_refused_naming_the_node(gateway):
         ({"any": [cond("orders", "ge", "many")]}, "segment.rule.any[0].condition.values[0]"),
         ({"not": cond("gender", "gt", "GENDER_MALE")}, "segment.rule.not.condition.operator"),
         ({"all": [cond("age", "between", "20")]}, "segment.rule.all[0].condition.values"),
-        ({"all": [cond("behavior", "did", kind="VIEW_PRODUCT", withinDays=0)]},
+        ({"all": [cond("behavior", "did", kind="BEHAVIOR_KIND_VIEW_PRODUCT", withinDays=0)]},
          "segment.rule.all[0].condition.within_days"),
         ({"all": []}, "segment.rule"),
         ({"all": [cond("segment", "in", "segments/nope-nope")]}, "segment.rule.all[0].condition.values[0]"),

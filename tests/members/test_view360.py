@@ -52,7 +52,7 @@ async def test_member360_joins_every_part_and_names_the_missing_peer(members, po
         await paid(members, name, 25_000, days_ago=2)
         await points.grant(mid, 120)
         req = pb.RecordBehaviorEventsRequest(visitor_id=f"v{uuid.uuid4().hex[:12]}")
-        e = req.events.add(client_event_id="x1", kind=pb.VIEW_PRODUCT, target="products/3")
+        e = req.events.add(client_event_id="x1", kind=pb.BEHAVIOR_KIND_VIEW_PRODUCT, target="products/3")
         e.occur_time.FromDatetime(datetime.now(UTC) - timedelta(minutes=1))
         await stub.RecordBehaviorEvents(req, metadata=md)
         staff = await members.staff()
@@ -63,7 +63,7 @@ async def test_member360_joins_every_part_and_names_the_missing_peer(members, po
         assert elapsed < 5  # the hung peer was cut at its deadline (1 s)
         assert view.member.name == name and view.points.available_points == 120
         assert view.orders.order_count == 1 and view.orders.total_paid_fen == 25_000
-        assert any(b.kind == pb.VIEW_PRODUCT for b in view.recent_behavior)
+        assert any(b.kind == pb.BEHAVIOR_KIND_VIEW_PRODUCT for b in view.recent_behavior)
         assert view.member.growth_value == 250  # the order's growth, as GetMember has it
         # members may not read it, even their own
         with pytest.raises(grpc.aio.AioRpcError) as err:

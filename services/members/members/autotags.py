@@ -74,8 +74,9 @@ class AutoTags:
         holds = exists().where(mt.c.member_id == m.c.id, mt.c.tag_id == r.tag_id)
         blocked = [exists().where(mt.c.member_id == m.c.id, mt.c.group_id == tag.group_id)] \
             if group is not None and group.selection == pb.TAG_SELECTION_SINGLE else []
-        gain = select(m.c.id).select_from(members_from()).where(cond, not_(holds), *[not_(b) for b in blocked])
-        matching = select(m.c.id).select_from(members_from()).where(cond)
+        gain = select(m.c.id).select_from(members_from(ctx.joins)).where(cond, not_(holds),
+                                                                          *[not_(b) for b in blocked])
+        matching = select(m.c.id).select_from(members_from(ctx.joins)).where(cond)
         lose = select(mt.c.member_id).where(mt.c.tag_id == r.tag_id, mt.c.source == pb.TAG_SOURCE_RULE,
                                             mt.c.source_ref == f"tagRules/{r.id}",
                                             mt.c.member_id.not_in(matching))

@@ -31,7 +31,7 @@ from . import errors as reasons
 from .models import BehaviourEvent, Visitor
 
 #: Kinds the mini-program may send; the others only come from the services' streams.
-CLIENT_KINDS = frozenset({pb.VIEW_PRODUCT, pb.VIEW_CONTENT, pb.SHARE, pb.ADD_TO_CART, pb.SEARCH, pb.OPEN_MESSAGE})
+CLIENT_KINDS = frozenset({pb.BEHAVIOR_KIND_VIEW_PRODUCT, pb.BEHAVIOR_KIND_VIEW_CONTENT, pb.BEHAVIOR_KIND_SHARE, pb.BEHAVIOR_KIND_ADD_TO_CART, pb.BEHAVIOR_KIND_SEARCH, pb.BEHAVIOR_KIND_OPEN_MESSAGE})
 
 
 def to_ms(dt: datetime) -> int:

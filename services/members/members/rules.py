@@ -4,7 +4,7 @@ A rule is a tree of plain dicts (stored as JSON; the proto ``SegmentRule`` conve
 
     {"all": [node, ...]} | {"any": [node, ...]} | {"not": node} | condition
     condition = {"field": "age", "operator": "between", "values": ["25", "34"]}
-              | {"field": "behavior", "operator": "did", "kind": "VIEW_PRODUCT", "min_count": 3, "within_days": 30}
+              | {"field": "behavior", "operator": "did", "kind": "BEHAVIOR_KIND_VIEW_PRODUCT", "min_count": 3, "within_days": 30}
 
 :func:`validate` checks a tree and raises INVALID_ARGUMENT naming every bad node by its path
 ("segment.rule.all[1].condition.values[0]"). :func:`compile_rule` turns a valid tree into one
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -244,6 +244,7 @@ class Context:
 
     now: datetime
     segments: Mapping[str, Any]  # key -> rule (already validated, cycle-free)
+    joins: set[str] = field(default_factory=set)  # tables the compiled conditions read: "ps", "rfm"
 
     @property
     def today(self) -> date:
@@ -255,9 +256,14 @@ ps = MemberPurchaseStats.__table__
 rfm = MemberRfm.__table__
 
 
-def base_from():
-    """The FROM clause every compiled rule reads: members LEFT JOIN purchase stats LEFT JOIN RFM."""
-    return m.outerjoin(ps, ps.c.member_id == m.c.id).outerjoin(rfm, rfm.c.member_id == m.c.id)
+def base_from(joins: set[str] | frozenset[str] = frozenset({"ps", "rfm"})):
+    """The FROM clause of a compiled rule: members LEFT JOIN purchase stats / RFM when it reads them."""
+    out = m
+    if "ps" in joins:
+        out = out.outerjoin(ps, ps.c.member_id == m.c.id)
+    if "rfm" in joins:
+        out = out.outerjoin(rfm, rfm.c.member_id == m.c.id)
+    return out
 
 
 def _cmp(col: ColumnElement, op: str, values: list[int], nullable: bool = True) -> ColumnElement:
@@ -336,6 +342,10 @@ def _condition(c: dict, ctx: Context, stack: tuple[str, ...]) -> ColumnElement:
     f = field_of(name)
     assert f is not None
     ints = [int(v) for v in values] if f.type == "int" else []
+    if name in ("orders", "amount_fen", "days_since_first_order", "days_since_last_order", "buyer"):
+        ctx.joins.add("ps")
+    elif name.startswith("rfm."):
+        ctx.joins.add("rfm")
     if name == "behavior":
         return _behavior(c, ctx.now)
     if name == "segment":
@@ -406,7 +416,8 @@ def compile_node(n: dict, ctx: Context, stack: tuple[str, ...] = ()) -> ColumnEl
 
 def compile_rule(rule: dict, ctx: Context):
     """One SELECT of the ids of the members matching ``rule`` (no ORDER BY)."""
-    return select(m.c.id).select_from(base_from()).where(compile_node(rule, ctx))
+    where = compile_node(rule, ctx)
+    return select(m.c.id).select_from(base_from(ctx.joins)).where(where)
 
 
 # --- proto <-> dict --------------------------------------------------------------------------------

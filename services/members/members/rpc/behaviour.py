@@ -32,7 +32,7 @@ class BehaviourRpc(RpcBase):
             v.pattern(f"{f}.client_event_id", e.client_event_id, CLIENT_EVENT_ID,
                       "must be 1 to 40 characters of [A-Za-z0-9_-]", required=True)
             v.check(e.kind in CLIENT_KINDS, f"{f}.kind",
-                    "must be one of VIEW_PRODUCT, VIEW_CONTENT, SHARE, ADD_TO_CART, SEARCH, OPEN_MESSAGE")
+                    "must be one of BEHAVIOR_KIND_VIEW_PRODUCT, BEHAVIOR_KIND_VIEW_CONTENT, BEHAVIOR_KIND_SHARE, BEHAVIOR_KIND_ADD_TO_CART, BEHAVIOR_KIND_SEARCH, BEHAVIOR_KIND_OPEN_MESSAGE")
             v.text(f"{f}.target", e.target, max_len=128)
             v.text(f"{f}.detail", e.detail, max_len=256)
             v.text(f"{f}.touchpoint", e.touchpoint, max_len=64)
