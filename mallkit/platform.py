@@ -108,14 +108,18 @@ class Platform:
         return cls(service, settings, engine, tables, owns)
 
     def subscribe(self, app: Any, handlers: Mapping[str, tuple[type[Message], Callable]], purpose: str = "apply",
-                  deliver_all: bool = True) -> Subscription:
-        """A durable consumer ``<service>-<purpose>`` of ``handlers`` (``async (app, s, event, payload)``)."""
+                  deliver_all: bool = True, inbox: Any = None) -> Subscription:
+        """A durable consumer ``<service>-<purpose>`` of ``handlers`` (``async (app, s, event, payload)``).
+
+        ``inbox`` (a table shaped like ``inbox_events``, default the service's own): a second
+        purpose consuming event types the first one also consumes needs its own inbox, since
+        the inbox is keyed on the event id alone."""
         bound = {t: (payload, functools.partial(h, app)) for t, (payload, h) in handlers.items()}
         sub = Subscription(purpose, bound, deliver_all=deliver_all)
         p = self.settings.platform
         self.subscriptions.append(sub)
         self.consumers.append(Consumer(
-            self.sessions, Tables.table(self.tables.inbox), self.service, sub, self.bus,
+            self.sessions, Tables.table(inbox if inbox is not None else self.tables.inbox), self.service, sub, self.bus,
             max_deliveries=p.event_max_deliveries, ack_wait=p.event_ack_wait_seconds,
             max_backoff=self.settings.outbox_max_backoff_seconds))
         return sub

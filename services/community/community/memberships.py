@@ -85,6 +85,10 @@ class Memberships:
         if left.rowcount == 1:  # type: ignore[attr-defined]
             await s.execute(update(Group).where(Group.id == group_id, Group.member_count > 0)
                             .values(member_count=Group.member_count - 1))
+            await self.outbox.add(s, "community.group_left",
+                                  evpb.GroupLeftEvent(group=f"groups/{group_id}", member=f"members/{member_id}",
+                                                      leave_time=ts(now)),
+                                  subject=f"members/{member_id}")
         await s.refresh(m)
         return m
 

@@ -13,24 +13,30 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mall.members.v1 import members_service_pb2 as pb
 from mall.members.v1 import members_service_pb2_grpc as pb_grpc
+from mallkit.clients import Peers
 from mallkit.events import Outbox
 from mallkit.pagination import PageTokens
 from mallkit.platform import Platform, ServiceApp, Servicer, Tables
 from mallkit.principals import guarded
 
 from . import events, jobs, principals
+from .autotags import AutoTags
+from .behaviour import Behaviour
 from .channels import Channels
 from .config import MembersSettings
 from .errors import DOMAIN
 from .identity import Identity
-from .models import IdempotencyKeys, InboxEvents, OutboxEvents
+from .models import BehaviourInbox, IdempotencyKeys, InboxEvents, OutboxEvents
 from .portrait import Portrait
 from .purchases import Purchases
 from .reach import Reach
+from .rfm import Rfm, RfmConfig
+from .segments import Segments
 from .servicer import MembersServicer
 from .staff import Staffing
 from .tags import Tags
 from .tiers import Tiers
+from .view360 import Member360
 from .wechat import WechatClient
 
 SERVICE_DIR = Path(__file__).resolve().parent.parent  # holds alembic.ini and migrations/
@@ -49,21 +55,32 @@ class MembersApp(ServiceApp):
     staffing: Staffing
     reach: Reach
     purchases: Purchases
+    behaviour: Behaviour
+    segments: Segments
+    rfm: Rfm
+    autotags: AutoTags
+    view360: Member360
 
     async def close(self) -> None:
         await self.wechat.close()
 
 
 def domain(settings: MembersSettings, outbox: Outbox, pages: PageTokens, wechat: WechatClient | None = None,
-           sessions: async_sessionmaker[AsyncSession] | None = None) -> dict:
+           sessions: async_sessionmaker[AsyncSession] | None = None, peers: Peers | None = None) -> dict:
     """The sub-domain objects of the service, by name (also used by the demo seed, without WeChat)."""
     portrait = Portrait(pages)
     staffing = Staffing(pages)
     tags = Tags(portrait, pages)
     tiers = Tiers(portrait, outbox, pages)
     channels = Channels(portrait, tags, staffing, pages)
+    behaviour = Behaviour(pages)
+    segments = Segments(pages)
+    rfm = Rfm(RfmConfig(method=settings.rfm_method, window_days=settings.rfm_window_days,
+                        recency_days=tuple(settings.rfm_recency_days),
+                        frequency_orders=tuple(settings.rfm_frequency_orders),
+                        monetary_fen=tuple(settings.rfm_monetary_fen), high=settings.rfm_high_score))
     return {
-        "identity": Identity(portrait, tiers, channels, outbox, wechat, sessions),
+        "identity": Identity(portrait, tiers, channels, outbox, wechat, sessions, behaviour),
         "portrait": portrait,
         "channels": channels,
         "tiers": tiers,
@@ -72,6 +89,11 @@ def domain(settings: MembersSettings, outbox: Outbox, pages: PageTokens, wechat:
         "reach": Reach(portrait, wechat, pages, brand_timezone=settings.platform.brand_timezone,  # type: ignore[arg-type]
                        daily_cap=settings.reach_daily_cap),
         "purchases": Purchases(portrait, tiers),
+        "behaviour": behaviour,
+        "segments": segments,
+        "rfm": rfm,
+        "autotags": AutoTags(segments, pages),
+        "view360": Member360(portrait, tags, behaviour, peers, timeout=settings.member360_peer_timeout_seconds),
     }
 
 
@@ -79,10 +101,15 @@ def build(settings: MembersSettings, engine: AsyncEngine | None = None) -> Membe
     platform = Platform.create("members", settings, tables=TABLES, engine=engine)
     wechat = WechatClient(settings.wechat_base_url, settings.wechat_appid, settings.wechat_secret.get_secret_value(),
                           timeout=settings.wechat_timeout_seconds)
-    parts = domain(settings, platform.outbox, platform.tokens, wechat, platform.sessions)
+    parts = domain(settings, platform.outbox, platform.tokens, wechat, platform.sessions, platform.peers)
     app = MembersApp(platform, wechat, **parts)
     servicer = MembersServicer(**{k: v for k, v in parts.items() if k != "purchases"}, sessions=platform.sessions,
-                               idempotency=platform.idempotency, codec=platform.codec, wechat=wechat)
+                               idempotency=platform.idempotency, codec=platform.codec, wechat=wechat,
+                               behaviour_max_age_days=settings.behaviour_max_age_days,
+                               behaviour_clock_skew_seconds=settings.behaviour_clock_skew_seconds)
+    # Behaviour from every service's stream: a second durable consumer (members-behaviour) with its
+    # own inbox, from the beginning of the streams, so history already published is recorded too.
+    platform.subscribe(app, events.BEHAVIOUR_HANDLERS, purpose="behaviour", inbox=BehaviourInbox)
     platform.serve(app, domain=DOMAIN, handlers=events.HANDLERS, jobs=jobs.schedule(app),
                    servicers=[Servicer(pb.DESCRIPTOR.services_by_name["MembersService"],
                                        pb_grpc.add_MembersServiceServicer_to_server, servicer)],

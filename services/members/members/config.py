@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from mallkit.settings import DEV_ONLY, ServiceSettings
@@ -21,3 +23,37 @@ class MembersSettings(ServiceSettings):
                                      json_schema_extra=DEV_ONLY)
     wechat_timeout_seconds: float = Field(5.0, description="Timeout of calls to WeChat")
     reach_daily_cap: int = Field(3, description="Subscribe messages a member gets per brand day at most")
+    behaviour_max_age_days: int = Field(7, ge=1, description="Client behaviour events older than this are refused")
+    behaviour_clock_skew_seconds: int = Field(
+        300, ge=0, description="How far in the future a client behaviour event's time may be (device clocks)")
+
+    rfm_method: Literal["thresholds", "quintiles"] = Field(
+        "thresholds", description="RFM scores 1-5 by the thresholds below, or by quintiles of the scored members")
+    rfm_window_days: int = Field(365, ge=1, description="RFM window: F and M count paid orders of the last N days")
+    rfm_recency_days: list[int] = Field(
+        default_factory=lambda: [30, 60, 90, 180],
+        description="R thresholds (JSON): days since the last paid order at most these for R = 5, 4, 3, 2; else 1")
+    rfm_frequency_orders: list[int] = Field(
+        default_factory=lambda: [2, 3, 5, 8],
+        description="F thresholds (JSON): paid orders at least these for F = 2, 3, 4, 5; else 1")
+    rfm_monetary_fen: list[int] = Field(
+        default_factory=lambda: [10_000, 50_000, 100_000, 300_000],
+        description="M thresholds (JSON, fen): amount paid at least these for M = 2, 3, 4, 5; else 1")
+    rfm_high_score: int = Field(3, ge=2, le=5, description="A score at least this is 'high' in the eight segments")
+    rfm_interval_seconds: float = Field(3600.0, gt=0, description="How often the RFM job recomputes the model")
+    member360_peer_timeout_seconds: float = Field(
+        1.0, gt=0, description="Deadline of each peer call (points, community) of Member 360")
+    auto_tag_interval_seconds: float = Field(600.0, gt=0, description="How often the job applies auto-tag rules")
+
+    @field_validator("rfm_recency_days", "rfm_frequency_orders", "rfm_monetary_fen")
+    @classmethod
+    def _four_ascending(cls, v: list[int]) -> list[int]:
+        if len(v) != 4 or any(b <= a for a, b in zip(v, v[1:], strict=False)) or v[0] < 0:
+            raise ValueError("must be four ascending non-negative numbers")
+        return v
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> MembersSettings:
+        if not self.platform.is_development and self.wechat_secret.get_secret_value() == DEV_WECHAT_SECRET:
+            raise ValueError("MEMBERS_WECHAT_SECRET must be set outside development")
+        return self

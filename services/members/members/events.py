@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mall.community.v1 import community_events_pb2 as cpb
+from mall.members.v1 import members_service_pb2 as pb
 from mall.orders.v1 import orders_events_pb2 as opb
+from mall.points.v1 import points_events_pb2 as ppb
 from mallkit.db import utcnow
 from mallkit.events import refused
 from mallkit.names import parse_id
@@ -75,4 +78,57 @@ HANDLERS: dict[str, tuple[type[Message], Handler]] = {
     "order.paid": (opb.OrderPaidEvent, on_order_paid),
     "order.refunded": (opb.OrderRefundedEvent, on_order_refunded),
     "order.bargain_helped": (opb.BargainHelpedEvent, on_bargain_helped),
+}
+
+
+# --- behaviour (the members-behaviour consumer: every service's facts as behaviour events) -------
+
+
+def _when(p: Any, field: str, event) -> Any:
+    if p.HasField(field):
+        return getattr(p, field).ToDatetime(tzinfo=UTC)
+    return event.time.ToDatetime(tzinfo=UTC) if event.HasField("time") else utcnow()
+
+
+def _member(name: str, field: str = "member") -> int:
+    return parse_id(name, "members", field)
+
+
+def behaviour(kind: int, member: Callable[[Any], str], time_field: str, target: Callable[[Any], str],
+              value: Callable[[Any], int] = lambda p: 0) -> Handler:
+    """A handler storing one behaviour event of ``kind`` for the payload's member."""
+
+    async def handle(app: MembersApp, s: AsyncSession, event, p) -> None:
+        await app.behaviour.record_server(s, source=event.source, event_id=event.id, kind=kind,
+                                          member_id=_member(member(p)), when=_when(p, time_field, event),
+                                          target=target(p), value_fen=value(p))
+
+    return handle
+
+
+BEHAVIOUR_HANDLERS: dict[str, tuple[type[Message], Handler]] = {
+    "order.paid": (opb.OrderPaidEvent, behaviour(pb.BEHAVIOR_KIND_ORDER_PAID, lambda p: p.member, "pay_time",
+                                                 lambda p: p.order, lambda p: p.paid_amount_fen)),
+    "order.refunded": (opb.OrderRefundedEvent, behaviour(pb.BEHAVIOR_KIND_ORDER_REFUNDED, lambda p: p.member, "refund_time",
+                                                         lambda p: p.order, lambda p: p.refund_amount_fen)),
+    "order.completed": (opb.OrderCompletedEvent, behaviour(pb.BEHAVIOR_KIND_ORDER_COMPLETED, lambda p: p.member, "complete_time",
+                                                           lambda p: p.order, lambda p: p.paid_amount_fen)),
+    "points.checked_in": (ppb.CheckedInEvent, behaviour(pb.BEHAVIOR_KIND_CHECK_IN, lambda p: p.member, "check_in_time",
+                                                        lambda p: p.day)),
+    "points.coupon_redeemed": (ppb.CouponRedeemedEvent, behaviour(pb.BEHAVIOR_KIND_REDEEMED, lambda p: p.member, "redeem_time",
+                                                                  lambda p: p.coupon_template)),
+    "community.group_joined": (cpb.GroupJoinedEvent, behaviour(pb.BEHAVIOR_KIND_GROUP_JOINED, lambda p: p.member, "join_time",
+                                                               lambda p: p.group)),
+    "community.group_left": (cpb.GroupLeftEvent, behaviour(pb.BEHAVIOR_KIND_GROUP_LEFT, lambda p: p.member, "leave_time",
+                                                           lambda p: p.group)),
+    "community.content_shared": (cpb.ContentSharedEvent, behaviour(pb.BEHAVIOR_KIND_CONTENT_SHARED, lambda p: p.sharer,
+                                                                   "share_time", lambda p: p.post)),
+    "community.quiz_answered": (cpb.QuizAnsweredEvent, behaviour(pb.BEHAVIOR_KIND_QUIZ_ANSWERED, lambda p: p.member, "answer_time",
+                                                                 lambda p: p.post)),
+    "community.coupon_claimed": (cpb.CouponClaimedEvent, behaviour(pb.BEHAVIOR_KIND_COUPON_CLAIMED, lambda p: p.member,
+                                                                   "claim_time", lambda p: p.coupon_template)),
+    "member.registered": (pb.MemberRegisteredEvent, behaviour(pb.BEHAVIOR_KIND_REGISTERED, lambda p: p.member, "create_time",
+                                                              lambda p: p.inviter)),
+    "member.referred": (pb.MemberReferredEvent, behaviour(pb.BEHAVIOR_KIND_REFERRED, lambda p: p.inviter, "create_time",
+                                                          lambda p: p.invitee)),
 }

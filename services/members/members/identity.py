@@ -13,6 +13,7 @@ from mall.members.v1 import members_service_pb2 as pb
 from mallkit.db import is_duplicate_key, run_transaction, utcnow
 from mallkit.events import Outbox
 
+from .behaviour import Behaviour
 from .channels import Channels
 from .codes import new_code
 from .models import Member, TierChange
@@ -25,22 +26,29 @@ log = logging.getLogger("members.identity")
 
 class Identity:
     def __init__(self, portrait: Portrait, tiers: Tiers, channels: Channels, outbox: Outbox,
-                 wechat: WechatClient | None, sessions: async_sessionmaker[AsyncSession] | None):
+                 wechat: WechatClient | None, sessions: async_sessionmaker[AsyncSession] | None,
+                 behaviour: Behaviour | None = None):
         self.portrait = portrait
         self.tiers = tiers
         self.channels = channels
         self.outbox = outbox
         self.wechat = wechat
         self.sessions = sessions
+        self.behaviour = behaviour
 
-    async def sign_in(self, code: str, scene: str, invite_code: str) -> tuple[Member, bool, dict[str, str]]:
+    async def sign_in(self, code: str, scene: str, invite_code: str,
+                      visitor_id: str = "") -> tuple[Member, bool, dict[str, str]]:
         """Exchange a wx.login code with WeChat (outside any transaction), then find or register the
-        member in one transaction; returns (member, created, attributes)."""
+        member in one transaction, merging the visitor's anonymous behaviour into it (once; a
+        visitor already merged into another member is left alone); returns (member, created, attributes)."""
         assert self.wechat is not None and self.sessions is not None
         identity = await self.wechat.code_to_session(code)
 
         async def use_case(s: AsyncSession):
             m, created = await self.login_with_wechat(s, identity, scene, invite_code)
+            if visitor_id and self.behaviour is not None:
+                if await self.behaviour.merge(s, visitor_id, m.id, strict=False) is None:
+                    log.info("login with a visitor id merged into another member: not merged")
             return m, created, await self.portrait.attributes_of(s, m.id)
 
         for attempt in range(3):

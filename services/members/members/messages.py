@@ -3,6 +3,7 @@ validation of incoming fields (no SQL, no business rule)."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import date
 
@@ -13,17 +14,22 @@ from mallkit.validation import Validator
 
 from .models import (
     AttributeDefinition,
+    BehaviourEvent,
     ChannelCode,
     Member,
+    Segment,
+    SegmentSnapshot,
     Staff,
     Store,
     Tag,
     TagGroup,
+    TagRule,
     Tier,
     TierChange,
     Touch,
     Touchpoint,
 )
+from .rules import rule_pb
 
 CODE = re.compile(r"[A-Za-z0-9_#-]{1,128}")
 SCENE = re.compile(r"[A-Za-z0-9]{1,32}")
@@ -34,6 +40,8 @@ PHONE = re.compile(r"1[3-9][0-9]{9}")
 URL = re.compile(r"https://[^\s<>\"']{1,500}")
 INTEGER = re.compile(r"-?[0-9]{1,18}")
 FLAG = re.compile(r"[a-z][a-z0-9_]{0,31}")
+VISITOR = re.compile(r"[A-Za-z0-9_-]{8,40}")
+CLIENT_EVENT_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")
 
 MEMBER_FIELDS = {"nickname", "avatar_url", "gender", "birthday", "region", "region.province", "region.city",
                  "occupation", "phone", "phone_consent", "attributes"}
@@ -142,6 +150,39 @@ def touch_pb(t: Touch) -> pb.Touch:
 
 
 # --- validation helpers --------------------------------------------------------------------
+
+def behavior_event_pb(e: BehaviourEvent) -> pb.BehaviorEvent:
+    out = pb.BehaviorEvent(name=f"members/{e.member_id}/behaviorEvents/{e.id}", kind=e.kind, target=e.target,
+                           detail=e.detail, touchpoint=e.touchpoint, value_fen=e.value_fen,
+                           visitor_id=e.visitor_id or "", source=e.source)
+    out.occur_time.FromMilliseconds(e.occur_ms)
+    return out
+
+
+def segment_pb(seg: Segment) -> pb.Segment:
+    out = pb.Segment(name=f"segments/{seg.key}", display_name=seg.display_name, description=seg.description,
+                     builtin=seg.builtin, latest_version=seg.last_version)
+    rule_pb(json.loads(seg.rule), out.rule)
+    set_time(out.create_time, seg.create_time)
+    set_time(out.update_time, seg.update_time)
+    return out
+
+
+def snapshot_pb(key: str, snap: SegmentSnapshot) -> pb.SegmentSnapshot:
+    out = pb.SegmentSnapshot(name=f"segments/{key}/snapshots/{snap.version}", version=snap.version,
+                             member_count=snap.member_count)
+    set_time(out.create_time, snap.create_time)
+    return out
+
+
+def tag_rule_pb(r: TagRule, tag: Tag | None) -> pb.TagRule:
+    out = pb.TagRule(name=f"tagRules/{r.id}", display_name=r.display_name, disabled=r.disabled,
+                     tag=f"tagGroups/{tag.group_id}/tags/{tag.id}" if tag else "")
+    rule_pb(json.loads(r.rule), out.rule)
+    set_time(out.last_run_time, r.last_run_time)
+    set_time(out.create_time, r.create_time)
+    return out
+
 
 def update_paths(paths, message, output_only: set[str], allowed: set[str], prefix: str) -> list[str]:
     """The update paths: the mask, or the populated fields; output-only paths ignored."""

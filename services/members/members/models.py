@@ -7,12 +7,15 @@ from datetime import date, datetime
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Column,
     Date,
     ForeignKey,
     Index,
     Integer,
     SmallInteger,
     String,
+    Table,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -267,3 +270,145 @@ class MemberPurchaseCategory(Base):
     order_count: Mapped[int] = mapped_column(Integer, default=0)
     amount_fen: Mapped[int] = mapped_column(BigInteger, default=0)
     last_order_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class BehaviourEvent(Base):
+    """One thing a member or an anonymous visitor did (append-only; ``behaviour.py``).
+
+    ``dedupe_key`` makes every event count once: ``{visitor_id}/{client_event_id}`` for
+    client events, ``{source}:{event id}`` for server events. ``occur_ms`` (epoch
+    milliseconds) is the time: an integer sorts and pages the same on every database.
+    """
+
+    __tablename__ = "behaviour_events"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    dedupe_key: Mapped[str] = mapped_column(String(96), unique=True)
+    member_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    visitor_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    kind: Mapped[int] = mapped_column(SmallInteger)
+    source: Mapped[str] = mapped_column(String(16))  # "client", "orders", "community", "points", "members"
+    target: Mapped[str] = mapped_column(String(128), default="")
+    detail: Mapped[str] = mapped_column(String(256), default="")
+    touchpoint: Mapped[str] = mapped_column(String(64), default="")
+    value_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    occur_ms: Mapped[int] = mapped_column(BigInteger)
+    receive_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    __table_args__ = (
+        Index("ix_behaviour_events_member_id_occur_ms", "member_id", "occur_ms", "id"),
+        Index("ix_behaviour_events_member_id_kind_occur_ms", "member_id", "kind", "occur_ms"),
+        Index("ix_behaviour_events_visitor_id_member_id", "visitor_id", "member_id"),
+    )
+
+
+class Visitor(Base):
+    """An anonymous visitor id of the mini-program, and the member it was merged into (at most one).
+
+    Every ingest and merge of a visitor locks its row first, so a merge and a concurrent
+    anonymous batch never miss each other, and two members never both take one visitor.
+    """
+
+    __tablename__ = "visitors"
+    visitor_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    member_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    merged_count: Mapped[int] = mapped_column(Integer, default=0)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    link_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+#: The inbox of the behaviour consumer (members-behaviour): it reads event types the
+#: apply consumer also reads, and an inbox is keyed on the event id alone.
+BehaviourInbox = Table(
+    "behaviour_inbox", Base.metadata,
+    Column("event_id", String(36), primary_key=True),
+    Column("event_type", String(64), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("receive_time", UTCDateTime(), nullable=False),
+)
+
+
+class Segment(Base):
+    """A saved audience (分群): a rule tree (JSON, ``segments.py``) over members, materialized into
+    numbered snapshots. ``key`` is the resource id: ``segments/{key}``."""
+
+    __tablename__ = "segments"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(63), unique=True)
+    display_name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(256), default="")
+    rule: Mapped[str] = mapped_column(Text)
+    builtin: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_version: Mapped[int] = mapped_column(Integer, default=0)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    update_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SegmentSnapshot(Base):
+    """One materialization of a segment: version N holds the member ids matching the rule then."""
+
+    __tablename__ = "segment_snapshots"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    segment_id: Mapped[int] = mapped_column(ForeignKey("segments.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    rule: Mapped[str] = mapped_column(Text)  # the rule as it was materialized
+    member_count: Mapped[int] = mapped_column(Integer, default=0)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    __table_args__ = (UniqueConstraint("segment_id", "version"),)
+
+
+class SegmentSnapshotMember(Base):
+    __tablename__ = "segment_snapshot_members"
+    snapshot_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+
+
+class MemberRfm(Base):
+    """A member's RFM value model (``rfm.py``): recomputed set-wise by a job, with the time computed."""
+
+    __tablename__ = "member_rfm"
+    member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    recency_days: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: no paid order in the window
+    frequency: Mapped[int] = mapped_column(Integer, default=0)
+    monetary_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    r_score: Mapped[int] = mapped_column(SmallInteger)
+    f_score: Mapped[int] = mapped_column(SmallInteger)
+    m_score: Mapped[int] = mapped_column(SmallInteger)
+    segment: Mapped[int] = mapped_column(SmallInteger, index=True)
+    compute_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class JobLease(Base):
+    """One row per set-wise job (``rfm``): the replica holding the lease runs it."""
+
+    __tablename__ = "job_leases"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(32), unique=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_run_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class TagRule(Base):
+    """An auto-tag rule: members matching ``rule`` (the segment language) hold ``tag_id`` (source RULE)."""
+
+    __tablename__ = "tag_rules"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    display_name: Mapped[str] = mapped_column(String(64))
+    tag_id: Mapped[int] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"))
+    rule: Mapped[str] = mapped_column(Text)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_run_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class TagRuleChange(Base):
+    """History of an auto-tag rule: each member it tagged or untagged, per run."""
+
+    __tablename__ = "tag_rule_changes"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    run: Mapped[str] = mapped_column(String(36))
+    rule_id: Mapped[int] = mapped_column(BigInteger)
+    member_id: Mapped[int] = mapped_column(BigInteger)
+    action: Mapped[int] = mapped_column(SmallInteger)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    __table_args__ = (Index("ix_tag_rule_changes_run_action", "run", "action"),
+                      Index("ix_tag_rule_changes_rule_id_id", "rule_id", "id"))

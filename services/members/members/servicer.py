@@ -14,23 +14,33 @@ from mall.members.v1 import members_service_pb2_grpc as pb_grpc
 from mallkit.auth import TokenCodec
 from mallkit.idempotency import Idempotency
 
+from .autotags import AutoTags
+from .behaviour import Behaviour
 from .channels import Channels
 from .identity import Identity
 from .portrait import Portrait
 from .reach import Reach
+from .rfm import Rfm
+from .rpc.behaviour import BehaviourRpc
 from .rpc.channels import ChannelsRpc
+from .rpc.knowing import KnowingRpc
 from .rpc.members import MembersRpc
 from .rpc.reach import ReachRpc
+from .rpc.segments import SegmentsRpc
 from .rpc.staff import StaffRpc
 from .rpc.tags import TagsRpc
 from .rpc.tiers import TiersRpc
+from .rpc.view360 import View360Rpc
+from .segments import Segments
 from .staff import Staffing
 from .tags import Tags
 from .tiers import Tiers
+from .view360 import Member360
 from .wechat import WechatClient
 
 
-class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, ReachRpc, pb_grpc.MembersServiceServicer):
+class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, ReachRpc, BehaviourRpc, SegmentsRpc, KnowingRpc, View360Rpc,
+                      pb_grpc.MembersServiceServicer):
     def __init__(
         self,
         *,
@@ -45,6 +55,13 @@ class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, Reac
         idempotency: Idempotency,
         codec: TokenCodec,
         wechat: WechatClient,
+        behaviour: Behaviour,
+        segments: Segments,
+        rfm: Rfm,
+        autotags: AutoTags,
+        view360: Member360,
+        behaviour_max_age_days: int = 7,
+        behaviour_clock_skew_seconds: int = 300,
     ):
         self.identity = identity
         self.portrait = portrait
@@ -57,3 +74,10 @@ class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, Reac
         self.idem = idempotency
         self.codec = codec
         self.wechat = wechat
+        self.behaviour = behaviour
+        self.segments = segments
+        self.rfm = rfm
+        self.autotags = autotags
+        self.view360 = view360
+        self.behaviour_max_age_days = behaviour_max_age_days
+        self.behaviour_clock_skew_seconds = behaviour_clock_skew_seconds

@@ -76,7 +76,7 @@ def domain(settings: PointsSettings, outbox: Outbox, pages: PageTokens) -> dict:
         "ledger": ledger,
         "statements": Statements(ledger, pages, reminder_days=settings.expiry_reminder_days),
         "check_ins": CheckIns(ledger, points=settings.check_in_points, streak_cycle=settings.check_in_streak_cycle,
-                              streak_bonuses=settings.check_in_streak_bonuses),
+                              streak_bonuses=settings.check_in_streak_bonuses, outbox=outbox),
         "tasks": Tasks(ledger, pages),
         "mall": Mall(ledger, outbox, pages, reach, reach_template=settings.reach_template_redemption_failed),
         "purchases": Purchases(ledger, reach, points_per_yuan=settings.purchase_points_per_yuan,

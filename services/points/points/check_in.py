@@ -7,8 +7,10 @@ from datetime import date, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mall.points.v1 import points_events_pb2 as evpb
 from mall.points.v1 import points_service_pb2 as pb
 from mallkit.errors import AlreadyExists
+from mallkit.events import Outbox
 
 from . import errors as reasons
 from .ledger import Ledger
@@ -24,8 +26,10 @@ class CheckInResult:
 
 
 class CheckIns:
-    def __init__(self, ledger: Ledger, *, points: int, streak_cycle: int, streak_bonuses: dict[int, int]):
+    def __init__(self, ledger: Ledger, *, points: int, streak_cycle: int, streak_bonuses: dict[int, int],
+                 outbox: Outbox | None = None):
         self.ledger = ledger
+        self.outbox = outbox
         self.points = points
         self.streak_cycle = streak_cycle
         self.streak_bonuses = streak_bonuses
@@ -52,5 +56,10 @@ class CheckIns:
             e = await self.ledger.entry(s, member_id, f"checkin:{member_id}:{today.isoformat()}", pb.ENTRY_KIND_EARN,
                                         pb.ENTRY_SOURCE_CHECK_IN, today.isoformat(), points, 0, now, desc)
             await self.ledger.credit(s, e, points, now)
+        if self.outbox is not None:
+            event = evpb.CheckedInEvent(member=f"members/{member_id}", day=today.isoformat(), streak=streak,
+                                        points=points)
+            event.check_in_time.FromDatetime(now)
+            await self.outbox.add(s, "points.checked_in", event, subject=f"members/{member_id}")
         await s.flush()
         return CheckInResult(today, streak, points, bonus)

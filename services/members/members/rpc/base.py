@@ -8,18 +8,30 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from mallkit.auth import TokenCodec
 from mallkit.idempotency import Idempotency
 
+from ..autotags import AutoTags
+from ..behaviour import Behaviour
 from ..channels import Channels
 from ..identity import Identity
 from ..portrait import Portrait
 from ..reach import Reach
+from ..rfm import Rfm
+from ..segments import Segments
 from ..staff import Staffing
 from ..tags import Tags
 from ..tiers import Tiers
+from ..view360 import Member360
 from ..wechat import WechatClient
 
 
 class RpcBase:
     identity: Identity
+    behaviour: Behaviour
+    segments: Segments
+    rfm: Rfm
+    autotags: AutoTags
+    view360: Member360
+    behaviour_max_age_days: int
+    behaviour_clock_skew_seconds: int
     portrait: Portrait
     channels: Channels
     tiers: Tiers

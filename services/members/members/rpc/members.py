@@ -20,6 +20,7 @@ from ..messages import (
     PHONE,
     SCENE,
     URL,
+    VISITOR,
     attribute_definition_pb,
     birthday_of,
     check_attribute,
@@ -35,8 +36,10 @@ class MembersRpc(RpcBase):
         v.pattern("code", request.code, CODE, "must be the code from wx.login", required=True)
         v.pattern("channel_code", request.channel_code, SCENE, "must be a channel code scene")
         v.pattern("invite_code", request.invite_code, INVITE, "must be an invite code")
+        v.pattern("visitor_id", request.visitor_id, VISITOR, "must be 8 to 40 characters of [A-Za-z0-9_-]")
         v.done()
-        m, created, attrs = await self.identity.sign_in(request.code, request.channel_code, request.invite_code)
+        m, created, attrs = await self.identity.sign_in(request.code, request.channel_code, request.invite_code,
+                                                        request.visitor_id)
         token, expires = self.codec.issue(Principal(MEMBER, f"members/{m.id}"))
         out = pb.LoginWithWechatResponse(access_token=token, member=member_pb(m, attrs), created=created)
         out.expire_time.FromDatetime(expires)
