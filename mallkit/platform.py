@@ -147,6 +147,7 @@ class Platform:
             service=self.service, domain=domain, codec=self.codec, descriptors=[s.descriptor for s in servicers],
             host=self.settings.host, port=self.settings.port, readiness=lambda: ping(self.engine),
             background=tasks, drain_seconds=self.settings.drain_seconds,
+            max_connection_age=self.settings.max_connection_age_seconds,
             principals=PrincipalCheck(principal_lookup or self.members.active_principals,
                                       ttl=self.settings.platform.principal_cache_seconds),
         )

@@ -121,6 +121,7 @@ class ServiceHost:
         readiness_interval: float = 5.0,
         drain_seconds: float = 0.0,
         principals: PrincipalCheck | None = None,
+        max_connection_age: float = 0.0,
     ):
         self.service = service
         self.descriptors = descriptors
@@ -130,7 +131,12 @@ class ServiceHost:
         self.background = list(background)
         self.server = grpc.aio.server(
             interceptors=[grpc_server_interceptor(), PlatformInterceptor(service, domain, codec, descriptors, principals)],
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)],
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+                     # Callers balance round-robin over the addresses they resolved; closing each
+                     # connection after this age (GOAWAY, calls in flight finish) makes them resolve
+                     # again, so pods added by a scale-up get their share.
+                     *([("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
+                        ("grpc.max_connection_age_grace_ms", 30_000)] if max_connection_age > 0 else [])],
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

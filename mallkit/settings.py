@@ -110,6 +110,8 @@ class ServiceSettings(BaseSettings):
     metrics_port: int = Field(0, description="Prometheus /metrics port (0: off)")
     drain_seconds: float = Field(3.0, description="On SIGTERM, time answering NOT_SERVING before the listener closes")
     grace_seconds: float = Field(10.0, description="Then, time given to calls in flight")
+    max_connection_age_seconds: float = Field(
+        300.0, ge=0, description="Callers' connections are closed (gracefully) after this, so they resolve new pods (0: never)")
     relay_enabled: bool = Field(True, description="Run the outbox relay (publisher to NATS) in this process")
     outbox_poll_seconds: float = Field(0.2, description="Outbox relay poll interval when idle")
     outbox_max_backoff_seconds: float = Field(300.0, description="Longest wait between two delivery attempts")

@@ -26,6 +26,7 @@ class SlowMembers(pb_grpc.MembersServiceServicer):
 
     def __init__(self):
         self.started = asyncio.Event()
+        self.peers: list[str] = []
 
     async def GetMember(self, request, context):
         if request.name == "members/9001":
@@ -37,6 +38,7 @@ class SlowMembers(pb_grpc.MembersServiceServicer):
         return pb.Member(name=request.name)
 
     async def AddGrowth(self, request, context):  # service-only
+        self.peers.append(context.peer())  # the caller's address: a new one per connection
         return pb.AddGrowthResponse()
 
 
@@ -140,3 +142,25 @@ def test_json_logs_carry_trace_and_span_ids():
         line = json.loads(JsonFormatter("test").format(record))
     assert line["message"] == "hello world" and line["service"] == "test"
     assert line["trace_id"] == format(span.get_span_context().trace_id, "032x")
+
+
+async def test_connections_are_aged_out_without_failing_calls():
+    """max_connection_age: the server closes each connection after its age (GOAWAY); the caller
+    reconnects (and would resolve new pods) and no call fails."""
+    sink = SlowMembers()
+    h = ServiceHost(service="test", domain="test.mall", codec=TokenCodec(SECRET),
+                    descriptors=[pb.DESCRIPTOR.services_by_name["MembersService"]], max_connection_age=0.3)
+    h.add(pb_grpc.add_MembersServiceServicer_to_server, sink)
+    port = await h.start()
+    token = TokenCodec(SECRET).issue(Principal(SERVICE, "service/test"))[0]
+    md = (("authorization", f"Bearer {token}"),)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    stub = pb_grpc.MembersServiceStub(channel)
+    try:
+        for _ in range(20):  # about 1.5 s of calls over several connection ages
+            assert (await stub.AddGrowth(pb.AddGrowthRequest(), metadata=md, timeout=10)) == pb.AddGrowthResponse()
+            await asyncio.sleep(0.075)
+        assert len(set(sink.peers)) >= 2  # the connection was replaced, the calls went on
+    finally:
+        await channel.close()
+        await h.stop(0)
