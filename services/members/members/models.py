@@ -340,6 +340,8 @@ class Segment(Base):
     last_version: Mapped[int] = mapped_column(Integer, default=0)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
     update_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: Set by DeleteSegment: the segment is gone for operators; its snapshots stay readable.
+    delete_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class SegmentSnapshot(Base):
