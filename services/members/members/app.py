@@ -78,7 +78,8 @@ def domain(settings: MembersSettings, outbox: Outbox, pages: PageTokens, wechat:
     rfm = Rfm(RfmConfig(method=settings.rfm_method, window_days=settings.rfm_window_days,
                         recency_days=tuple(settings.rfm_recency_days),
                         frequency_orders=tuple(settings.rfm_frequency_orders),
-                        monetary_fen=tuple(settings.rfm_monetary_fen), high=settings.rfm_high_score))
+                        monetary_fen=tuple(settings.rfm_monetary_fen), high=settings.rfm_high_score,
+                        work_mem_mb=settings.rfm_work_mem_mb))
     return {
         "identity": Identity(portrait, tiers, channels, outbox, wechat, sessions, behaviour),
         "portrait": portrait,
