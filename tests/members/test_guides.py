@@ -362,3 +362,16 @@ async def test_community_group_owner_must_be_an_active_guide(members, community)
         code, info = await refused(make(owner))
         assert code == grpc.StatusCode.FAILED_PRECONDITION, owner
         assert info.reason == "OWNER_NOT_A_GUIDE" and info.metadata["field"] == "group.owner"
+
+
+async def test_a_channel_code_guide_is_recorded_in_the_history(members):
+    shop = await Shop(members).setup()
+    qr = await members.stub.CreateChannelCode(pb.CreateChannelCodeRequest(channel_code=pb.ChannelCode(
+        display_name="导购码", channel_type=pb.CHANNEL_TYPE_STORE_QR, store=shop.store_a, guide=f"staff/{shop.g1}")),
+        metadata=shop.admin)
+    login, _ = await members.login(channel_code=qr.scene)
+    assert login.member.guide == f"staff/{shop.g1}"
+    hist = await members.stub.ListGuideAssignments(pb.ListGuideAssignmentsRequest(parent=login.member.name),
+                                                   metadata=shop.guide(shop.g1))
+    assert [(h.guide, h.assigned_by, h.store) for h in hist.guide_assignments] == [
+        (f"staff/{shop.g1}", qr.name, shop.store_a)]

@@ -130,6 +130,20 @@ class Report:
     rest_buyers: int
 
 
+async def record_assignment(s: AsyncSession, member_id: int, guide_id: int, previous: int | None,
+                            store_id: int | None, reason: str, by: str) -> GuideAssignment:
+    """After the member's guide changed: move their OPEN items to the guide and append the history row."""
+    moved = await s.execute(update(GuideTaskItem)
+                            .where(GuideTaskItem.member_id == member_id, GuideTaskItem.state == OPEN)
+                            .values(guide_id=guide_id, store_id=store_id))
+    a = GuideAssignment(member_id=member_id, guide_id=guide_id, previous_guide_id=previous, store_id=store_id,
+                        reason=reason, assigned_by=by, moved_item_count=moved.rowcount,  # type: ignore[attr-defined]
+                        create_time=utcnow())
+    s.add(a)
+    await s.flush()
+    return a
+
+
 class Guides:
     def __init__(self, staffing: Staffing, segments: Segments, reach: Reach, pages: PageTokens):
         self.staffing = staffing
@@ -177,20 +191,12 @@ class Guides:
         elif m is None:
             await self.visible_member(s, scope, member_id)  # raises
         assert m is not None
-        now, previous = utcnow(), m.guide_id
+        previous = m.guide_id
         m.guide_id = guide.id
         if guide.store_id is not None:
             m.store_id = guide.store_id
-        m.update_time = now
-        moved = await s.execute(update(GuideTaskItem)
-                                .where(GuideTaskItem.member_id == member_id, GuideTaskItem.state == OPEN)
-                                .values(guide_id=guide.id, store_id=m.store_id))
-        a = GuideAssignment(member_id=member_id, guide_id=guide.id, previous_guide_id=previous, store_id=m.store_id,
-                            reason=reason, assigned_by=scope.subject, moved_item_count=moved.rowcount,  # type: ignore[attr-defined]
-                            create_time=now)
-        s.add(a)
-        await s.flush()
-        return a
+        m.update_time = utcnow()
+        return await record_assignment(s, member_id, guide.id, previous, m.store_id, reason, scope.subject)
 
     async def assignments(self, s: AsyncSession, scope: Scope, member_id: int, size: int,
                           token: str) -> tuple[list[GuideAssignment], str]:
