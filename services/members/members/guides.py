@@ -163,7 +163,7 @@ class Guides:
             raise PermissionDenied("staff account not active", reason=reasons.STAFF_DISABLED, zh="员工账号不可用")
         if st.role in (pb.STAFF_ROLE_ADMIN, pb.STAFF_ROLE_OPERATOR):
             return Scope(ALL, st.id, st.store_id)
-        if st.role == pb.STAFF_ROLE_STORE_MANAGER:
+        if st.role == pb.STAFF_ROLE_STORE_MANAGER and st.store_id is not None:  # (never "store_id IS NULL")
             return Scope(STORE, st.id, st.store_id)
         return Scope(OWN, st.id, st.store_id)
 
@@ -185,6 +185,8 @@ class Guides:
             raise FailedPrecondition("guide account is disabled", reason=reasons.STAFF_DISABLED,
                                      metadata={"field": "guide"}, zh="该导购账号已停用")
         m = await s.get(Member, member_id, with_for_update=True)
+        if scope.reach == OWN:
+            raise not_your_member()
         if scope.reach == STORE:  # their store's members (or members of no store) to their store's guides
             if m is None or m.store_id not in (None, scope.store_id) or guide.store_id != scope.store_id:
                 raise not_your_member()
