@@ -23,6 +23,7 @@ Reports are GROUP BY queries over the items, the snapshot and ``member_purchases
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -32,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from mall.members.v1 import members_service_pb2 as pb
 from mallkit.auth import Principal
 from mallkit.db import run_transaction, utcnow
-from mallkit.errors import FailedPrecondition, NotFound, PermissionDenied
+from mallkit.errors import FailedPrecondition, NotFound, PermissionDenied, Unavailable
 from mallkit.pagination import PageTokens
 from mallkit.queries import keyset_page
 
@@ -52,6 +53,8 @@ from .models import (
 from .reach import Reach
 from .segments import Segments
 from .staff import Staffing
+
+log = logging.getLogger("members.guides")
 
 OPEN = pb.GUIDE_TASK_ITEM_STATE_OPEN
 OUTCOMES = (pb.GUIDE_TASK_ITEM_STATE_DONE, pb.GUIDE_TASK_ITEM_STATE_UNREACHABLE, pb.GUIDE_TASK_ITEM_STATE_DECLINED)
@@ -348,7 +351,12 @@ class Guides:
                                         .order_by(it.id).limit(500))).scalars())
         sent = 0
         for item_id in ids:
-            sent += await run_transaction(sessions, lambda s, i=item_id: self._remind(s, i, now))
+            try:
+                sent += await run_transaction(sessions, lambda s, i=item_id: self._remind(s, i, now))
+            except Unavailable:  # WeChat is down: nothing was claimed (rolled back); the next run retries
+                log.warning("guide task reminders: WeChat unavailable, %d reminders left for the next run",
+                            len(ids) - ids.index(item_id))
+                break
         return sent
 
     async def _remind(self, s: AsyncSession, item_id: int, now: datetime) -> int:
