@@ -1,7 +1,7 @@
 """guides: guide assignments (history), guide tasks and their items
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-02 04:46:49.019956
 """
 from alembic import op
@@ -9,8 +9,8 @@ import sqlalchemy as sa
 import mallkit.db
 
 
-revision = '0006'
-down_revision = '0005'
+revision = '0008'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 
