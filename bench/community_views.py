@@ -125,7 +125,8 @@ async def main() -> None:
         "GATEWAY_RATE_PER_MEMBER": "0",
     }
     # members answers whether members/1 and staff/1 exist (every service checks a token's account)
-    members = await asyncio.to_thread(start_members, env, tmp, [1])
+    # and whether staff/3, the group's owner, is an active guide
+    members = await asyncio.to_thread(start_members, env, tmp, [1], (1,), (3,))
     await wait_port(int(env["MEMBERS_PORT"]), members)
     procs = [members, *await asyncio.to_thread(start_processes, env)]
     codec = TokenCodec(PlatformSettings(env="development").token_secret.get_secret_value())

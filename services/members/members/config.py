@@ -47,6 +47,8 @@ class MembersSettings(ServiceSettings):
     member360_peer_timeout_seconds: float = Field(
         1.0, gt=0, description="Deadline of each peer call (points, community) of Member 360")
     auto_tag_interval_seconds: float = Field(600.0, gt=0, description="How often the job applies auto-tag rules")
+    guide_task_interval_seconds: float = Field(
+        60.0, gt=0, description="How often the jobs create due rounds of recurring guide tasks and send reminders")
 
     @field_validator("rfm_recency_days", "rfm_frequency_orders", "rfm_monetary_fen")
     @classmethod
