@@ -22,7 +22,7 @@ class CommunitySettings(ServiceSettings):
     close_interval_seconds: float = Field(30.0, gt=0, description="How often ended flash groups are closed")
     view_batch_rows: int = Field(500, ge=1, le=5000, description="Views written in one multi-row INSERT at most")
     view_batch_delay_seconds: float = Field(
-        0.005, ge=0, le=1, description="How long a batch of views waits to fill before it is written")
+        0.005, ge=0, le=60, description="How long a batch of views waits to fill before it is written")
     view_queue_size: int = Field(
         10_000, ge=1, le=1_000_000, description="Views accepted and not yet written at most (then ViewPost waits)")
     view_ack: Literal["commit", "accept"] = Field(
