@@ -63,7 +63,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mall.events.v1 import events_pb2
-from mallkit.db import UTCDateTime, is_duplicate_key, run_transaction, utcnow
+from mallkit.db import UTCDateTime, insert_ignore, is_duplicate_key, run_transaction, utcnow
 from mallkit.telemetry import EVENTS_REFUSED
 
 log = logging.getLogger("mallkit.events")
@@ -81,6 +81,24 @@ def refused(service: str, event: events_pb2.Event, reason: str, detail: str = ""
     EVENTS_REFUSED.labels(service, event.type, reason).inc()
     log.warning("%s refused %s: %s%s", service, event.type, reason, f" ({detail})" if detail else "",
                 extra={"event_id": event.id, "reason": reason})
+
+
+_DEFERRED = "mall_deferred_rows"
+
+
+def defer_insert(session: AsyncSession, table: Table, row: dict) -> None:
+    """From an event handler: a row to append, written with the rows the other handlers of the
+    same transaction deferred in one multi-row ``INSERT IGNORE`` per table (a unique key dedupes)
+    after the last handler ran, instead of one statement per event. The consumer flushes
+    (:func:`flush_deferred`), so only handlers run by a :class:`Consumer` (or :func:`apply_event`) may
+    call it."""
+    session.info.setdefault(_DEFERRED, {}).setdefault(table, []).append(row)
+
+
+async def flush_deferred(session: AsyncSession) -> None:
+    """Write the rows handlers deferred in this session (:func:`defer_insert`)."""
+    for table, rows in (session.info.pop(_DEFERRED, None) or {}).items():
+        await insert_ignore(session, table, rows)
 
 
 # --- names -------------------------------------------------------------------------------------
@@ -600,6 +618,7 @@ class Consumer:
                 if fresh.get(event.id) is not None and fresh[event.id][0] is msg:
                     with trace.use_span(span, end_on_exit=False):
                         await handler(s, event, payload)
+            await flush_deferred(s)
             outcomes[:] = [not (fresh.get(e.id) is not None and fresh[e.id][0] is m) for m, e, _, _ in items]
 
         try:
@@ -683,6 +702,7 @@ async def apply_event(sessions: async_sessionmaker[AsyncSession], inbox: Table, 
         await s.execute(insert(inbox).values(event_id=event.id, event_type=event.type, source=event.source,
                                              receive_time=utcnow()))
         await handler(s, event, payload)
+        await flush_deferred(s)
 
     try:
         await run_transaction(sessions, apply)
