@@ -7,7 +7,7 @@ import asyncio
 import uuid
 
 import grpc
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from community.app import build
 from community.models import View
@@ -56,6 +56,33 @@ async def test_a_burst_of_views_is_recorded_once_per_client_event_id_in_fewer_tr
     # The repeats wrote nothing a second time, and the 400 calls shared transactions.
     assert writer.written - written_before == 400
     assert writer.batches - batches_before < 200
+
+
+async def test_views_of_a_shared_post_cost_no_statement_each_only_two_per_batch(community):
+    """The profile of the hot path, asserted: the post and share of a token come from memory, and
+    a batch is one SELECT of visitor links plus one multi-row INSERT."""
+    article, share = await shared_article(community)
+    await community.stub.ViewPost(pb.ViewPostRequest(name=article.name, visitor_id=visitor(), share_token=share.token))
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        if any(t in statement for t in ("views", "visitor_links", "posts", "shares")):
+            statements.append(statement.split("(", 1)[0][:60])
+
+    writer = community.app.servicer.views
+    engine = community.app.engine.sync_engine
+    batches_before = writer.batches
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        await asyncio.gather(*(community.stub.ViewPost(pb.ViewPostRequest(
+            name=article.name, visitor_id=visitor(), share_token=share.token)) for _ in range(200)))
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    batches = writer.batches - batches_before
+    assert await stored_views(community.engine, article.name) == (201, 201)
+    assert 1 <= batches < 100
+    assert len(statements) == 2 * batches, statements
+    assert sum("INSERT" in st for st in statements) == batches
 
 
 async def test_a_repeated_client_event_id_counts_once_and_a_bad_one_is_refused(community):
