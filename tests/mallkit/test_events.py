@@ -262,6 +262,49 @@ async def test_the_consumer_work_joins_the_producer_trace(db, nats_server, spans
         await p.close()
 
 
+async def test_an_unsampled_trace_gets_no_event_spans_and_its_effect_still_happens(db, nats_server, spans,
+                                                                                   monkeypatch):
+    """A producer whose trace was not sampled: the relay and the consumer create no span for its event
+    (nothing would record it: a span per event was a third of the consumer's CPU) and the SQL of the
+    handler stays out of the trace too."""
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    started: list[str] = []
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def start_span(self, name, *a, **kw):
+            started.append(name)
+            return self.inner.start_span(name, *a, **kw)
+
+        def start_as_current_span(self, name, *a, **kw):
+            started.append(name)
+            return self.inner.start_as_current_span(name, *a, **kw)
+
+    monkeypatch.setattr(events, "tracer", Counting(events.tracer))
+
+    unsampled = SpanContext(trace_id=0x1234ABCD << 64 | 0x77, span_id=0x42, is_remote=False,
+                            trace_flags=TraceFlags(TraceFlags.DEFAULT))
+    p = Pipeline(db, nats_server.url)
+    with trace.use_span(NonRecordingSpan(unsampled)):
+        names = await p.emit(1)
+    with trace.get_tracer("test").start_as_current_span("sampled request") as root:
+        sampled = await p.emit(1)
+    p.start()
+    try:
+        await until(lambda: _all(db, names + sampled), 60, "both effects")
+        await until(_true_when(lambda: any(s.name == "consume order.paid" for s in spans.get_finished_spans())),
+                    30, "the sampled event's consumer span")
+        by_trace = {s.context.trace_id for s in spans.get_finished_spans()}
+        assert root.get_span_context().trace_id in by_trace
+        assert unsampled.trace_id not in by_trace
+        assert sorted(started) == ["consume order.paid", "publish order.paid"]  # the sampled event's only
+    finally:
+        await p.close()
+
+
 async def test_deferred_effects_go_in_one_insert_per_batch_and_a_failed_batch_leaves_none_behind(db, nats_server):
     """Handlers that defer their rows (``events.defer_insert``): a fetched batch writes its effects in
     one multi-row INSERT; when one event of a batch fails, the batch rolls back with its deferred rows
