@@ -4,7 +4,13 @@ and views still queued when the service stops are written before it exits."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import grpc
 from sqlalchemy import event, func, select
@@ -17,6 +23,8 @@ from tests.community.helpers import join, make_group, new_member_id
 from tests.community.test_content import post
 from tests.community.test_shares import report, visitor
 from tests.fixtures.community import community_settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def shared_article(community) -> tuple[pb.Post, pb.Share]:
@@ -121,3 +129,40 @@ async def test_views_still_queued_when_the_service_stops_are_all_written(communi
         await channel.close()
         await replica.stop(grace=1)
     assert await stored_views(community.engine, article.name) == (200, 200)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_sigterm_writes_the_views_still_queued_before_the_process_exits(community, members):
+    """``python -m community`` as Kubernetes stops it: SIGTERM while 100 accepted views wait in memory
+    for a batch that would fill only in a minute; the process writes them before it exits."""
+    article, share = await shared_article(community)
+    port = free_port()
+    env = {**os.environ, "MALL_ENV": "development", "MALL_LOG_LEVEL": "WARNING", "COMMUNITY_PORT": str(port),
+           "COMMUNITY_DATABASE_URL": community.url, "COMMUNITY_RELAY_ENABLED": "false",
+           "MALL_NATS_URL": "nats://127.0.0.1:1", "MALL_MEMBERS_ADDR": members.addr, "COMMUNITY_DRAIN_SECONDS": "0",
+           "COMMUNITY_VIEW_ACK": "accept", "COMMUNITY_VIEW_BATCH_DELAY_SECONDS": "60",
+           "COMMUNITY_VIEW_BATCH_ROWS": "5000", "COMMUNITY_VIEW_QUEUE_SIZE": "5000"}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "community", env=env, cwd=ROOT,
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        await asyncio.wait_for(channel.channel_ready(), 60)
+        stub = pb_grpc.CommunityServiceStub(channel)
+        answers = await asyncio.gather(*(stub.ViewPost(pb.ViewPostRequest(
+            name=article.name, visitor_id=visitor(), share_token=share.token), timeout=30) for _ in range(100)))
+        assert len({a.view for a in answers}) == 100
+        assert await stored_views(community.engine, article.name) == (0, 0)  # accepted, still in memory
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    finally:
+        await channel.close()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert await stored_views(community.engine, article.name) == (100, 100)
