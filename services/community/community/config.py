@@ -28,4 +28,4 @@ class CommunitySettings(ServiceSettings):
     view_ack: Literal["commit", "accept"] = Field(
         "commit", description="ViewPost answers once its batch committed (commit) or once it is queued (accept)")
     view_cache_seconds: float = Field(
-        30.0, ge=0, le=3600, description="How long a shared post (post + share of a token) is served from memory")
+        30.0, ge=0, le=3600, description="How long ViewPost serves a published post (and a share) from memory")

@@ -4,7 +4,6 @@ anonymous visitors linked to members later, and the report of a post's reach."""
 from __future__ import annotations
 
 import secrets
-import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -12,13 +11,12 @@ from sqlalchemy import String, and_, case, cast, distinct, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mall.community.v1 import community_events_pb2 as evpb
-from mall.community.v1 import community_service_pb2 as pb
 from mallkit.db import insert_ignore
 from mallkit.errors import FailedPrecondition, NotFound
 from mallkit.events import Outbox
 
 from . import errors as reasons
-from .common import ts
+from .common import Recent, ts, unchanging
 from .models import Post, Share, ShareAncestor, View, VisitorLink
 
 
@@ -35,13 +33,11 @@ class PendingView:
 
 
 class Sharing:
-    def __init__(self, outbox: Outbox, cache_seconds: float = 0.0, cache_size: int = 10_000):
+    def __init__(self, outbox: Outbox, cache_seconds: float = 0.0):
         self.outbox = outbox
-        # (group, post, share token) -> (post, share): a share never changes, and a published
-        # post other than a coupon drop (whose claimed count moves) never changes either.
-        self.cache_seconds = cache_seconds
-        self.cache_size = cache_size
-        self._by_token: dict[tuple[int, int, str], tuple[float, Post, Share]] = {}
+        # (group, post, share token) -> (post, share): a share never changes, nor does a published
+        # post (see Content.unchanging).
+        self._by_token = Recent(cache_seconds)
 
     async def share_by_token(self, s: AsyncSession, post_id: int, token: str, field: str) -> Share:
         sh = (await s.execute(select(Share).where(Share.token == token))).scalar_one_or_none()
@@ -68,15 +64,12 @@ class Sharing:
         database round trip for a shared article read again and again)."""
         key = (group_id, post_id, token)
         hit = self._by_token.get(key)
-        now = time.monotonic()
-        if hit is not None and hit[0] > now:
-            return hit[1], hit[2]
+        if hit is not None:
+            return hit
         async with sessions() as s:
             p, sh = await self.post_by_share(s, group_id, post_id, token)
-        if self.cache_seconds > 0 and p.state == pb.POST_STATE_PUBLISHED and p.kind != pb.POST_KIND_COUPON_DROP:
-            if len(self._by_token) >= self.cache_size:
-                self._by_token.clear()
-            self._by_token[key] = (now + self.cache_seconds, p, sh)
+        if unchanging(p):
+            self._by_token.put(key, (p, sh))
         return p, sh
 
     async def write_views(self, s: AsyncSession, views: list[PendingView]) -> None:

@@ -144,7 +144,7 @@ class ContentRpc(RpcBase):
             async with self.sessions() as s:
                 if member_id is not None and not await self.groups.is_member(s, group_id, member_id):
                     raise not_member()
-                p = await self.content.post(s, group_id, post_id)
+                p = await self.content.viewed_post(s, group_id, post_id)
         if caller is not None and caller.is_staff:  # staff preview: not a view
             return pb.ViewPostResponse(post=post_pb(p, reveal_answer=True))
         self.content.require_published(p)
