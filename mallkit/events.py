@@ -343,7 +343,7 @@ class Relay:
     """Publishes a service's outbox to its stream, in batches; safe with several replicas."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], table: Table, source: str, bus: EventBus, *,
-                 batch: int = 500, concurrency: int = 64, lease_seconds: float = 30.0, max_backoff: float = 300.0,
+                 batch: int = 500, concurrency: int = 64, lease_seconds: float = 60.0, max_backoff: float = 300.0,
                  publish_timeout: float = 5.0):
         self.sessions = sessions
         self.table = table
