@@ -114,11 +114,11 @@ class ContentRpc(RpcBase):
             return {p.id for p in posts}
         return await self.quizzes.answered(s, member_id, [p.id for p in posts if p.kind == pb.POST_KIND_QUIZ])
 
-    async def _member_post(self, s: AsyncSession, name: str, member_id: int) -> Post:
+    async def _member_post(self, s: AsyncSession, name: str, member_id: int, *, lock: bool = False) -> Post:
         group_id, post_id = parse_ids(name, "groups/{}/posts/{}", "name")
         if not await self.groups.is_member(s, group_id, member_id):
             raise not_member()
-        return await self.content.post(s, group_id, post_id)
+        return await self.content.post(s, group_id, post_id, lock=lock)
 
     async def ViewPost(self, request, context):
         """Reads outside any write transaction (a shared post comes from memory), then the view
@@ -206,7 +206,9 @@ class ContentRpc(RpcBase):
         member_id, now = int(principal().id), self.clock()
 
         async def use_case(s):
-            p = await self._member_post(s, request.name, member_id)
+            # the drop's row locked first: claims of one drop queue on it instead of deadlocking on
+            # each other's claim-key inserts (three repeats of one member's claim did, under load)
+            p = await self._member_post(s, request.name, member_id, lock=True)
             already = await self.coupon_drops.claim_coupon(s, p, member_id, now)
             return pb.ClaimCouponResponse(coupon_template=p.coupon_template, already_claimed=already)
 
