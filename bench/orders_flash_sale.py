@@ -32,6 +32,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import probe  # noqa: E402
 from harness import drive, free_port, start_members, summary, wait_http, wait_port  # noqa: E402
 
 from mall.orders.v1 import orders_service_pb2 as pb  # noqa: E402
@@ -71,11 +72,12 @@ async def main() -> None:
     }
     py = sys.executable
     # members answers whether each buyer and staff/1 exist (every service checks a token's account)
-    members = start_members(env, tmp, range(10_000_000, 10_000_000 + 300 + 2 * args.attempts))
+    members = start_members(env, tmp, range(10_000_000, 10_000_000 + 900 + 2 * args.attempts))
     await wait_port(int(env["MEMBERS_PORT"]), members)
     subprocess.run([py, "-m", "orders", "migrate"], env=env, check=True, cwd=ROOT)
-    procs = [members, subprocess.Popen([py, "-m", "orders"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL),
-             subprocess.Popen([py, "-m", "gateway"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL)]
+    orders_proc = probe.start(subprocess.Popen, "orders", env, tmp, cwd=ROOT, stdout=subprocess.DEVNULL)
+    gateway_proc = subprocess.Popen([py, "-m", "gateway"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    procs = [members, orders_proc, gateway_proc]
     codec = TokenCodec(DEV_TOKEN_SECRET)
     staff = {"Authorization": f"Bearer {codec.issue(Principal(STAFF, 'staff/1', frozenset({'admin'})))[0]}"}
     try:
@@ -92,9 +94,10 @@ async def main() -> None:
             now = datetime.now(UTC)
             window = {"startTime": (now - timedelta(minutes=1)).isoformat(), "endTime": (now + timedelta(hours=1)).isoformat()}
             sales = []
-            for _ in range(3):  # one to warm up, one for the gateway, one for direct gRPC
+            profiled = min(args.attempts, 300)
+            for stock in (args.stock, args.stock, args.stock, profiled):  # warm-up, gateway, gRPC, profile
                 r = await http.post("/v1/flashSales", json={"sku": product["skus"][0]["name"], "priceFen": 990,
-                                                            "totalStock": args.stock, "perMemberLimit": 1, **window},
+                                                            "totalStock": stock, "perMemberLimit": 1, **window},
                                     headers=staff)
                 assert r.status_code == 200, r.text
                 sales.append(r.json()["name"])
@@ -112,18 +115,23 @@ async def main() -> None:
                   f"database: {backend}")
             await drive(attempt, min(args.attempts, 300), args.concurrency)  # warm up on the first sale
             sale, outcomes = sales[1], Counter()
+            gw_before, orders_before = probe.cpu_only(gateway_proc), probe.snapshot(orders_proc)
             gw = summary("HTTP POST flashSales/*:buy (gateway)", *await drive(attempt, args.attempts, args.concurrency))
+            gw_after, orders_after = probe.cpu_only(gateway_proc), probe.snapshot(orders_proc)
             print(f"    outcomes by HTTP status: {dict(sorted(outcomes.items()))} (200 = bought, 400 = sold out)")
+            probe.report("  per attempt (mixed)", orders_before, orders_after, args.attempts, "orders")
+            probe.report("  per attempt (mixed)", gw_before, gw_after, args.attempts, "gateway")
 
             # The same attempts straight over gRPC (no gateway), to show where the time goes.
             channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
             stub = pb_grpc.OrdersServiceStub(channel)
             grpc_outcomes: Counter[str] = Counter()
+            grpc_sale = sales[2]
 
             async def attempt_grpc() -> None:
                 token = codec.issue(Principal(MEMBER, f"members/{next(members)}"))[0]
                 try:
-                    await stub.BuyFlashSale(pb.BuyFlashSaleRequest(flash_sale=sales[2], quantity=1,
+                    await stub.BuyFlashSale(pb.BuyFlashSaleRequest(flash_sale=grpc_sale, quantity=1,
                                                                    request_id=str(uuid.uuid4())),
                                             metadata=(("authorization", f"Bearer {token}"),), timeout=30)
                     grpc_outcomes["OK"] += 1
@@ -132,6 +140,20 @@ async def main() -> None:
 
             direct = summary("gRPC BuyFlashSale (no gateway)", *await drive(attempt_grpc, args.attempts, args.concurrency))
             print(f"    outcomes: {dict(sorted(grpc_outcomes.items()))}")
+
+            # The cost of a sale and of a refusal, apart: a sale with as many units as attempts, then as
+            # many attempts again once it is sold out (orders process: CPU and SQL per request).
+            grpc_sale, grpc_outcomes = sales[3], Counter()
+            before = probe.snapshot(orders_proc)
+            await drive(attempt_grpc, profiled, args.concurrency)
+            middle = probe.snapshot(orders_proc)
+            await drive(attempt_grpc, profiled, args.concurrency)
+            after = probe.snapshot(orders_proc)
+            print(f"  cost per request, gRPC, {profiled} each (outcomes {dict(sorted(grpc_outcomes.items()))}):")
+            sale_cost = probe.report("  a sale (units left)", before, middle, profiled, "orders")
+            refusal_cost = probe.report("  a refusal (sold out)", middle, after, profiled, "orders")
+            print(f"    a refusal costs x{refusal_cost['cpu_ms'] / sale_cost['cpu_ms']:.2f} the CPU of a sale "
+                  f"(x{sale_cost['cpu_ms'] / max(refusal_cost['cpu_ms'], 1e-9):.1f} cheaper)")
             await channel.close()
 
         # The baseline: the same conditional UPDATE the service runs, straight through the driver.
