@@ -142,17 +142,19 @@ def is_duplicate_key(exc: Exception) -> bool:
     return "UNIQUE constraint failed" in str(orig)
 
 
-async def insert_ignore(session: AsyncSession, table, rows: list[dict]) -> None:
-    """INSERT rows, skipping those that hit a unique key (MySQL or SQLite)."""
+async def insert_ignore(session: AsyncSession, table, rows: list[dict]) -> int:
+    """INSERT rows, skipping those that hit a unique key (MySQL or SQLite); the rows inserted
+    (exact for one row: 1 inserted, 0 already there)."""
     if not rows:
-        return
+        return 0
     from sqlalchemy.dialects.mysql import insert as mysql_insert
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     if session.get_bind().dialect.name == "sqlite":
-        await session.execute(sqlite_insert(table).on_conflict_do_nothing(), rows)
+        result = await session.execute(sqlite_insert(table).on_conflict_do_nothing(), rows)
     else:
-        await session.execute(mysql_insert(table).prefix_with("IGNORE"), rows)
+        result = await session.execute(mysql_insert(table).prefix_with("IGNORE"), rows)
+    return result.rowcount  # type: ignore[attr-defined]
 
 
 def is_unavailable(exc: BaseException) -> bool:

@@ -81,17 +81,29 @@ class Idempotency:
         request_id: str | None = None,
         required: bool = False,
         key_first: bool = False,
+        last: Callable[[AsyncSession], Awaitable[None]] | None = None,
     ) -> M:
         """Run ``use_case(session)`` in a transaction; replay on a repeated key.
 
         ``key_first``: for a use case with an effect outside the database (a message sent
         to WeChat), the key goes in before the effect, so a concurrent repeat waits on it
-        and never reaches the effect (two statements instead of one)."""
+        and never reaches the effect (two statements instead of one).
+
+        ``last``: a statement to run after the key, as the last of the transaction (a
+        hot-row conditional UPDATE, whose row lock is then held only until the commit);
+        it may raise to refuse, rolling everything back."""
         rid = request_id if request_id is not None else getattr(request, "request_id", "")
+
+        async def without_key(s: AsyncSession):
+            response = await use_case(s)
+            if last is not None:
+                await last(s)
+            return response
+
         if not rid:
             if required:
                 raise InvalidArgument.field("request_id", "is required for this method")
-            return await run_transaction(self.sessions, use_case)
+            return await run_transaction(self.sessions, without_key)
         if not REQUEST_ID.fullmatch(rid):
             raise InvalidArgument.field("request_id", "must be 8 to 64 letters, digits, '-' or '_' (a UUID)")
         scope, digest = self.scope(), request_hash(request)
@@ -102,6 +114,8 @@ class Idempotency:
             response = await use_case(s)
             await s.execute(update(t).where(t.c.scope == scope, t.c.request_id == rid)
                             .values(response=response.SerializeToString(deterministic=True)))
+            if last is not None:
+                await last(s)
             return response
 
         async def first_time(s: AsyncSession):
@@ -112,6 +126,8 @@ class Idempotency:
             response = await use_case(s)
             await s.execute(insert(t).values(scope=scope, request_id=rid, request_hash=digest, create_time=utcnow(),
                                              response=response.SerializeToString(deterministic=True)))
+            if last is not None:
+                await last(s)
             return response
 
         try:
