@@ -109,6 +109,32 @@ def start(popen, module: str, base_env: dict, folder, **kw):
     return proc
 
 
+class Spy:
+    """``py-spy record`` of a process over a phase when ``$MALL_BENCH_PYSPY`` names a folder
+    (``pip install py-spy``); a no-op otherwise. Writes ``<folder>/<name>.txt`` (collapsed stacks)."""
+
+    def __init__(self, proc, name: str):
+        import shutil
+        import subprocess
+
+        folder, self.spy = os.environ.get("MALL_BENCH_PYSPY"), None
+        exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if folder and Path(exe).exists():
+            out = Path(folder) / f"{name}.txt"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            self.spy = subprocess.Popen([exe, "record", "--pid", str(proc.pid), "-r", "200", "-f", "raw", "-o", str(out)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.spy is not None:
+            self.spy.send_signal(signal.SIGINT)
+            self.spy.wait(30)
+
+
 def per_request(before: dict, after: dict, n: int) -> dict:
     keys = set(before) | set(after)
     d = {k: (after.get(k, 0) - before.get(k, 0)) / n for k in keys}
