@@ -67,6 +67,7 @@ class Idempotency:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], table: Table):
         self.sessions = sessions
         self.table = table
+        self._insert = insert(table)  # built once: its compiled form is cached, not rebuilt per call
 
     def scope(self) -> str:
         p = current_principal.get()
@@ -124,8 +125,9 @@ class Idempotency:
             # insert (MySQL: after waiting for the first one's commit), rolls its effect back
             # and replays the stored response below.
             response = await use_case(s)
-            await s.execute(insert(t).values(scope=scope, request_id=rid, request_hash=digest, create_time=utcnow(),
-                                             response=response.SerializeToString(deterministic=True)))
+            await (await s.connection()).execute(self._insert, {
+                "scope": scope, "request_id": rid, "request_hash": digest, "create_time": utcnow(),
+                "response": response.SerializeToString(deterministic=True)})
             if last is not None:
                 await last(s)
             return response

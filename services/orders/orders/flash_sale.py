@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mallkit.db import insert_ignore, utcnow
@@ -57,6 +57,18 @@ class SoldOut:
 
     quantity: int
     since: float
+
+
+# The purchase's statements, built once (Core on the tables: no ORM unit of work, cached compilation).
+_purchases, _sales = FlashPurchase.__table__, FlashSale.__table__
+INSERT_ORDER = insert(Order.__table__)
+INSERT_ITEM = insert(OrderItem.__table__)
+COUNT_AGAIN = (update(_purchases)
+               .where(_purchases.c.flash_sale_id == bindparam("sale"), _purchases.c.member_id == bindparam("member"),
+                      _purchases.c.quantity + bindparam("qty") <= bindparam("limit"))
+               .values(quantity=_purchases.c.quantity + bindparam("qty")))
+TAKE_STOCK = (update(_sales).where(_sales.c.id == bindparam("sale"), _sales.c.remaining >= bindparam("qty"))
+              .values(remaining=_sales.c.remaining - bindparam("qty")))
 
 
 def sold_out_error() -> FailedPrecondition:
@@ -154,12 +166,11 @@ class FlashSales:
             raise limit_reached
         first = await insert_ignore(s, FlashPurchase.__table__, [{"flash_sale_id": info.id, "member_id": member_id,
                                                                   "quantity": quantity}])
+        conn = await s.connection()
         if first != 1:  # bought in this sale before: within the limit, or refused
-            mine = await s.execute(update(FlashPurchase)
-                                   .where(FlashPurchase.flash_sale_id == info.id, FlashPurchase.member_id == member_id,
-                                          FlashPurchase.quantity + quantity <= info.per_member_limit)
-                                   .values(quantity=FlashPurchase.quantity + quantity))
-            if mine.rowcount != 1:  # type: ignore[attr-defined]
+            mine = await conn.execute(COUNT_AGAIN, {"sale": info.id, "member": member_id, "qty": quantity,
+                                                    "limit": info.per_member_limit})
+            if mine.rowcount != 1:
                 raise limit_reached
         now = utcnow()
         amount = info.price_fen * quantity
@@ -168,20 +179,18 @@ class FlashSales:
                      flash_sale_id=info.id, group_deal_id=None, group_id=None, bargain_activity_id=None, bargain_id=None,
                      out_trade_no=uuid.uuid4().hex, cancel_reason="", refunded_fen=0, create_time=now,
                      pay_deadline_time=now + self.pay_timeout, pay_time=None, ship_time=None, close_time=None)
-        order_id = (await s.execute(insert(Order).values(**order))).inserted_primary_key[0]
+        order_id = (await conn.execute(INSERT_ORDER, order)).inserted_primary_key[0]
         item = dict(order_id=order_id, sku_id=info.sku_id, product_id=info.product_id, category_id=info.category_id,
                     product_display_name=info.product_display_name, sku_display_name=info.sku_display_name,
                     unit_price_fen=info.price_fen, quantity=quantity, paid_fen=amount,
                     repurchase_cycle_days=info.repurchase_cycle_days)
-        await s.execute(insert(OrderItem).values(**item))
+        await conn.execute(INSERT_ITEM, item)
         return Order(id=order_id, **order), [OrderItem(**item)]
 
     async def take_stock(self, s: AsyncSession, sale_id: int, quantity: int) -> None:
         """The hot-row conditional UPDATE, the last statement of the purchase; zero rows: sold out."""
-        got = await s.execute(update(FlashSale)
-                              .where(FlashSale.id == sale_id, FlashSale.remaining >= quantity)
-                              .values(remaining=FlashSale.remaining - quantity))
-        if got.rowcount != 1:  # type: ignore[attr-defined]
+        got = await (await s.connection()).execute(TAKE_STOCK, {"sale": sale_id, "qty": quantity})
+        if got.rowcount != 1:
             raise self._saw_sold_out(sale_id, quantity)
         self._soldout.pop(sale_id, None)  # units were left: whatever this process remembered is stale
 
