@@ -46,7 +46,9 @@ from mallkit.settings import DEV_TOKEN_SECRET
 from mallkit.testing import MYSQL_ADMIN_URL, mysql_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import drive_each, free_port, start_members, summary, wait_port  # noqa: E402
+import probe  # noqa: E402
+from harness import free_port, start_members, wait_port  # noqa: E402
+from loadgen import drive_calls  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMBERS = 400
@@ -147,7 +149,7 @@ async def main() -> None:
     members = start_members(env, tmp, range(1, MEMBERS + 1))
     await wait_port(int(env["MEMBERS_PORT"]), members)
     subprocess.run([py, "-m", "points", "migrate"], env=env, check=True, cwd=ROOT)
-    proc = subprocess.Popen([py, "-m", "points"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    proc = probe.start(subprocess.Popen, "points", env, tmp, cwd=ROOT, stdout=subprocess.DEVNULL)
     raw = RawDriver(url)
     try:
         await wait_port(port, proc)
@@ -195,14 +197,23 @@ async def main() -> None:
         print(f"points: {n} grants and {n} redemptions per path, {conc} concurrent workers, database: {backend}",
               flush=True)
         # Warm-up on members of their own (not counted).
-        await drive_each(grants(900_000, True), conc)
-        await drive_each(grants(800_000, False), conc)
+        await drive_calls(list(grants(900_000, True)), 0, conc)
+        await drive_calls(list(grants(800_000, False)), 0, conc)
+        await drive_calls(list(redemptions(900_000, True)), 0, conc)
+
+        async def measured(name: str, calls) -> dict:
+            calls = list(calls)
+            before = probe.snapshot(proc)
+            row = (await drive_calls(calls, 0, conc)).print(name)
+            probe.report("  per request", before, probe.snapshot(proc), len(calls), "points")
+            return row
+
         # The service works on members 1..MEMBERS, the raw driver on 100001..; each member's ledger stays whole.
-        g_svc = summary("grants via gRPC CompleteTask", *await drive_each(grants(1, True), conc))
-        g_raw = summary("grants straight through the driver (baseline)", *await drive_each(grants(100_001, False), conc))
-        r_svc = summary("redemptions via gRPC RedeemItem", *await drive_each(redemptions(1, True), conc))
-        r_raw = summary("redemptions straight through the driver (baseline)",
-                        *await drive_each(redemptions(100_001, False), conc))
+        g_svc = await measured("grants via gRPC CompleteTask", grants(1, True))
+        g_raw = (await drive_calls(list(grants(100_001, False)), 0, conc)).print("grants straight through the driver (baseline)")
+        r_svc = await measured("redemptions via gRPC RedeemItem", redemptions(1, True))
+        r_raw = (await drive_calls(list(redemptions(100_001, False)), 0, conc)).print(
+            "redemptions straight through the driver (baseline)")
         print(f"  ratio service/driver: grants x{g_svc['rate'] / g_raw['rate']:.2f} throughput "
               f"(p50 x{g_svc['p50'] / g_raw['p50']:.2f}), redemptions x{r_svc['rate'] / r_raw['rate']:.2f} throughput "
               f"(p50 x{r_svc['p50'] / r_raw['p50']:.2f})", flush=True)
@@ -213,13 +224,13 @@ async def main() -> None:
         print(f"  ledger check after the run: {report.accounts} accounts, {report.entries} entries, "
               f"{'OK' if report.ok else report.problems[:5]}")
     finally:
-        members.terminate()
-        members.wait(15)
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        for p in (members, proc):
+            p.terminate()
+        for p in (members, proc):
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
         await raw.engine.dispose()
         if admin is not None:
             async with admin.begin() as conn:
