@@ -21,15 +21,23 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from mall.points.v1 import points_service_pb2 as pb
-from mallkit.db import insert_ignore, utcnow
+from mallkit.db import insert_ignore, insert_ignore_statement, utcnow
 from mallkit.errors import FailedPrecondition
 
 from . import errors as reasons
 from .models import Account, Entry, Lot, LotMove
+
+# Statements of the grant path, built once (Core on the tables: no unit of work, cached compilation).
+_accounts = Account.__table__
+INSERT_ENTRY = insert(Entry.__table__)
+INSERT_LOT = insert(Lot.__table__)
+INSERT_LOT_MOVE = insert(LotMove.__table__)
+ADD_AVAILABLE = (update(_accounts).where(_accounts.c.member_id == bindparam("member"))
+                 .values(available=_accounts.c.available + bindparam("amount"), update_time=bindparam("now")))
 
 
 class AlreadyApplied(Exception):
@@ -130,6 +138,35 @@ class Ledger:
     async def debit(self, s: AsyncSession, e: Entry, amount: int) -> None:
         await self.take(s, e.member_id, amount)
         await self.consume_lots(s, e, amount)
+
+    async def append_credit(self, s: AsyncSession, member_id: int, key: str, kind: int, source: int, source_ref: str,
+                            amount: int, now: datetime, description: str = "") -> int:
+        """A grant that only appends: the entry (``key`` fresh: it names a row this transaction
+        just created), its lot and lot move, then **last** the account's available balance
+        (created on first use), so the account row is locked only until the commit. Nothing
+        is read: no lock is needed before (a concurrent change of the member's points waits on
+        the account row at its own turn). Returns the entry id."""
+        conn = await s.connection()
+        entry_id = (await conn.execute(INSERT_ENTRY, {
+            "member_id": member_id, "kind": kind, "source": source, "source_ref": source_ref,
+            "available_delta": amount, "pending_delta": 0, "description": description[:200], "operator": "",
+            "idempotency_key": key, "create_time": now})).inserted_primary_key[0]
+        lot_id = (await conn.execute(INSERT_LOT, {
+            "member_id": member_id, "entry_id": entry_id, "amount": amount, "remaining": amount, "earn_time": now,
+            "expire_time": self.expire_time_for(now), "expired": False})).inserted_primary_key[0]
+        await conn.execute(INSERT_LOT_MOVE, {"entry_id": entry_id, "lot_id": lot_id, "delta": amount})
+        await self.add_available(conn, member_id, amount, now)
+        return entry_id
+
+    async def add_available(self, conn: AsyncConnection, member_id: int, amount: int, now: datetime) -> None:
+        """``available += amount`` on the member's account, creating it on first use."""
+        params = {"member": member_id, "amount": amount, "now": now}
+        if (await conn.execute(ADD_AVAILABLE, params)).rowcount == 1:
+            return
+        created = await conn.execute(insert_ignore_statement(conn.dialect.name, _accounts), {
+            "member_id": member_id, "available": amount, "pending": 0, "create_time": now, "update_time": now})
+        if created.rowcount != 1:  # created meanwhile by a concurrent first change
+            await conn.execute(ADD_AVAILABLE, params)
 
     # --- use cases -----------------------------------------------------------------------------
 
