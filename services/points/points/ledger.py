@@ -36,6 +36,14 @@ _accounts = Account.__table__
 INSERT_ENTRY = insert(Entry.__table__)
 INSERT_LOT = insert(Lot.__table__)
 INSERT_LOT_MOVE = insert(LotMove.__table__)
+TAKE_AVAILABLE = (update(_accounts)
+                  .where(_accounts.c.member_id == bindparam("member"), _accounts.c.available >= bindparam("amount"))
+                  .values(available=_accounts.c.available - bindparam("amount")))
+_lots = Lot.__table__
+LOTS_TO_SPEND = (select(_lots.c.id, _lots.c.remaining)
+                 .where(_lots.c.member_id == bindparam("member"), _lots.c.remaining > 0)
+                 .order_by(_lots.c.expire_time, _lots.c.id))
+SPEND_FROM_LOT = update(_lots).where(_lots.c.id == bindparam("lot")).values(remaining=_lots.c.remaining - bindparam("take"))
 ADD_AVAILABLE = (update(_accounts).where(_accounts.c.member_id == bindparam("member"))
                  .values(available=_accounts.c.available + bindparam("amount"), update_time=bindparam("now")))
 
@@ -113,27 +121,34 @@ class Ledger:
 
     async def take(self, s: AsyncSession, member_id: int, amount: int) -> None:
         """Lower the available balance, or INSUFFICIENT_POINTS (the account is locked)."""
-        taken = await s.execute(update(Account).where(Account.member_id == member_id, Account.available >= amount)
-                                .values(available=Account.available - amount))
+        taken = await (await s.connection()).execute(TAKE_AVAILABLE, {"member": member_id, "amount": amount})
         if taken.rowcount != 1:
             raise FailedPrecondition("not enough points", reason=reasons.INSUFFICIENT_POINTS,
                                      metadata={"required": amount}, zh="积分不足")
 
     async def consume_lots(self, s: AsyncSession, e: Entry, amount: int) -> None:
-        """Take points from the member's lots, those expiring first first."""
-        lots = (await s.execute(select(Lot.id, Lot.remaining).where(Lot.member_id == e.member_id, Lot.remaining > 0)
-                                .order_by(Lot.expire_time, Lot.id))).all()
-        left = amount
+        await self.consume_lots_of(s, e.member_id, e.id, amount)
+
+    async def consume_lots_of(self, s: AsyncSession, member_id: int, entry_id: int, amount: int) -> None:
+        """Take points from the member's lots, those expiring first first (the account is locked)."""
+        conn = await s.connection()
+        lots = (await conn.execute(LOTS_TO_SPEND, {"member": member_id})).all()
+        left, moves = amount, []
         for lot_id, remaining in lots:
             if left == 0:
                 break
             take = min(left, remaining)
-            await s.execute(update(Lot).where(Lot.id == lot_id).values(remaining=Lot.remaining - take))
-            s.add(LotMove(entry_id=e.id, lot_id=lot_id, delta=-take))
+            await conn.execute(SPEND_FROM_LOT, {"lot": lot_id, "take": take})
+            moves.append({"entry_id": entry_id, "lot_id": lot_id, "delta": -take})
             left -= take
         if left:  # the balance said yes but the lots disagree: refuse rather than corrupt
-            raise AssertionError(f"lots of member {e.member_id} hold less than the balance")
-        await s.flush()
+            raise AssertionError(f"lots of member {member_id} hold less than the balance")
+        if moves:
+            await conn.execute(INSERT_LOT_MOVE, moves)
+
+    async def append_entry(self, s: AsyncSession, values: dict) -> int:
+        """Append an entry whose key is fresh (it names a row this transaction just created); its id."""
+        return (await (await s.connection()).execute(INSERT_ENTRY, values)).inserted_primary_key[0]
 
     async def debit(self, s: AsyncSession, e: Entry, amount: int) -> None:
         await self.take(s, e.member_id, amount)
