@@ -3,9 +3,11 @@
 Every use case of the points service runs inside the single transaction its
 caller opened (``session``). The rules that keep the ledger right:
 
-* Every change of a member's points first takes the lock of the member's
-  account row (:meth:`Ledger.lock`), so the changes of one member are
-  serialized and everything read afterwards in the transaction is stable.
+* Every change of a member's points that reads them first takes the lock of
+  the member's account row (:meth:`Ledger.lock`, or the conditional UPDATE of
+  :meth:`Ledger.take`), so the changes of one member are serialized and
+  everything read afterwards in the transaction is stable. A grant that only
+  appends (:meth:`Ledger.append_credit`) takes it last, with the balance change.
 * Every change is one ledger entry with a unique ``idempotency_key``, looked
   up under that lock: an effect already applied is not applied again.
 * Balances change by conditional UPDATE (``available >= :n``), stock too
