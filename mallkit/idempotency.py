@@ -104,7 +104,7 @@ class Idempotency:
         if not rid:
             if required:
                 raise InvalidArgument.field("request_id", "is required for this method")
-            return await run_transaction(self.sessions, without_key)
+            return await run_transaction(self.sessions, without_key if last is not None else use_case)
         if not REQUEST_ID.fullmatch(rid):
             raise InvalidArgument.field("request_id", "must be 8 to 64 letters, digits, '-' or '_' (a UUID)")
         scope, digest = self.scope(), request_hash(request)
