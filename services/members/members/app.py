@@ -25,6 +25,7 @@ from .behaviour import Behaviour
 from .channels import Channels
 from .config import MembersSettings
 from .errors import DOMAIN
+from .funnels import Funnels
 from .identity import Identity
 from .models import BehaviourInbox, IdempotencyKeys, InboxEvents, OutboxEvents
 from .portrait import Portrait
@@ -60,6 +61,7 @@ class MembersApp(ServiceApp):
     rfm: Rfm
     autotags: AutoTags
     view360: Member360
+    funnels: Funnels
 
     async def close(self) -> None:
         await self.wechat.close()
@@ -74,13 +76,15 @@ def domain(settings: MembersSettings, outbox: Outbox, pages: PageTokens, wechat:
     tiers = Tiers(portrait, outbox, pages)
     channels = Channels(portrait, tags, staffing, pages)
     behaviour = Behaviour(pages)
+    funnels = Funnels(channels, brand_timezone=settings.platform.brand_timezone,
+                      window_days=settings.attribution_window_days)
     segments = Segments(pages)
     rfm = Rfm(RfmConfig(method=settings.rfm_method, window_days=settings.rfm_window_days,
                         recency_days=tuple(settings.rfm_recency_days),
                         frequency_orders=tuple(settings.rfm_frequency_orders),
                         monetary_fen=tuple(settings.rfm_monetary_fen), high=settings.rfm_high_score))
     return {
-        "identity": Identity(portrait, tiers, channels, outbox, wechat, sessions, behaviour),
+        "identity": Identity(portrait, tiers, channels, outbox, wechat, sessions, behaviour, funnels),
         "portrait": portrait,
         "channels": channels,
         "tiers": tiers,
@@ -94,6 +98,7 @@ def domain(settings: MembersSettings, outbox: Outbox, pages: PageTokens, wechat:
         "rfm": rfm,
         "autotags": AutoTags(segments, pages),
         "view360": Member360(portrait, tags, behaviour, peers, timeout=settings.member360_peer_timeout_seconds),
+        "funnels": funnels,
     }
 
 

@@ -43,6 +43,9 @@ class MembersSettings(ServiceSettings):
     rfm_interval_seconds: float = Field(3600.0, gt=0, description="How often the RFM job recomputes the model")
     member360_peer_timeout_seconds: float = Field(
         1.0, gt=0, description="Deadline of each peer call (points, community) of Member 360")
+    attribution_window_days: int = Field(
+        7, ge=1, le=90, description="A registration is credited to an arrival (channel code scan, content share) "
+                                    "of the same visitor at most this many days before it")
     auto_tag_interval_seconds: float = Field(600.0, gt=0, description="How often the job applies auto-tag rules")
 
     @field_validator("rfm_recency_days", "rfm_frequency_orders", "rfm_monetary_fen")

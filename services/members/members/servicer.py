@@ -17,12 +17,14 @@ from mallkit.idempotency import Idempotency
 from .autotags import AutoTags
 from .behaviour import Behaviour
 from .channels import Channels
+from .funnels import Funnels
 from .identity import Identity
 from .portrait import Portrait
 from .reach import Reach
 from .rfm import Rfm
 from .rpc.behaviour import BehaviourRpc
 from .rpc.channels import ChannelsRpc
+from .rpc.funnels import FunnelsRpc
 from .rpc.knowing import KnowingRpc
 from .rpc.members import MembersRpc
 from .rpc.reach import ReachRpc
@@ -39,7 +41,7 @@ from .view360 import Member360
 from .wechat import WechatClient
 
 
-class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, ReachRpc, BehaviourRpc, SegmentsRpc, KnowingRpc, View360Rpc,
+class MembersServicer(MembersRpc, ChannelsRpc, FunnelsRpc, TiersRpc, TagsRpc, StaffRpc, ReachRpc, BehaviourRpc, SegmentsRpc, KnowingRpc, View360Rpc,
                       pb_grpc.MembersServiceServicer):
     def __init__(
         self,
@@ -60,6 +62,7 @@ class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, Reac
         rfm: Rfm,
         autotags: AutoTags,
         view360: Member360,
+        funnels: Funnels,
         behaviour_max_age_days: int = 7,
         behaviour_clock_skew_seconds: int = 300,
     ):
@@ -79,5 +82,6 @@ class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, Reac
         self.rfm = rfm
         self.autotags = autotags
         self.view360 = view360
+        self.funnels = funnels
         self.behaviour_max_age_days = behaviour_max_age_days
         self.behaviour_clock_skew_seconds = behaviour_clock_skew_seconds
