@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import String, and_, case, cast, func, literal, literal_column, null, select, union_all, update
+from sqlalchemy import and_, case, exists, func, literal_column, null, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from mall.members.v1 import members_service_pb2 as pb
 from mallkit.db import insert_ignore, utcnow
@@ -208,26 +209,28 @@ class Funnels:
                 cols.append(post.label("post"))
             return cols
 
-        # arrivals: code scans of devices (resolved to the member a visitor merged into) and touchpoints
+        # arrivals: code scans of devices (resolved to the member a visitor merged into) and touchpoints;
+        # distinct members plus distinct visitors not joined to a member (no string concatenation:
+        # MariaDB refuses a UNION of columns of different collations)
         ca, v = ChannelArrival, Visitor
         who = func.coalesce(ca.member_id, v.member_id)
-        identity = case((who.is_not(None), literal("m") + cast(who, String)), else_=literal("v") + ca.visitor_id)
-        scans = (select(ca.day.label("day"), *dims(ca.channel_code_id, ca.channel_type, cast(null(), String)),
-                        identity.label("who"))
+        scans = (select(ca.day.label("day"), *dims(ca.channel_code_id, ca.channel_type, null()),
+                        who.label("member"), case((who.is_(None), ca.visitor_id), else_=null()).label("visitor"))
                  .select_from(ca).join(v, v.visitor_id == ca.visitor_id, isouter=True)
                  .where(ca.day >= start, ca.day <= end))
         touches = (select(day_of(s, tp.create_time, offset).label("day"), *dims(tp.channel_code_id, tp.channel_type, tp.post),
-                          (literal("m") + cast(tp.member_id, String)).label("who"))
+                          tp.member_id.label("member"), null().label("visitor"))
                    .where(tp.create_time >= lo, tp.create_time < hi))
         arrivals = union_all(scans, touches).subquery()
-        group = [c for c in arrivals.c if c.name not in ("who",)]
+        distinct_arrivals = (func.count(func.distinct(arrivals.c.member))
+                             + func.count(func.distinct(arrivals.c.visitor)))
+        group = [c for c in arrivals.c if c.name not in ("member", "visitor")]
         rows: dict[tuple, FunnelRow] = {}
-        for r in (await s.execute(select(*group, func.count(func.distinct(arrivals.c.who)))
-                                  .group_by(*group))).tuples():
+        for r in (await s.execute(select(*group, distinct_arrivals).group_by(*group))).tuples():
             self._row(rows, dimension, r[:-1]).arrivals = int(r[-1])
 
         # registrations credited to each key
-        acquired = and_(tp.id == Member.acquisition_touchpoint_id)
+        acquired = tp.id == Member.acquisition_touchpoint_id
         reg_day = day_of(s, Member.create_time, offset).label("day")
         reg_dims = dims(tp.channel_code_id, tp.channel_type, tp.post)
         q = (select(reg_day, *reg_dims, func.count())
@@ -239,7 +242,11 @@ class Funnels:
 
         # first and repeat orders of credited members, by pay day
         mp, st = MemberPurchase, MemberPurchaseStats
-        first = mp.pay_time == st.first_order_time
+        earlier = aliased(MemberPurchase)
+        # the earliest paid order; of two paid in the same second, the one recorded first
+        first = and_(mp.pay_time == st.first_order_time,
+                     ~exists().where(earlier.member_id == mp.member_id, earlier.pay_time == mp.pay_time,
+                                     earlier.id < mp.id))
         pay_day = day_of(s, mp.pay_time, offset).label("day")
         q = (select(pay_day, *reg_dims,
                     func.sum(case((first, 1), else_=0)), func.sum(case((first, 0), else_=1)),
@@ -259,8 +266,8 @@ class Funnels:
             k = (row.key,)
             t = totals.setdefault(k, FunnelRow(None, row.key, row.display_name, row.channel_type))
             t.add(row)
-        group = [c for c in arrivals.c if c.name not in ("who", "day")]
-        for r in (await s.execute(select(*group, func.count(func.distinct(arrivals.c.who))).group_by(*group))).tuples():
+        group = [c for c in group if c.name != "day"]
+        for r in (await s.execute(select(*group, distinct_arrivals).group_by(*group))).tuples():
             key = self._row({}, dimension, (None, *r[:-1]))
             totals.setdefault((key.key,), FunnelRow(None, key.key, key.display_name, key.channel_type)).arrivals = int(r[-1])
         await self._names(s, [*rows.values(), *totals.values()])
