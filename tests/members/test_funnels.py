@@ -24,8 +24,6 @@ from tests.community.helpers import join, make_group, new_member_id
 from tests.community.test_content import post as create_post
 from tests.fixtures import deliver, gateway_client
 
-pytestmark = pytest.mark.mariadb
-
 
 @pytest.fixture(scope="module")
 async def mall(members, orders, community):
