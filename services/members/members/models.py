@@ -94,7 +94,7 @@ class Member(Base):
     store_id: Mapped[int | None] = mapped_column(ForeignKey("stores.id"), nullable=True)
     #: The touchpoint credited with the registration (``funnels.py``): set once, by a conditional update.
     acquisition_touchpoint_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
-    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)  # funnels: registrations of a range
     update_time: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
@@ -274,7 +274,8 @@ class MemberPurchase(Base):
     categories: Mapped[str] = mapped_column(String(512), default="")  # "categories/1,categories/7"
     pay_time: Mapped[datetime] = mapped_column(UTCDateTime())
     refund_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    __table_args__ = (Index("ix_member_purchases_member_id_pay_time", "member_id", "pay_time"),)
+    __table_args__ = (Index("ix_member_purchases_member_id_pay_time", "member_id", "pay_time"),
+                      Index("ix_member_purchases_pay_time", "pay_time"))  # funnels: orders of a date range
 
 
 class MemberPurchaseStats(Base):

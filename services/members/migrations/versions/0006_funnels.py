@@ -35,6 +35,10 @@ def upgrade() -> None:
     with op.batch_alter_table('members', schema=None) as batch_op:
         batch_op.add_column(sa.Column('acquisition_touchpoint_id', sa.BigInteger(), nullable=True))
         batch_op.create_index(batch_op.f('ix_members_acquisition_touchpoint_id'), ['acquisition_touchpoint_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_members_create_time'), ['create_time'], unique=False)
+
+    with op.batch_alter_table('member_purchases', schema=None) as batch_op:
+        batch_op.create_index('ix_member_purchases_pay_time', ['pay_time'], unique=False)
 
     with op.batch_alter_table('touchpoints', schema=None) as batch_op:
         batch_op.add_column(sa.Column('post', sa.String(length=64), nullable=True))
@@ -66,7 +70,11 @@ def downgrade() -> None:
         batch_op.drop_column('share_id')
         batch_op.drop_column('post')
 
+    with op.batch_alter_table('member_purchases', schema=None) as batch_op:
+        batch_op.drop_index('ix_member_purchases_pay_time')
+
     with op.batch_alter_table('members', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_members_create_time'))
         batch_op.drop_index(batch_op.f('ix_members_acquisition_touchpoint_id'))
         batch_op.drop_column('acquisition_touchpoint_id')
 
