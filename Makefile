@@ -46,7 +46,7 @@ lint: protos ## Lint Python (ruff), type-check mallkit (mypy) and lint the proto
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy mallkit
 	rm -rf gen/buf-deps && mkdir -p gen/buf-deps/google/api gen/buf-deps/google/type
-	cp "$(SITE)"/google/api/{annotations,http,field_behavior}.proto gen/buf-deps/google/api/
+	cp "$(SITE)"/google/api/{annotations,http,field_behavior,httpbody}.proto gen/buf-deps/google/api/
 	cp "$(SITE)"/google/type/date.proto gen/buf-deps/google/type/
 	npx --yes @bufbuild/buf@1.75.0 lint
 

@@ -254,7 +254,7 @@ async def test_a_share_arrival_converts_for_the_post_and_the_sharer_once(mall, m
         r = await mall.get("/v1/reports/contentConversions", headers=staff, params=params)
         assert r.status_code == 200, r.text
         got = r.json()
-        posts, sharers = got["posts"], got["sharers"]
+        posts = got["posts"]
         if len(posts) == 1 and posts[0]["newMembers"] == "1" and posts[0]["orders"] == str(expect_orders):
             return got
         return None
