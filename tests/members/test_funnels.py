@@ -308,3 +308,15 @@ async def test_a_share_arrival_converts_for_the_post_and_the_sharer_once(mall, m
             ).status_code == 403
     assert (await mall.get("/v1/reports/contentConversions", headers=staff,
                            params={**params, "post": "groups/x"})).status_code == 400
+
+
+async def test_the_exports_are_documented_as_csv_and_the_reports_as_json(mall):
+    doc = (await mall.get("/openapi.json")).json()
+    for path in ("/v1/reports/funnel:export", "/v1/reports/contentConversions:export"):
+        op = doc["paths"][path]["get"]
+        assert list(op["responses"]["200"]["content"]) == ["text/csv"], op["responses"]
+        assert op["x-mall-access"]
+    report = doc["paths"]["/v1/reports/funnel"]["get"]["responses"]["200"]["content"]
+    assert list(report) == ["application/json"]
+    page = await mall.get("/docs")
+    assert page.status_code == 200 and "ExportFunnelReport" in page.text and "text/csv" in page.text
