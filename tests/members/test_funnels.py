@@ -296,6 +296,14 @@ async def test_a_share_arrival_converts_for_the_post_and_the_sharer_once(mall, m
     # views and shares are the community service's half of the content report
     views = await mall.get(f"/v1/{article.name}/report", headers=staff)
     assert views.status_code == 200 and views.json()["views"] == "1" and views.json()["shares"] == "1", views.text
+    post_csv = await mall.get(f"/v1/{article.name}/report:export", headers=staff)
+    assert post_csv.status_code == 200 and post_csv.headers["content-type"].startswith("text/csv"), post_csv.text
+    lines = list(csv.DictReader(io.StringIO(post_csv.content.decode("utf-8"))))
+    report = views.json()
+    assert [(r["share"], r["sharer"], r["views"], r["unique_viewers"], r["members_gained"]) for r in lines] == [
+        ("", "", report["views"], report["uniqueViewers"], report["membersGained"]),
+        (share.name, f"members/{sharer}", "1", "1", "1")]
+    assert (await mall.get(f"/v1/{article.name}/report:export", headers=bearer(reader.token))).status_code == 403
 
     # CSV = JSON; staff only
     exported = await mall.get("/v1/reports/contentConversions:export", headers=staff, params=params)
@@ -312,7 +320,9 @@ async def test_a_share_arrival_converts_for_the_post_and_the_sharer_once(mall, m
 
 async def test_the_exports_are_documented_as_csv_and_the_reports_as_json(mall):
     doc = (await mall.get("/openapi.json")).json()
-    for path in ("/v1/reports/funnel:export", "/v1/reports/contentConversions:export"):
+    post_export = [p for p in doc["paths"] if "posts" in p and p.endswith(":export")]
+    assert len(post_export) == 1, post_export
+    for path in ("/v1/reports/funnel:export", "/v1/reports/contentConversions:export", *post_export):
         op = doc["paths"][path]["get"]
         assert list(op["responses"]["200"]["content"]) == ["text/csv"], op["responses"]
         assert op["x-mall-access"]

@@ -22,8 +22,6 @@ the range).
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -345,10 +343,3 @@ FUNNEL_COLUMNS = ["date", "key", "display_name", "channel_type", "arrivals", "re
                   "first_order_rate", "repeat_order_rate"]
 CONVERSION_COLUMNS = ["post", "sharer", "new_members", "ordering_members", "orders", "gmv_fen"]
 
-
-def to_csv(header: list[str], rows: Iterable[list]) -> bytes:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\r\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue().encode("utf-8")

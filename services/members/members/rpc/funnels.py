@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from datetime import date
 
-from google.api import httpbody_pb2
-
 from mall.members.v1 import members_service_pb2 as pb
 from mallkit.auth import current_principal
+from mallkit.csvbody import csv_body
 from mallkit.db import run_transaction
 from mallkit.errors import NotFound
 from mallkit.validation import Validator
 
 from .. import errors as reasons
-from ..funnels import CONVERSION_COLUMNS, FUNNEL_COLUMNS, MAX_RANGE_DAYS, Conversions, Funnel, rate, to_csv
+from ..funnels import CONVERSION_COLUMNS, FUNNEL_COLUMNS, MAX_RANGE_DAYS, Conversions, Funnel, rate
 from ..messages import SCENE, VISITOR
 from .base import RpcBase
 
@@ -73,10 +72,6 @@ def conversions_pb(c: Conversions, start: date, end: date) -> pb.ContentConversi
                 post=x.post, sharer=f"members/{x.sharer_id}" if x.sharer_id else "", new_members=x.new_members,
                 ordering_members=x.ordering_members, orders=x.orders, gmv_fen=x.gmv_fen))
     return out
-
-
-def csv_body(header: list[str], rows: list[list]) -> httpbody_pb2.HttpBody:
-    return httpbody_pb2.HttpBody(content_type="text/csv; charset=utf-8", data=to_csv(header, rows))
 
 
 class FunnelsRpc(RpcBase):
