@@ -245,14 +245,15 @@ class Funnels:
         first = and_(mp.pay_time == st.first_order_time,
                      ~exists().where(earlier.member_id == mp.member_id, earlier.pay_time == mp.pay_time,
                                      earlier.id < mp.id))
-        pay_day = day_of(s, mp.pay_time, offset).label("day")
-        q = (select(pay_day, *reg_dims,
-                    func.sum(case((first, 1), else_=0)), func.sum(case((first, 0), else_=1)),
-                    func.sum(case((first, mp.paid_fen), else_=0)), func.sum(case((first, 0), else_=mp.paid_fen)))
-             .select_from(mp).join(Member, Member.id == mp.member_id).join(tp, acquired)
-             .join(st, st.member_id == mp.member_id)
-             .where(mp.pay_time >= lo, mp.pay_time < hi)
-             .group_by(pay_day, *reg_dims))
+        paid = (select(day_of(s, mp.pay_time, offset).label("day"), *reg_dims, mp.paid_fen.label("paid_fen"),
+                       case((first, 1), else_=0).label("first"))  # the EXISTS evaluated once per purchase
+                .select_from(mp).join(Member, Member.id == mp.member_id).join(tp, acquired)
+                .join(st, st.member_id == mp.member_id)
+                .where(mp.pay_time >= lo, mp.pay_time < hi)).subquery()
+        keys = [c for c in paid.c if c.name not in ("paid_fen", "first")]
+        q = (select(*keys, func.sum(paid.c.first), func.sum(1 - paid.c.first),
+                    func.sum(paid.c.first * paid.c.paid_fen), func.sum((1 - paid.c.first) * paid.c.paid_fen))
+             .group_by(*keys))
         for r in (await s.execute(q)).tuples():
             row = self._row(rows, dimension, r[:-4])
             row.first_orders, row.repeat_orders, row.first_order_gmv_fen, row.repeat_order_gmv_fen = (
