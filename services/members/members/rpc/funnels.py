@@ -7,7 +7,6 @@ from datetime import date
 from mall.members.v1 import members_service_pb2 as pb
 from mallkit.auth import current_principal
 from mallkit.csvbody import csv_body
-from mallkit.db import run_transaction
 from mallkit.errors import NotFound
 from mallkit.validation import Validator
 
@@ -93,7 +92,7 @@ class FunnelsRpc(RpcBase):
             return pb.RecordChannelArrivalResponse(channel_code=f"channelCodes/{channel.id}",
                                                    channel_type=channel.channel_type, already_recorded=not new)
 
-        return await run_transaction(self.sessions, use_case)
+        return await self.idem.run(request, pb.RecordChannelArrivalResponse, use_case)
 
     async def _funnel(self, request) -> tuple[Funnel, date, date, int]:
         v = Validator()
