@@ -337,3 +337,40 @@ async def test_the_exports_are_documented_as_csv_and_the_reports_as_json(mall):
     assert list(report) == ["application/json"]
     page = await mall.get("/docs")
     assert page.status_code == 200 and "ExportFunnelReport" in page.text and "text/csv" in page.text
+
+
+async def test_a_share_viewed_before_the_attribution_window_is_a_touchpoint_but_not_the_acquisition(members):
+    login, md = await members.login(visitor_id=visitor())
+    member = login.member.name
+    post, sharer = f"groups/9{uuid.uuid4().int % 10**6}/posts/1", f"members/{new_member_id()}"
+    days = members.app.settings.attribution_window_days
+
+    def linked(share_id: int, viewed: datetime, on: str = post) -> events_pb2.Event:
+        p = cev.VisitorLinkedEvent(member=member, visitor_id=visitor(), arrivals=[cev.ShareArrival(
+            post=on, share=f"{on}/shares/{share_id}", sharer=sharer)])
+        p.arrivals[0].view_time.FromDatetime(viewed)
+        e = events_pb2.Event(id=str(uuid.uuid4()), type="community.visitor_linked", source="community", subject=member)
+        e.time.GetCurrentTime()
+        e.data.Pack(p)
+        return e
+
+    today = members.app.funnels.brand_day(datetime.now(UTC))
+    report = pb.GetContentConversionReportRequest(post=post)
+    for d, field in ((today - timedelta(days=1), report.start_date), (today, report.end_date)):
+        field.year, field.month, field.day = d.year, d.month, d.day
+    staff = await members.staff()
+
+    await deliver(members.app, linked(1, datetime.now(UTC) - timedelta(days=days, hours=1)))  # too early
+    await deliver(members.app, linked(2, datetime.now(UTC) + timedelta(hours=1)))  # after registering
+    tps = await members.stub.ListTouchpoints(pb.ListTouchpointsRequest(parent="members/me"), metadata=md)
+    assert sorted(t.post for t in tps.touchpoints) == [post, post]
+    assert not (await members.stub.GetContentConversionReport(report, metadata=staff)).posts
+
+    await deliver(members.app, linked(3, datetime.now(UTC) - timedelta(hours=1)))  # within the window: credited
+    got = await members.stub.GetContentConversionReport(report, metadata=staff)
+    assert [(c.post, c.new_members) for c in got.posts] == [(post, 1)]
+    other = post.replace("/posts/1", "/posts/2")
+    await deliver(members.app, linked(4, datetime.now(UTC) - timedelta(minutes=30), other))  # credited once
+    assert await members.stub.GetContentConversionReport(report, metadata=staff) == got
+    report.post = other
+    assert not (await members.stub.GetContentConversionReport(report, metadata=staff)).posts
