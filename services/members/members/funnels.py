@@ -262,9 +262,7 @@ class Funnels:
         # totals per key; arrivals over the range are distinct over the range, not a sum of days
         totals: dict[tuple, FunnelRow] = {}
         for row in rows.values():
-            k = (row.key,)
-            t = totals.setdefault(k, FunnelRow(None, row.key, row.display_name, row.channel_type))
-            t.add(row)
+            totals.setdefault((row.key,), FunnelRow(None, row.key, "", row.channel_type)).add(row)
         group = [c for c in group if c.name != "day"]
         for r in (await s.execute(select(*group, distinct_arrivals).group_by(*group))).tuples():
             key = self._row({}, dimension, (None, *r[:-1]))
@@ -293,7 +291,7 @@ class Funnels:
 
     @staticmethod
     async def _names(s: AsyncSession, rows: list[FunnelRow]) -> None:
-        """Channel code rows get the code's display name; touchpoint rows of codes are keyed by scene."""
+        """Rows keyed by a channel code get the code's display name (one query for all of them)."""
         ids = {int(r.key.split("/")[1]) for r in rows if r.key.startswith("channelCodes/")}
         if not ids:
             return
@@ -302,7 +300,6 @@ class Funnels:
             if r.key.startswith("channelCodes/"):
                 c = codes.get(int(r.key.split("/")[1]))
                 r.display_name = c.display_name if c else ""
-        return
 
     # -- content conversions -----------------------------------------------------------------------
     async def conversions(self, s: AsyncSession, start: date, end: date, post: str) -> Conversions:
