@@ -1,4 +1,5 @@
-"""What the community service reads from the members service: a member's tier and the tiers.
+"""What the community service reads from the members service: a member's tier, the tiers, and
+whether a staff account is an active guide (a group's owner).
 
 Reads go through the platform's one members client (``mallkit.members``), whose
 cache holds the tiers; a member's tier is read on every check.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mall.members.v1 import members_service_pb2 as mpb
 from mallkit.errors import NotFound
 from mallkit.members import MembersClient
 
@@ -34,6 +36,11 @@ class MembersDirectory:
     async def tiers(self) -> dict[str, TierInfo]:
         return {name: TierInfo(t.name, t.display_name, t.growth_threshold, frozenset(t.benefits.flags))
                 for name, t in (await self.members.tiers()).items()}
+
+    async def is_active_guide(self, staff_id: int) -> bool:
+        """Whether the staff account exists, is not disabled and has the guide role (a group's owner)."""
+        st = await self.members.staff(staff_id)
+        return st is not None and not st.disabled and st.role == mpb.STAFF_ROLE_GUIDE
 
     def forget_tiers(self) -> None:
         self.members.forget_tiers()

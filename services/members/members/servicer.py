@@ -18,6 +18,7 @@ from .autotags import AutoTags
 from .behaviour import Behaviour
 from .channels import Channels
 from .funnels import Funnels
+from .guides import Guides
 from .identity import Identity
 from .portrait import Portrait
 from .reach import Reach
@@ -25,6 +26,7 @@ from .rfm import Rfm
 from .rpc.behaviour import BehaviourRpc
 from .rpc.channels import ChannelsRpc
 from .rpc.funnels import FunnelsRpc
+from .rpc.guides import GuidesRpc
 from .rpc.knowing import KnowingRpc
 from .rpc.members import MembersRpc
 from .rpc.reach import ReachRpc
@@ -42,6 +44,7 @@ from .wechat import WechatClient
 
 
 class MembersServicer(MembersRpc, ChannelsRpc, FunnelsRpc, TiersRpc, TagsRpc, StaffRpc, ReachRpc, BehaviourRpc, SegmentsRpc, KnowingRpc, View360Rpc,
+                      GuidesRpc,
                       pb_grpc.MembersServiceServicer):
     def __init__(
         self,
@@ -63,6 +66,7 @@ class MembersServicer(MembersRpc, ChannelsRpc, FunnelsRpc, TiersRpc, TagsRpc, St
         autotags: AutoTags,
         view360: Member360,
         funnels: Funnels,
+        guides: Guides,
         behaviour_max_age_days: int = 7,
         behaviour_clock_skew_seconds: int = 300,
     ):
@@ -83,5 +87,6 @@ class MembersServicer(MembersRpc, ChannelsRpc, FunnelsRpc, TiersRpc, TagsRpc, St
         self.autotags = autotags
         self.view360 = view360
         self.funnels = funnels
+        self.guides = guides
         self.behaviour_max_age_days = behaviour_max_age_days
         self.behaviour_clock_skew_seconds = behaviour_clock_skew_seconds

@@ -75,6 +75,9 @@ class GroupsRpc(RpcBase):
             v.check(not g.HasField("vip_rule"), "group.vip_rule", "only VIP groups have a VIP rule")
         v.done()
         owner = parse_id(g.owner, "staff", "group.owner")
+        if not await self.directory.is_active_guide(owner):
+            raise FailedPrecondition("the group owner must be an active guide", reason=reasons.OWNER_NOT_A_GUIDE,
+                                     metadata={"field": "group.owner", "owner": g.owner}, zh="群主必须是在职导购")
         tiers = [parse_id(t, "tiers", f"group.vip_rule.allowed_tiers[{i}]") for i, t in enumerate(g.vip_rule.allowed_tiers)]
         fields = {
             "display_name": g.display_name, "description": g.description, "type": g.type, "category": g.category,
@@ -197,8 +200,12 @@ class GroupsRpc(RpcBase):
         window = window or timedelta(days=self.activity_window_days)
         async with self.sessions() as s:
             a = await self.activity.member_activity(s, member_id, self.clock() - window)
-        out = pb.MemberActivity(name=request.name, **{k: val for k, val in a.items() if k != "last_active_time"})
+        out = pb.MemberActivity(name=request.name,
+                                **{k: val for k, val in a.items() if k not in ("last_active_time", "groups")})
         set_time(out.last_active_time, a["last_active_time"])
+        for g in a["groups"]:
+            mg = out.groups.add(group=g["group"], display_name=g["display_name"], role=g["role"])
+            set_time(mg.join_time, g["join_time"])
         return out
 
     async def ListActiveMembers(self, request, context):

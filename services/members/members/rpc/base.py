@@ -12,6 +12,7 @@ from ..autotags import AutoTags
 from ..behaviour import Behaviour
 from ..channels import Channels
 from ..funnels import Funnels
+from ..guides import Guides
 from ..identity import Identity
 from ..portrait import Portrait
 from ..reach import Reach
@@ -28,6 +29,7 @@ class RpcBase:
     identity: Identity
     behaviour: Behaviour
     segments: Segments
+    guides: Guides
     rfm: Rfm
     autotags: AutoTags
     view360: Member360

@@ -1,7 +1,7 @@
 """funnels: channel arrivals, share touchpoints, the acquisition touchpoint of a member
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-02 04:46:52.474018
 """
 from alembic import op
@@ -9,8 +9,8 @@ import sqlalchemy as sa
 import mallkit.db
 
 
-revision = '0006'
-down_revision = '0005'
+revision = '0010'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
