@@ -75,7 +75,7 @@ class Result:
 
     def print(self, name: str, unit: str = "req/s") -> dict:
         print(f"  {name:<44} {self.rate:>8.0f} {unit:<6} p50 {self.p50:>7.2f} ms   p99 {self.p99:>7.2f} ms"
-              f"   client CPU {self.client_cpu_ms:.3f} ms/req" + (f"   errors {self.errors}" if self.errors else ""),
+              f"   client CPU {self.client_cpu_ms:.3f} ms/req" + (f"   errors {self.errors} (statuses {self.statuses})" if self.errors else ""),
               flush=True)
         return self.row()
 
@@ -109,12 +109,25 @@ class HttpConnection:
             self.reader = self.writer = None
 
     async def send(self, raw: bytes) -> tuple[int, bytes]:
-        """Write a complete encoded request; read the response: (status, body)."""
-        if self.writer is None:
+        """Write a complete encoded request; read the response: (status, body).
+
+        A kept-alive connection the server closed while idle (uvicorn: after 5 s) is
+        reopened and the request sent once more, as browsers and httpx do."""
+        reused = self.writer is not None
+        if not reused:
             await self._open()
         assert self.reader is not None and self.writer is not None
         self.writer.write(raw)
-        head = await self.reader.readuntil(b"\r\n\r\n")
+        try:
+            head = await self.reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            if not reused or (isinstance(exc, asyncio.IncompleteReadError) and exc.partial):
+                raise
+            await self.close()
+            await self._open()
+            assert self.reader is not None and self.writer is not None
+            self.writer.write(raw)
+            head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         status = int(lines[0].split(b" ", 2)[1])
         length, chunked, close = -1, False, False
