@@ -384,7 +384,7 @@ async def content_view(args) -> dict:
 PATHS = {"members_me": members_me, "flash_sale": flash_sale, "points_grant": points_grant, "content_view": content_view}
 
 
-async def main() -> None:
+async def main() -> tuple[list[dict], str | None]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=8)
@@ -393,16 +393,17 @@ async def main() -> None:
     args = parser.parse_args()
     if not await mysql_available():
         print("profile: no MariaDB on 127.0.0.1:3306 (statements are counted on its wire); nothing profiled")
-        return
+        return [], None
     rows = []
     for name in args.paths.split(","):
         try:
             rows.append(await PATHS[name.strip()](args))
         except Exception as exc:  # one broken path does not hide the others' figures
             print(f"== {name}: failed: {type(exc).__name__}: {exc}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return rows, args.json
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    figures, out = asyncio.run(main()) or ([], None)
+    if out:
+        Path(out).write_text(json.dumps(figures, indent=2))
