@@ -163,11 +163,9 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
 
     def span_details(scope: Scope) -> tuple[str, dict]:
         method = scope.get("method", "HTTP")
-        raw = scope.get("raw_path")
-        path = raw.decode("latin-1") if raw else scope.get("path", "")
-        template = table.template_of(method, path)
+        template = api.template_of(scope, method)
         if template is None and method == "POST":  # X-HTTP-Method-Override: PATCH
-            template = table.template_of("PATCH", path)
+            template = api.template_of(scope, "PATCH")
         if template is None:
             return method, {}
         return f"{method} {template}", {"http.route": template}
