@@ -66,7 +66,7 @@ def main() -> None:
         print(f"gateway listening on http://{settings.host}:{port} ({settings.workers} workers)", flush=True)
         from uvicorn.supervisors import Multiprocess
 
-        Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+        Multiprocess(config, sockets=[sock]).run()
         return
     config = uvicorn.Config(create_app(settings), **common)
     _Server(config).run()
