@@ -21,7 +21,8 @@ def _member_not_found(member_id: int) -> NotFound:
 
 _m, _a = Member.__table__, MemberAttribute.__table__
 #: The member row with one row per attribute (or one with NULLs): built once, compiled once.
-_MEMBER_VIEW = (select(_m, _a.c.key.label("attr_key"), _a.c.value.label("attr_value"))
+_MEMBER_VIEW = (select(*(c for c in _m.c if c.name not in ("openid", "unionid")),  # what member_pb shows
+                       _a.c.key.label("attr_key"), _a.c.value.label("attr_value"))
                 .select_from(_m.outerjoin(_a, _a.c.member_id == _m.c.id))
                 .where(_m.c.id == bindparam("member_id")))
 
