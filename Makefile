@@ -83,8 +83,14 @@ create-admin: protos ## Create the first admin: make create-admin USERNAME=admin
 disable-staff: protos ## Disable a staff account (its tokens stop working within a minute): make disable-staff USERNAME=...
 	$(PY) -m members disable-staff --username "$(USERNAME)"
 
+# bench/ also holds what the benchmarks share (not benchmarks themselves).
+BENCHES = $(filter-out bench/harness.py bench/loadgen.py bench/probe.py bench/profile_paths.py,$(wildcard bench/*.py))
+
 bench: protos ## Run every benchmark in bench/ (figures and ratios against a baseline measured in the same run)
-	@set -e; for f in bench/*.py; do echo "== $$f"; $(PY) $$f; done
+	@set -e; for f in $(BENCHES); do echo "== $$f"; $(PY) $$f; done
+
+profile: protos ## Per hot path: SQL statements and round trips per request (on the wire) and CPU ms per request per process (MariaDB)
+	$(PY) bench/profile_paths.py $(PROFILE_ARGS)
 
 know-data: protos ## Generate N members (default 1000000) with 5 purchase facts and 10 behaviour events each into MariaDB (kept)
 	$(PY) bench/know_members.py --members $(or $(N),1000000) --load-only --buffer-pool-mb $(or $(BUFFER_POOL_MB),6144)
@@ -135,4 +141,4 @@ clean: ## Remove generated code, caches and the venvs
 	rm -rf $(GEN) gen/k8s $(VENV) $(K8S_VENV) .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: run reset test test-sqlite fuzz fuzz-nightly migrate revision create-admin disable-staff bench know-data bench-know bench-funnel check-points dlq dlq-replay clean
+.PHONY: run reset test test-sqlite fuzz fuzz-nightly migrate revision create-admin disable-staff bench profile know-data bench-know bench-funnel check-points dlq dlq-replay clean

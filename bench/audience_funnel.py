@@ -136,10 +136,28 @@ async def main() -> None:
     ap.add_argument("--members", type=int, default=100_000)
     ap.add_argument("--keep", action="store_true", help="keep the database after measuring")
     ap.add_argument("--measure-only", action="store_true", help="measure a database kept by --keep")
+    ap.add_argument("--onto-know", action="store_true",
+                    help="add the funnel's rows to the database of `make know-data N=...` (kept) and measure there")
     args = ap.parse_args()
     name = f"mall_bench_funnel_{args.members}"
     url = str(make_url(MYSQL_ADMIN_URL).set(database=name))
     admin = create_async_engine(MYSQL_ADMIN_URL)
+    if args.onto_know:
+        name = f"mall_bench_know_{args.members}"
+        url = str(make_url(MYSQL_ADMIN_URL).set(database=name))
+        engine = create_engine(url, trace=False)
+        await migrations.upgrade(engine, SERVICE_DIR)
+        async with engine.connect() as c:
+            loaded = (await c.execute(text("SELECT COUNT(*) FROM channel_codes"))).scalar()
+        await engine.dispose()
+        print(f"== audience funnel on {name}", flush=True)
+        if not loaded:
+            started = time.perf_counter()
+            await load_funnel(url, args.members)
+            print(f"  load of the funnel's rows {time.perf_counter() - started:.1f} s", flush=True)
+        await measure(url)
+        await admin.dispose()
+        return
     if args.measure_only:
         print(f"== audience funnel: measuring {name}", flush=True)
         await measure(url)

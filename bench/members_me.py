@@ -1,13 +1,23 @@
-"""Benchmark: GET /v1/members/me through the gateway vs GetMember straight over gRPC.
+"""Benchmark: GET /v1/members/me through the gateway vs bare gRPC GetMember vs a raw driver read.
 
 Starts the fake WeChat, the members service and the gateway as separate
 processes (MariaDB when it answers on 127.0.0.1:3306, else SQLite), signs one
-member in, then drives both paths from this process with the same number of
-concurrent workers and the same number of requests, and prints requests/s,
-p50 and p99 of each and their ratios. Bounded: a fixed count per path, all on
-127.0.0.1.
+member in, then drives three paths from this process with the same number of
+concurrent workers and the same number of requests:
+
+1. the raw driver (aiomysql, a pool as wide as the concurrency): the primary-key
+   ``SELECT`` of that member's row (the floor: what the stack's driver does bare);
+2. bare gRPC ``GetMember(name="members/me")`` straight to the members service;
+3. HTTP ``GET /v1/members/me`` through the gateway.
+
+The load generator is ``bench/loadgen.py`` (asyncio streams, HTTP/1.1 keep-alive;
+gRPC through one ``grpc.aio`` channel), which prints its own CPU per request.
+Prints requests/s, p50 and p99 of each and the ratios (goals: gateway >= 0.6x gRPC,
+gRPC >= 0.35x raw driver). Bounded: a fixed count per path, all on 127.0.0.1.
 
     make bench            # or: .venv/bin/python bench/members_me.py --requests 3000 --concurrency 16
+    # --tracing off|on: OTEL_SDK_DISABLED in the services (off) or every request sampled (on)
+    # --workers N: GATEWAY_WORKERS and MEMBERS_WORKERS
 """
 
 from __future__ import annotations
@@ -22,28 +32,61 @@ import uuid
 from pathlib import Path
 
 import grpc
-import httpx
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from mall.members.v1 import members_service_pb2 as pb
-from mall.members.v1 import members_service_pb2_grpc as pb_grpc
 from mallkit.testing import MYSQL_ADMIN_URL, mysql_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import drive, free_port, summary, wait_http  # noqa: E402
+from harness import free_port, wait_http  # noqa: E402
+from loadgen import HttpLoad, Result, drive_calls, grpc_unary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def tracing_env(mode: str) -> dict[str, str]:
+    """``off``: no instrumentation work at all; ``on``: every request sampled (spans built, not exported);
+    ``default``: whatever the environment says."""
+    if mode == "off":
+        return {"OTEL_SDK_DISABLED": "true"}
+    if mode == "on":
+        return {"OTEL_SDK_DISABLED": "false", "OTEL_TRACES_SAMPLER": "parentbased_always_on"}
+    return {}
 
 
+async def raw_driver_read(url: str, member_id: int, requests: int, concurrency: int) -> Result | None:
+    """The primary-key read of the member row through aiomysql itself (None on SQLite)."""
+    u = make_url(url)
+    if u.get_backend_name() != "mysql":
+        return None
+    import aiomysql
+
+    pool = await aiomysql.create_pool(host=u.host or "127.0.0.1", port=u.port or 3306, user=u.username or "root",
+                                      password=u.password or "", db=u.database, minsize=concurrency,
+                                      maxsize=concurrency, autocommit=True)
+
+    async def read() -> None:
+        async with pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute("SELECT * FROM members WHERE id = %s", (member_id,))
+            if not await cur.fetchone():
+                raise RuntimeError("member row missing")
+
+    try:
+        await drive_calls(read, 200, concurrency)  # warm up
+        return await drive_calls(read, requests, concurrency)
+    finally:
+        pool.close()
+        await pool.wait_closed()
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--tracing", choices=("default", "off", "on"), default="default")
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mall-bench-"))
@@ -72,9 +115,12 @@ async def main() -> None:
         "GATEWAY_SERVICES": "members",
         "GATEWAY_RATE_PER_IP": "0",
         "GATEWAY_RATE_PER_MEMBER": "0",
+        "GATEWAY_WORKERS": str(args.workers),
+        "MEMBERS_WORKERS": str(args.workers),
+        **tracing_env(args.tracing),
     }
     py = sys.executable
-    subprocess.run([py, "-m", "members", "migrate"], env=env, check=True, cwd=ROOT)
+    subprocess.run([py, "-m", "members", "migrate"], env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     procs = [
         subprocess.Popen([py, "-m", "fakes.wechat", "--port", str(wechat_port)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL),
         subprocess.Popen([py, "-m", "members"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL),
@@ -83,34 +129,34 @@ async def main() -> None:
     try:
         await wait_http(f"http://127.0.0.1:{wechat_port}/cgi-bin/token")
         await wait_http(f"http://127.0.0.1:{http_port}/healthz")
-        limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", limits=limits, timeout=30) as http:
+        async with HttpLoad("127.0.0.1", http_port, args.concurrency) as http:
             for _ in range(100):  # health follows the database: wait until members is SERVING
-                if (await http.get("/healthz")).status_code == 200:
+                if (await http.request("GET", "/healthz"))[0] == 200:
                     break
                 await asyncio.sleep(0.1)
-            login = (await http.post("/v1/members:loginWithWechat", json={"code": "bench-user"})).json()
+            import json
+
+            status, body = await http.request("POST", "/v1/members:loginWithWechat", body={"code": "bench-user"})
+            login = json.loads(body)
             token = login["accessToken"]
+            member_id = int(login["member"]["name"].split("/")[1])
             headers = {"Authorization": f"Bearer {token}"}
             channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
-            stub = pb_grpc.MembersServiceStub(channel)
-            md = (("authorization", f"Bearer {token}"),)
-            request = pb.GetMemberRequest(name="members/me")
+            via_grpc = grpc_unary(channel, "/mall.members.v1.MembersService/GetMember",
+                                  pb.GetMemberRequest(name="members/me"), pb.Member,
+                                  metadata=(("authorization", f"Bearer {token}"),))
 
-            async def via_grpc() -> None:
-                await stub.GetMember(request, metadata=md, timeout=10)
-
-            async def via_gateway() -> None:
-                r = await http.get("/v1/members/me", headers=headers)
-                if r.status_code != 200:
-                    raise RuntimeError(r.text)
-
-            print(f"members GetMember, {args.requests} requests x {args.concurrency} concurrent, database: {backend}")
-            for call in (via_grpc, via_gateway):  # warm up both paths
-                await drive(call, 200, args.concurrency)
-            base = summary("gRPC GetMember (baseline)", *await drive(via_grpc, args.requests, args.concurrency))
-            gw = summary("HTTP GET /v1/members/me (gateway)", *await drive(via_gateway, args.requests, args.concurrency))
-            print(f"  ratio gateway/gRPC: throughput x{gw['rate'] / base['rate']:.2f}, "
+            print(f"members GetMember, {args.requests} requests x {args.concurrency} concurrent, database: {backend}, "
+                  f"tracing: {args.tracing}, workers: {args.workers}; load generator: bench/loadgen.py (asyncio)")
+            await drive_calls(via_grpc, 200, args.concurrency)  # warm up both paths
+            await http.run("GET", "/v1/members/me", 200, headers)
+            raw = await raw_driver_read(url, member_id, args.requests, args.concurrency)
+            raw_row = raw.print("raw driver PK read (aiomysql, baseline)") if raw else None
+            base = (await drive_calls(via_grpc, args.requests, args.concurrency)).print("gRPC GetMember")
+            gw = (await http.run("GET", "/v1/members/me", args.requests, headers)).print("HTTP GET /v1/members/me (gateway)")
+            if raw_row:
+                print(f"  ratio gRPC/raw driver: throughput x{base['rate'] / raw_row['rate']:.2f} (goal >= 0.35)")
+            print(f"  ratio gateway/gRPC: throughput x{gw['rate'] / base['rate']:.2f} (goal >= 0.6), "
                   f"p50 x{gw['p50'] / base['p50']:.2f}, p99 x{gw['p99'] / base['p99']:.2f}")
             await channel.close()
     finally:

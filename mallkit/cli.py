@@ -30,17 +30,17 @@ class Command:
     arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
 
 
-async def _serve(name: str, settings, build) -> None:
+async def _serve(name: str, settings, build, worker: int = 0) -> None:
     from prometheus_client import start_http_server
 
     log = logging.getLogger(name)
     app = build(settings)
     port = await app.start()
-    if settings.metrics_port:
+    if settings.metrics_port and worker == 0:  # one /metrics per pod: the first worker's
         start_http_server(settings.metrics_port, addr=settings.host)
     log.info("%s listening on %s:%d", name, settings.host, port)
     print(f"{name} gRPC listening on {settings.host}:{port}", flush=True)
-    await app.host.run_until_signalled(settings.grace_seconds)
+    await app.host.run_until_signalled(settings.grace_seconds, on_signal=_forward_signal if _children else None)
     await app.stop(0)
 
 
@@ -90,6 +90,60 @@ async def _migrate(engine: AsyncEngine, service_dir: Path, revision: str) -> int
     return 0
 
 
+_children: list[int] = []
+
+
+def _fork_workers(name: str, settings) -> int:
+    """``<SVC>_WORKERS`` > 1: fork the other worker processes (before any gRPC object, event loop
+    or connection exists) and return this process's worker number. Every worker binds the same
+    port with SO_REUSEPORT (the kernel spreads connections over them) and runs the whole service:
+    its own pool and background work (relay, consumers and jobs are safe with several replicas).
+    The first process forwards SIGTERM/SIGINT to the others, drains like them, and waits for them."""
+    import os
+
+    workers = getattr(settings, "workers", 1)
+    if workers <= 1:
+        return 0
+    if not settings.port:
+        raise SystemExit(f"{name}: {name.upper()}_WORKERS > 1 needs a fixed {name.upper()}_PORT")
+    for n in range(1, workers):
+        pid = os.fork()
+        if pid == 0:
+            _children.clear()
+            return n
+        _children.append(pid)
+
+    logging.getLogger(name).info("%s: %d worker processes on port %d", name, workers, settings.port)
+    return 0
+
+
+def _forward_signal(signum: int) -> None:
+    """Tell the other workers to drain too (SIGTERM or SIGINT reached the first one)."""
+    import os
+
+    for pid in _children:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_workers() -> None:
+    import os
+    import signal
+
+    for pid in _children:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+    for pid in _children:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
 def main(
     *,
     name: str,
@@ -118,8 +172,12 @@ def main(
     setup_logging(name, settings.platform.log_level, settings.platform.log_format == "json")
     status = 0
     if args.command in (None, "serve"):
+        worker = _fork_workers(name, settings)
         setup_tracing(name)
-        asyncio.run(_serve(name, settings, build))
+        try:
+            asyncio.run(_serve(name, settings, build, worker))
+        finally:
+            _wait_workers()
     elif args.command == "migrate":
         status = asyncio.run(_with_engine(settings, lambda e: _migrate(e, service_dir, args.revision)))
     elif args.command == "dlq":

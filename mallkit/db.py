@@ -1,7 +1,8 @@
 """The async database engine, one per service, for MySQL/MariaDB or SQLite.
 
 * ``mysql+aiomysql://user:pass@host/db`` in production (READ COMMITTED,
-  utf8mb4, pre-ping, recycle);
+  utf8mb4, recycle; see :func:`create_engine` for how a dead connection is
+  caught without a ``PING`` per checkout, and how a read ends in one round trip);
 * ``sqlite+aiosqlite:///var/members.db`` for the zero-setup default (WAL,
   ``BEGIN IMMEDIATE`` so that writers queue instead of failing, foreign keys).
 
@@ -108,15 +109,100 @@ def create_engine(url: str, *, pool_size: int = 10, trace: bool = True) -> Async
             u,
             pool_size=pool_size,
             max_overflow=pool_size,
-            pool_pre_ping=True,
             pool_recycle=1800,
             pool_timeout=10,
+            pool_reset_on_return=None,  # _reset_if_dirty below: one ROLLBACK, not two
             isolation_level="READ COMMITTED",
             hide_parameters=True,
         )
+        _track_transactions(engine)
     if trace:
         instrument_engine(engine)
     return engine
+
+
+_DIRTY = "mall_dirty"
+
+
+def _track_transactions(engine: AsyncEngine) -> None:
+    """No ``PING`` per checkout, and one round trip to end a read.
+
+    * ``pool_pre_ping`` cost a ``PING`` round trip on every checkout. Instead a checkout
+      looks, without a round trip, at the socket of the driver's connection: a server that
+      closed it (``wait_timeout``, a restart, ``KILL``) has sent a FIN or an error packet
+      that sits unread in the stream, and such a connection is replaced before use
+      (``DisconnectionError``: the pool reconnects). ``pool_recycle`` replaces connections
+      older than 30 minutes, under any server ``wait_timeout``. A connection that dies without
+      a word (a network partition) fails its first statement; SQLAlchemy then invalidates it
+      and every connection older, and :func:`read` retries a read once.
+    * A session ending a read rolls its transaction back, then returns the connection to the
+      pool, whose reset-on-return rolled back a second time (two ``ROLLBACK`` round trips per
+      read). The pool's reset is off; a connection is marked dirty when a transaction begins
+      on it and clean when one commits or rolls back, and the pool rolls back on return only
+      a connection still dirty (a transaction abandoned without an end), so a connection never
+      goes back to the pool inside a transaction.
+    """
+    sync = engine.sync_engine
+
+    @event.listens_for(sync, "begin")
+    def _dirty(conn) -> None:
+        conn.connection.info[_DIRTY] = True
+
+    @event.listens_for(sync, "commit")
+    @event.listens_for(sync, "rollback")
+    def _clean(conn) -> None:
+        if not conn.invalidated:
+            conn.connection.info[_DIRTY] = False
+
+    @event.listens_for(sync.pool, "reset")
+    def _reset_if_dirty(dbapi_connection, record, state) -> None:
+        if state.terminate_only or not state.asyncio_safe:
+            return  # the pool terminates this connection; nothing to roll back
+        if record.info.get(_DIRTY, True) and not state.transaction_was_reset:
+            dbapi_connection.rollback()
+        record.info[_DIRTY] = False
+
+    @event.listens_for(sync.pool, "checkout")
+    def _alive(dbapi_connection, record, proxy) -> None:
+        from sqlalchemy.exc import DisconnectionError
+
+        if not _socket_alive(dbapi_connection):
+            raise DisconnectionError("the server closed this connection")
+
+
+def _socket_alive(dbapi_connection) -> bool:
+    """False when the driver's connection is closed or the server has written to it while idle
+    (EOF, or an unsolicited error packet such as "connection killed"). No round trip."""
+    raw = getattr(dbapi_connection, "_connection", None)  # aiomysql's Connection under SQLAlchemy's adapter
+    if raw is None:
+        return True
+    if getattr(raw, "_writer", True) is None:  # aiomysql: closed
+        return False
+    reader = getattr(raw, "_reader", None)
+    try:
+        return not (reader is not None and (reader._eof or len(reader._buffer)))  # type: ignore[attr-defined]
+    except AttributeError:
+        return True
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """The statement failed because the connection died (SQLAlchemy invalidated it)."""
+    from sqlalchemy.exc import DBAPIError
+
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+async def read(sessions, fn):
+    """Run the read ``fn(session)`` in a session of its own; once more on a fresh connection
+    if the first one turns out dead (a read has no effect to repeat)."""
+    try:
+        async with sessions() as s:
+            return await fn(s)
+    except Exception as exc:
+        if not is_disconnect(exc):
+            raise
+    async with sessions() as s:
+        return await fn(s)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -106,7 +106,8 @@ class Platform:
     @classmethod
     def create(cls, service: str, settings, *, tables: Tables, engine: AsyncEngine | None = None) -> Platform:
         owns = engine is None
-        engine = engine or create_engine(settings.database_url, pool_size=settings.db_pool_size)
+        engine = engine or create_engine(settings.database_url, pool_size=settings.db_pool_size,
+                                         trace=settings.platform.trace_sql)
         return cls(service, settings, engine, tables, owns)
 
     def subscribe(self, app: Any, handlers: Mapping[str, tuple[type[Message], Callable]], purpose: str = "apply",
@@ -149,7 +150,7 @@ class Platform:
             service=self.service, domain=domain, codec=self.codec, descriptors=[s.descriptor for s in servicers],
             host=self.settings.host, port=self.settings.port, readiness=lambda: ping(self.engine),
             background=tasks, drain_seconds=self.settings.drain_seconds,
-            max_connection_age=self.settings.max_connection_age_seconds,
+            max_connection_age=self.settings.max_connection_age_seconds, reuse_port=self.settings.workers > 1,
             principals=PrincipalCheck(principal_lookup or self.members.active_principals,
                                       ttl=self.settings.platform.principal_cache_seconds),
         )

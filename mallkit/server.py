@@ -129,6 +129,7 @@ class ServiceHost:
         drain_seconds: float = 0.0,
         principals: PrincipalCheck | None = None,
         max_connection_age: float = 0.0,
+        reuse_port: bool = False,
     ):
         self.service = service
         self.descriptors = descriptors
@@ -138,7 +139,7 @@ class ServiceHost:
         self.background = list(background)
         self.server = grpc.aio.server(
             interceptors=[grpc_server_interceptor(), PlatformInterceptor(service, domain, codec, descriptors, principals)],
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            options=[("grpc.so_reuseport", 1 if reuse_port else 0),  # several worker processes share the port ("grpc.max_receive_message_length", 4 * 1024 * 1024),
                      # Callers balance round-robin over the addresses they resolved; closing each
                      # connection after this age (GOAWAY, calls in flight finish) makes them resolve
                      # again, so pods added by a scale-up get their share.
@@ -205,12 +206,18 @@ class ServiceHost:
                 log.exception("background task failed while stopping")
         await self.server.stop(grace)
 
-    async def run_until_signalled(self, grace: float) -> None:
-        """Serve until SIGTERM or SIGINT, then drain."""
+    async def run_until_signalled(self, grace: float, on_signal: Callable[[int], None] | None = None) -> None:
+        """Serve until SIGTERM or SIGINT (passed on to ``on_signal`` too), then drain."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
+
+        def signalled(sig: int) -> None:
+            stop.set()
+            if on_signal is not None:
+                on_signal(sig)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, signalled, sig)
         await stop.wait()
         log.info("%s draining (grace %.0fs)", self.service, grace)
         await self.stop(grace)

@@ -82,6 +82,7 @@ class PlatformSettings(BaseSettings):
     )
     log_level: str = Field("INFO", description="Log level")
     log_format: str = Field("json", description="json | text")
+    trace_sql: bool = Field(True, description="A span per SQL statement in sampled traces (false: none, the RPC span stays)")
 
     @property
     def is_development(self) -> bool:
@@ -107,6 +108,7 @@ class ServiceSettings(BaseSettings):
     port: int = Field(0, description="gRPC port (0: the default of the service)")
     database_url: str = Field("", description="SQLAlchemy URL (sqlite+aiosqlite or mysql+aiomysql)")
     db_pool_size: int = Field(10, description="Database connection pool size")
+    workers: int = Field(1, ge=1, le=64, description="Server processes sharing the gRPC port (SO_REUSEPORT); each has its own pool")
     metrics_port: int = Field(0, description="Prometheus /metrics port (0: off)")
     drain_seconds: float = Field(3.0, description="On SIGTERM, time answering NOT_SERVING before the listener closes")
     grace_seconds: float = Field(10.0, description="Then, time given to calls in flight")

@@ -28,6 +28,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 from opentelemetry import trace
@@ -36,6 +37,7 @@ from opentelemetry.instrumentation.grpc import filters as grpc_filters
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from prometheus_client import Counter, Histogram
 
 _HEALTH = grpc_filters.negate(grpc_filters.service_prefix("grpc."))
@@ -56,6 +58,24 @@ EVENTS_REFUSED = Counter(
 )
 
 
+#: The trace id the next root span gets (set by an edge that sampled it in advance; see PresetIdGenerator).
+preset_trace_id: ContextVar[int | None] = ContextVar("mall_preset_trace_id", default=None)
+
+
+class PresetIdGenerator(RandomIdGenerator):
+    """Random ids, except the root trace id an edge chose and sampled in advance.
+
+    The gateway decides whether a request is sampled before any instrumentation runs
+    (unsampled requests skip the ASGI instrumentation). For a ratio sampler the decision
+    depends on the trace id, so the gateway draws the id, asks the provider's sampler, and
+    on "sampled" hands the id over here: the root span gets that id and the sampler answers
+    the same again."""
+
+    def generate_trace_id(self) -> int:
+        preset = preset_trace_id.get()
+        return preset if preset is not None else super().generate_trace_id()
+
+
 def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> trace.TracerProvider:
     """Install the global tracer provider once per process and return it.
 
@@ -67,8 +87,12 @@ def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> tr
         if exporter is not None:
             current.add_span_processor(BatchSpanProcessor(exporter))
         return current
+    # The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (the SDK reads them; default
+    # parentbased_always_on). Production sets parentbased_traceidratio with a ratio (k8s/base): a request
+    # that arrives sampled stays sampled through every service, a new one is sampled at that ratio.
     provider = TracerProvider(
-        resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
+        resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)}),
+        id_generator=PresetIdGenerator(),
     )
     if exporter is None:
         if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):

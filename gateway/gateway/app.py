@@ -23,7 +23,6 @@ import uuid
 from contextlib import asynccontextmanager
 
 from opentelemetry import trace
-from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
@@ -41,6 +40,7 @@ from gateway.metrics import UNMATCHED, GatewayMetrics
 from gateway.openapi import build_openapi
 from gateway.ratelimit import TokenBuckets
 from gateway.routing import RouteTable, build_routes
+from gateway.tracing import SampledTracing
 from gateway.upstream import Upstreams
 from mallkit.auth import TokenCodec
 from mallkit.errors import MallError
@@ -163,11 +163,9 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
 
     def span_details(scope: Scope) -> tuple[str, dict]:
         method = scope.get("method", "HTTP")
-        raw = scope.get("raw_path")
-        path = raw.decode("latin-1") if raw else scope.get("path", "")
-        template = table.template_of(method, path)
+        template = api.template_of(scope, method)
         if template is None and method == "POST":  # X-HTTP-Method-Override: PATCH
-            template = table.template_of("PATCH", path)
+            template = api.template_of(scope, "PATCH")
         if template is None:
             return method, {}
         return f"{method} {template}", {"http.route": template}
@@ -193,7 +191,7 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
         exception_handlers={HTTPException: _http_exception},
         middleware=[
             Middleware(
-                OpenTelemetryMiddleware,
+                SampledTracing,  # OpenTelemetryMiddleware for the sampled requests (gateway.tracing)
                 excluded_urls=rf"^[a-z]+://[^/]*({untraced})$",
                 default_span_details=span_details,
                 exclude_spans=["receive", "send"],

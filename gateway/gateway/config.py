@@ -67,6 +67,7 @@ class GatewaySettings(BaseSettings):
         description="Proxies trusted to set X-Forwarded-For (uvicorn's forwarded_allow_ips)",
     )
     grace_seconds: int = Field(10, ge=0, description="Time given to requests in flight on SIGTERM")
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes sharing the HTTP port")
     platform: PlatformSettings = Field(default_factory=PlatformSettings)
 
     @field_validator("services", mode="before")

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 #: Scope key where the matched route template is left for metrics.
 ROUTE_KEY = "gateway.route"
+#: Scope key of the route lookups of the request, by HTTP method (one match per request).
+MATCHES_KEY = "gateway.matches"
 #: Scope state key of the request id (set by the edge middleware).
 REQUEST_ID = "request_id"
 
@@ -149,17 +151,36 @@ class ApiEndpoint:
             return "PATCH"
         return method
 
+    @staticmethod
+    def _lookup(table: RouteTable, http_method: str, scope: Scope) -> tuple[Route, dict] | Exception:
+        """The route of the request for ``http_method``, matched once per request: the span
+        name (the tracing middleware, first) and the handler share the answer in the scope."""
+        memo = scope.setdefault(MATCHES_KEY, {})
+        found = memo.get(http_method)
+        if found is None:
+            raw = scope.get("raw_path")
+            path = raw.decode("latin-1") if raw else quote(scope["path"], safe="/:@!$&'()*+,;=~")
+            try:
+                found = table.match(http_method, path)
+            except (WrongMethodError, NoRouteError) as exc:
+                found = exc
+            memo[http_method] = found
+        return found
+
+    def template_of(self, scope: Scope, http_method: str) -> str | None:
+        """The template the request is routed to for ``http_method`` (span names), or None."""
+        found = self._lookup(self.table, http_method, scope)
+        return None if isinstance(found, Exception) else found[0].template.text
+
     def _match(self, http_method: str, scope: Scope) -> tuple[Route, dict]:
-        raw = scope.get("raw_path")
-        path = raw.decode("latin-1") if raw else quote(scope["path"], safe="/:@!$&'()*+,;=~")
-        try:
-            return self.table.match(http_method, path)
-        except WrongMethodError as exc:
-            raise MethodNotAllowedError(http_method, exc.allowed) from None
-        except NoRouteError:
+        found = self._lookup(self.table, http_method, scope)
+        if isinstance(found, WrongMethodError):
+            raise MethodNotAllowedError(http_method, found.allowed)
+        if isinstance(found, NoRouteError):
             if scope["path"] in self.fixed_paths:
-                raise MethodNotAllowedError(http_method, self.fixed_paths[scope["path"]]) from None
-            raise RouteNotFoundError(f"no route for {http_method} {scope['path']}") from None
+                raise MethodNotAllowedError(http_method, self.fixed_paths[scope["path"]])
+            raise RouteNotFoundError(f"no route for {http_method} {scope['path']}")
+        return found
 
     def _authenticate(self, request: Request, route: Route) -> tuple[Principal | None, str | None]:
         """The verified caller and the header to forward (None, None without a token)."""

@@ -315,6 +315,16 @@ class RouteTable:
                 raise TemplateError(f"{r.method.full_name} and {seen[key].method.full_name} share {r}")
             seen[key] = r
         self.routes = sorted(routes, key=lambda r: r.template.precedence)
+        # The routes a path can match, by its second segment ("members" of /v1/members/me): those
+        # with that literal there and those with a variable there, in precedence order. A request
+        # then tries a handful of templates, not every route of every service.
+        def second(r: Route) -> str | None:
+            segs = r.template.segments
+            return segs[1].literal if len(segs) > 1 and segs[1].kind == LITERAL else None
+
+        self._any = [r for r in self.routes if second(r) is None]
+        self._by_second = {lit: [r for r in self.routes if second(r) in (lit, None)]
+                           for lit in {second(r) for r in self.routes} - {None}}
 
     def __iter__(self):
         return iter(self.routes)
@@ -331,7 +341,8 @@ class RouteTable:
         head, colon, request_verb = parts[-1].rpartition(":")
         candidate = [*parts[:-1], head] if colon else parts
         allowed: list[str] = []
-        for route in self.routes:  # most specific first
+        routes = self._by_second.get(candidate[1], self._any) if len(candidate) > 1 else self._any
+        for route in routes:  # most specific first
             verb = route.template.verb
             if (verb != request_verb or not verb) if colon else bool(verb):
                 continue

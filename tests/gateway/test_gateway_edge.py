@@ -143,3 +143,29 @@ async def test_metrics_count_requests_by_route_template(gw, member_auth):
         "mall_gateway_request_duration_seconds_bucket" in text
     )
     assert "/v1/members/43" not in text  # raw paths never become labels
+
+
+async def test_unsampled_requests_skip_the_instrumentation_and_propagate_not_sampled(
+        gw, upstream, member_auth, spans, monkeypatch):
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+
+    from mallkit.telemetry import PresetIdGenerator
+
+    provider = trace.get_tracer_provider()
+    monkeypatch.setattr(provider, "sampler", ParentBased(ALWAYS_OFF))  # new traces: none sampled
+    monkeypatch.setattr(provider, "id_generator", PresetIdGenerator())
+    spans.clear()
+    r = await gw.get("/v1/members/me", headers=member_auth)
+    assert r.status_code == 200
+    _, trace_id, _, flags = r.headers["traceparent"].split("-")
+    assert flags == "00" and trace_id != "0" * 32  # logs still carry a trace id
+    received = upstream.servicer.last("GetMember").metadata["traceparent"].split("-")
+    assert received[1] == trace_id and received[3] == "00"  # the services are told: not sampled
+    assert [s for s in spans.get_finished_spans() if format(s.context.trace_id, "032x") == trace_id] == []
+    assert not [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER]  # no HTTP span built
+    # A caller's sampled trace is still followed through the instrumentation.
+    r = await gw.get("/v1/members/me", headers={**member_auth, "traceparent": INCOMING})
+    assert r.headers["traceparent"].split("-")[1] == TRACE_ID and r.headers["traceparent"].endswith("-01")
+    assert any(s.kind == SpanKind.SERVER and format(s.context.trace_id, "032x") == TRACE_ID
+               for s in spans.get_finished_spans())

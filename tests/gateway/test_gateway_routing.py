@@ -102,3 +102,45 @@ def test_two_rpcs_on_one_route_are_refused():
     routes = build_routes([("members", SERVICES["members"].descriptor())])
     with pytest.raises(TemplateError):
         RouteTable([*routes, routes[0]])
+
+
+def test_the_indexed_table_answers_as_a_scan_of_every_route():
+    """The table tries only the routes a path's second segment allows; the answer for every
+    route's own path (and a few that match none) is the one a scan of all routes in order gives."""
+    from mall.community.v1 import community_service_pb2  # noqa: F401  (descriptors load)
+
+    routes = build_routes([(n, SERVICES[n].descriptor()) for n in ("members", "points", "orders", "community")])
+    t = RouteTable(routes)
+
+    def scan(method, path):
+        parts = path[1:].split("/")
+        head, colon, verb = parts[-1].rpartition(":")
+        candidate = [*parts[:-1], head] if colon else parts
+        allowed = []
+        for r in t.routes:
+            if (r.template.verb != verb or not r.template.verb) if colon else bool(r.template.verb):
+                continue
+            if r.template.match(candidate) is None:
+                continue
+            if r.http_method == method:
+                return r
+            allowed.append(r.http_method)
+        return tuple(sorted(set(allowed))) or None
+
+    def indexed(method, path):
+        try:
+            return t.match(method, path)[0]
+        except WrongMethodError as exc:
+            return tuple(sorted(set(exc.allowed)))
+        except NoRouteError:
+            return None
+
+    paths = []
+    for r in t.routes:
+        p = "/" + "/".join(s.literal or "x1" for s in r.template.segments)
+        paths.append(p + (f":{r.template.verb}" if r.template.verb else ""))
+    paths += ["/v1", "/", "/v2/members/me", "/v1/nothing/here", "/v1/members/me:unknownVerb"]
+    assert len(t.routes) > 50
+    for p in paths:
+        for method in ("GET", "POST", "PATCH", "DELETE"):
+            assert indexed(method, p) == scan(method, p), (method, p)

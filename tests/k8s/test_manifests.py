@@ -236,7 +236,8 @@ def settings_read_by(app: str) -> set[str]:
     cls = settings_class(app)
     prefix = cls.model_config["env_prefix"]
     names |= {f"{prefix}{f.upper()}" for f in cls.model_fields if f != "platform"}
-    return names | {"OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_ENDPOINT"}
+    # The standard OTEL_* the SDK reads in mallkit.telemetry.setup_tracing (the sampler: docs/performance.md).
+    return names | {"OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"}
 
 
 def secret_settings(app: str) -> set[str]:

@@ -69,3 +69,28 @@ async def test_the_cache_is_bounded_and_the_ttl_capped():
     assert len(check._cache) <= 10
     with pytest.raises(ValueError):
         PrincipalCheck(d.lookup, ttl=61)
+
+
+def test_a_verified_token_is_remembered_until_its_expiry_and_bad_ones_never(monkeypatch):
+    import time
+
+    import jwt
+
+    from mallkit.auth import TokenCodec
+
+    codec = TokenCodec("a-test-secret-that-is-long-enough-for-hs256")
+    token, _ = codec.issue(Principal(MEMBER, "members/7"), ttl=3600)
+    decodes = []
+    real = jwt.decode
+    monkeypatch.setattr(jwt, "decode", lambda *a, **k: decodes.append(1) or real(*a, **k))
+    assert codec.verify(token).subject == "members/7" and len(decodes) == 1
+    assert codec.verify(token).subject == "members/7" and len(decodes) == 1  # remembered
+    principal, _exp = codec._verified[token]
+    codec._verified[token] = (principal, time.time() - 1)  # as if its expiry had passed
+    assert codec.verify(token).subject == "members/7" and len(decodes) == 2  # decoded again
+    expired, _ = codec.issue(Principal(MEMBER, "members/7"), ttl=-5)
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    for bad in (expired, forged, expired, forged):  # refused every time, never remembered
+        with pytest.raises(Unauthenticated):
+            codec.verify(bad)
+    assert expired not in codec._verified and forged not in codec._verified

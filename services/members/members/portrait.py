@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+from sqlalchemy import Row, bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mallkit.db import utcnow
@@ -12,6 +12,19 @@ from mallkit.queries import keyset_page
 
 from . import errors as reasons
 from .models import AttributeDefinition, Member, MemberAttribute, MemberTag
+
+
+def _member_not_found(member_id: int) -> NotFound:
+    return NotFound("member not found", reason=reasons.MEMBER_NOT_FOUND, resource=("member", f"members/{member_id}"),
+                    zh="会员不存在")
+
+
+_m, _a = Member.__table__, MemberAttribute.__table__
+#: The member row with one row per attribute (or one with NULLs): built once, compiled once.
+_MEMBER_VIEW = (select(*(c for c in _m.c if c.name not in ("openid", "unionid")),  # what member_pb shows
+                       _a.c.key.label("attr_key"), _a.c.value.label("attr_value"))
+                .select_from(_m.outerjoin(_a, _a.c.member_id == _m.c.id))
+                .where(_m.c.id == bindparam("member_id")))
 
 
 class Portrait:
@@ -24,13 +37,16 @@ class Portrait:
             q = q.with_for_update()
         m = (await s.execute(q)).scalar_one_or_none()
         if m is None:
-            raise NotFound(
-                "member not found",
-                reason=reasons.MEMBER_NOT_FOUND,
-                resource=("member", f"members/{member_id}"),
-                zh="会员不存在",
-            )
+            raise _member_not_found(member_id)
         return m
+
+    async def member_view(self, s: AsyncSession, member_id: int) -> tuple[Row, dict[str, str]]:
+        """The member's row and attributes in one Core statement (GetMember, every page's read):
+        no ORM identity map, no second query for the attributes."""
+        rows = (await s.execute(_MEMBER_VIEW, {"member_id": member_id})).all()
+        if not rows:
+            raise _member_not_found(member_id)
+        return rows[0], {r.attr_key: r.attr_value for r in rows if r.attr_key is not None}
 
     async def attributes_of(self, s: AsyncSession, member_id: int) -> dict[str, str]:
         rows = await s.execute(select(MemberAttribute.key, MemberAttribute.value).where(MemberAttribute.member_id == member_id))

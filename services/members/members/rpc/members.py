@@ -6,6 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mall.members.v1 import members_service_pb2 as pb
 from mallkit.auth import MEMBER, Principal, member_scope
+from mallkit.db import read
 from mallkit.names import optional_id, parse_id, parse_ids
 from mallkit.pagination import page_size
 from mallkit.validation import Validator
@@ -47,9 +48,7 @@ class MembersRpc(RpcBase):
 
     async def GetMember(self, request, context):
         member_id = member_scope(request.name)
-        async with self.sessions() as s:
-            m = await self.portrait.member(s, member_id)
-            return member_pb(m, await self.portrait.attributes_of(s, member_id))
+        return member_pb(*await read(self.sessions, lambda s: self.portrait.member_view(s, member_id)))
 
     async def GetMemberIdentity(self, request, context):
         member_id = parse_id(request.member, "members", "member")
