@@ -92,6 +92,9 @@ know-data: protos ## Generate N members (default 1000000) with 5 purchase facts 
 bench-know: protos ## Know-the-member benchmark at N members (default 100000): RFM, auto-tags, preview, materialize
 	$(PY) bench/know_members.py --members $(or $(N),100000)
 
+bench-targeting: protos ## Audience targeting benchmark: a coupon campaign to a segment of N members (default 100000) vs a raw INSERT ... SELECT
+	$(PY) bench/audience_targeting.py --members $(or $(N),100000)
+
 check-points: protos ## Verify every points account equals its ledger and lots (POINTS_DATABASE_URL)
 	$(PY) -m points check
 
@@ -132,4 +135,4 @@ clean: ## Remove generated code, caches and the venvs
 	rm -rf $(GEN) gen/k8s $(VENV) $(K8S_VENV) .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: run reset test test-sqlite fuzz fuzz-nightly migrate revision create-admin disable-staff bench know-data bench-know check-points dlq dlq-replay clean
+.PHONY: run reset test test-sqlite fuzz fuzz-nightly migrate revision create-admin disable-staff bench know-data bench-know bench-targeting check-points dlq dlq-replay clean

@@ -241,3 +241,33 @@ async def test_segment_broadcast_bad_input_is_named_and_members_refused(communit
             Broadcast.segment == segment))).scalar_one() == 0
     ok = await gw.post("/v1/broadcasts", json=base, params={"requestId": rid()}, headers=staff)
     assert ok.status_code == 200 and ok.json()["state"] == "BROADCAST_STATE_SCHEDULED", ok.text
+
+
+async def test_a_daily_15_00_post_is_published_once_a_day(community, clock):
+    group = await make_group(community)
+    day1 = clock["now"].astimezone(SHANGHAI).replace(hour=15, minute=0)
+    post = pb.Post(kind=pb.POST_KIND_ARTICLE, title="每日下午茶", body="今天的下午茶", daily=True)
+    post.publish_time.FromDatetime(day1.astimezone(UTC))
+    created = await community.stub.CreatePost(pb.CreatePostRequest(parent=group.name, post=post),
+                                              metadata=community.staff_md())
+    assert created.state == pb.POST_STATE_SCHEDULED and created.daily
+    member = new_member_id()
+    await join(community, group, member)
+    bad = pb.Post(kind=pb.POST_KIND_DISCUSSION, title="我的", body="x", daily=True)
+    code, _ = await refused(community.stub.CreatePost(pb.CreatePostRequest(parent=group.name, post=bad),
+                                                      metadata=community.member_md(member)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+    async def posts():
+        resp = await community.stub.ListPosts(pb.ListPostsRequest(parent=group.name, page_size=100),
+                                              metadata=community.staff_md())
+        return sorted(((p.state, p.publish_time.ToDatetime(UTC)) for p in resp.posts), key=lambda x: x[1])
+
+    await asyncio.gather(jobs.publish_due_posts(community.app, day1 + timedelta(seconds=1)),
+                         jobs.publish_due_posts(community.app, day1 + timedelta(seconds=1)))  # two replicas
+    await jobs.publish_due_posts(community.app, day1 + timedelta(hours=3))
+    day2 = day1 + timedelta(days=1)
+    assert await posts() == [(pb.POST_STATE_PUBLISHED, day1), (pb.POST_STATE_SCHEDULED, day2)]
+    await jobs.publish_due_posts(community.app, day2 + timedelta(seconds=1))
+    assert await posts() == [(pb.POST_STATE_PUBLISHED, day1), (pb.POST_STATE_PUBLISHED, day2),
+                             (pb.POST_STATE_SCHEDULED, day2 + timedelta(days=1))]

@@ -73,7 +73,7 @@ def domain(settings: CommunitySettings, outbox: Outbox, pages: PageTokens) -> di
     """The sub-domain objects of the service, by name (also used by the demo seed)."""
     groups = Groups(pages, default_capacity=settings.default_capacity)
     activity = Activities(pages)
-    content = Content(groups, activity, pages)
+    content = Content(groups, activity, pages, brand_timezone=settings.platform.brand_timezone)
     return {
         "groups": groups,
         "memberships": Memberships(groups, outbox, pages),

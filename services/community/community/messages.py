@@ -88,6 +88,7 @@ def post_pb(p: Post, reveal_answer: bool = False) -> pb.Post:
             out.quiz.correct_option = p.quiz_correct
     set_time(out.publish_time, p.publish_time)
     set_time(out.create_time, p.create_time)
+    out.daily = p.daily
     return out
 
 

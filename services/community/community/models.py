@@ -112,6 +112,7 @@ class Post(Base):
     publish_time: Mapped[datetime] = mapped_column(UTCDateTime())
     published_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    daily: Mapped[bool] = mapped_column(Boolean, default=False)  # published again every day (a new post each)
     __table_args__ = (
         Index("ix_posts_state_publish_time", "state", "publish_time"),
         Index("ix_posts_group_id_id", "group_id", "id"),

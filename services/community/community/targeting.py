@@ -38,6 +38,7 @@ from mallkit.db import is_duplicate_key, run_transaction
 from mallkit.members import MembersClient
 
 from .broadcasts import deliver_in_app
+from .common import next_daily
 from .models import Broadcast, BroadcastDelivery, BroadcastRound
 
 REACH_NONE, REACH_PENDING, REACH_SENT, REACH_SKIPPED = 0, 1, 2, 3
@@ -66,20 +67,10 @@ class Targeting:
     # --- scheduling ------------------------------------------------------------------------
 
     def next_time(self, b: Broadcast, after: datetime) -> datetime | None:
-        """The next round of a daily broadcast strictly after ``after``: send_time's brand-local time
-        of day on the first such day (None for a one-off, or past ``end_time``)."""
+        """The next round of a daily broadcast strictly after ``after`` (None for a one-off, or past ``end_time``)."""
         if not b.daily or b.send_time is None:
             return None
-        first = b.send_time.astimezone(self.tz)
-        local_after = after.astimezone(self.tz)
-        day = local_after.date()
-        while True:
-            candidate = datetime.combine(day, first.time(), tzinfo=self.tz)
-            if candidate > local_after and candidate >= first:
-                break
-            day += timedelta(days=1)
-        out = candidate.astimezone(after.tzinfo)
-        return None if b.end_time is not None and out > b.end_time else out
+        return next_daily(b.send_time, after, self.tz, b.end_time)
 
     async def start_due_rounds(self, now: datetime) -> int:
         """Start the rounds whose time has come (one replica wins each); returns rounds started."""

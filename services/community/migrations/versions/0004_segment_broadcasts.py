@@ -1,4 +1,4 @@
-"""segment broadcasts in rounds (scheduled, daily, subscribe messages) and VIP groups by segment
+"""segment broadcasts in rounds (scheduled, daily, subscribe messages), daily posts, VIP groups by segment
 
 Revision ID: 0004
 Revises: 0003
@@ -70,9 +70,13 @@ def upgrade() -> None:
         b.drop_constraint(op.f('uq_messages_broadcast_id_member_id'), type_='unique')
     with op.batch_alter_table('groups', schema=None) as b:
         b.add_column(sa.Column('vip_segment', sa.String(length=64), nullable=False, server_default=''))
+    with op.batch_alter_table('posts', schema=None) as b:
+        b.add_column(sa.Column('daily', sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('posts', schema=None) as b:
+        b.drop_column('daily')
     with op.batch_alter_table('groups', schema=None) as b:
         b.drop_column('vip_segment')
     op.execute("DELETE FROM messages WHERE round_no > 1")  # the old key holds one message per broadcast
