@@ -10,7 +10,7 @@ UPDATE), then per page, in ONE transaction:
    a second runner on the same page waits on those keys and then fails on them;
 2. issues set-wise: the members below the per-member limit (``coupon_holdings``
    rows locked), at most what is left of the template's total quantity (the
-   template row locked), one multi-row ``INSERT`` of coupons;
+   template row locked), the coupons in one ``INSERT ... SELECT`` from the page's recipients;
 3. advances the cursor and the counts ``WHERE cursor = :read AND lease_owner = :me``:
    a runner that lost its lease (it stalled past it and another took over) or
    raced on the same page rolls the whole page back and stops.
@@ -22,14 +22,16 @@ counted; they are recipients too (outcome recorded), never retried.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import BigInteger, Integer, SmallInteger, String, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mallkit.db import insert_ignore, is_duplicate_key, run_transaction
+from mallkit.db import UTCDateTime, insert_ignore_select, is_duplicate_key, run_transaction
 from mallkit.errors import NotFound
 from mallkit.members import MembersClient
 
@@ -111,80 +113,94 @@ class CouponCampaigns:
         return got.rowcount == 1  # type: ignore[attr-defined]
 
     async def run_campaign(self, campaign_id: int, now: datetime) -> int:
-        """Lease the campaign, then issue page after page until done or superseded; returns pages issued."""
+        """Lease the campaign, then issue page after page until done or superseded; returns pages issued.
+
+        The next page is fetched from members while the current one's transaction runs."""
         owner = str(uuid.uuid4())
         if not await run_transaction(self.sessions, lambda s: self._claim(s, campaign_id, owner, now)):
             return 0
-        pages = 0
-        while True:
-            async with self.sessions() as s:
-                c = await self.campaign(s, campaign_id)
-            if c.state != CAMPAIGN_RUNNING or c.lease_owner != owner:
-                return pages
-            ids, _, token = await self.members.segment_page(snapshot_name(c.segment, c.segment_version),
-                                                            self.page_size, c.cursor)
-            try:
-                await run_transaction(self.sessions, lambda s, c=c, ids=ids, token=token: self._issue_page(
-                    s, c, ids, token, owner, now))
-            except Superseded:
-                return pages
-            except IntegrityError as exc:
-                if not is_duplicate_key(exc):
-                    raise
-                return pages  # another runner issued this page (the recipients' key)
-            pages += 1
-            if not token:
-                return pages
+        async with self.sessions() as s:
+            c = await self.campaign(s, campaign_id)
+            limit = (await self.coupons.template(s, c.template_id)).per_member_limit
+        snapshot, cursor, pages = snapshot_name(c.segment, c.segment_version), c.cursor, 0
+        fetch: asyncio.Task | None = asyncio.ensure_future(self.members.segment_page(snapshot, self.page_size, cursor))
+        try:
+            while fetch is not None:
+                ids, _, token = await fetch
+                fetch = asyncio.ensure_future(self.members.segment_page(snapshot, self.page_size, token)) \
+                    if token else None
+                try:
+                    await run_transaction(self.sessions, lambda s, ids=ids, read=cursor, token=token: self._issue_page(
+                        s, c.id, c.template_id, limit, ids, read, token, owner, now))
+                except Superseded:
+                    return pages
+                except IntegrityError as exc:
+                    if not is_duplicate_key(exc):
+                        raise
+                    return pages  # another runner issued this page (the recipients' key)
+                pages, cursor = pages + 1, token
+            return pages
+        finally:
+            if fetch is not None:
+                fetch.cancel()
+                with contextlib.suppress(BaseException):
+                    await fetch
 
-    async def _issue_page(self, s: AsyncSession, c: CouponCampaign, member_ids: list[int], next_token: str,
-                          owner: str, now: datetime) -> None:
+    async def _issue_page(self, s: AsyncSession, campaign_id: int, template_id: int, limit: int, member_ids: list[int],
+                          cursor: str, next_token: str, owner: str, now: datetime) -> None:
         members = sorted(set(member_ids))
-        issued: list[int] = []
-        limited: list[int] = []
-        exhausted: list[int] = []
+        issued = skipped = 0
         if members:
             await s.execute(insert(CouponCampaignRecipient.__table__), [
-                {"campaign_id": c.id, "member_id": m, "outcome": RECIPIENT_ISSUED} for m in members])
-            issued, limited, exhausted = await self._issue_set(s, c.template_id, members, now)
-            for outcome, group in ((RECIPIENT_LIMIT_REACHED, limited), (RECIPIENT_EXHAUSTED, exhausted)):
-                if group:
-                    await s.execute(update(CouponCampaignRecipient).where(
-                        CouponCampaignRecipient.campaign_id == c.id, CouponCampaignRecipient.member_id.in_(group))
-                        .values(outcome=outcome))
+                {"campaign_id": campaign_id, "member_id": m, "outcome": RECIPIENT_ISSUED} for m in members])
+            issued = await self._issue_range(s, campaign_id, template_id, limit, members, now)
+            skipped = len(members) - issued
         done = not next_token
         cc = CouponCampaign
-        moved = await s.execute(update(cc).where(cc.id == c.id, cc.cursor == c.cursor, cc.lease_owner == owner,
+        moved = await s.execute(update(cc).where(cc.id == campaign_id, cc.cursor == cursor, cc.lease_owner == owner,
                                                  cc.state == CAMPAIGN_RUNNING).values(
-            cursor=next_token, pages_done=cc.pages_done + 1, issued_count=cc.issued_count + len(issued),
-            skipped_count=cc.skipped_count + len(limited) + len(exhausted), lease_until=now + self.lease,
+            cursor=next_token, pages_done=cc.pages_done + 1, issued_count=cc.issued_count + issued,
+            skipped_count=cc.skipped_count + skipped, lease_until=now + self.lease,
             state=CAMPAIGN_COMPLETED if done else CAMPAIGN_RUNNING, complete_time=now if done else None))
         if moved.rowcount != 1:  # type: ignore[attr-defined]
             raise Superseded()
 
-    async def _issue_set(self, s: AsyncSession, template_id: int, members: list[int],
-                         now: datetime) -> tuple[list[int], list[int], list[int]]:
-        """One coupon to each member below the per-member limit while quantity lasts, set-wise:
-        (issued, skipped at the limit, skipped for lack of quantity). Locks holdings, then the
-        template, in the order :meth:`Coupons.issue` takes them."""
-        h = CouponHolding
-        await insert_ignore(s, h.__table__, [{"template_id": template_id, "member_id": m, "count": 0} for m in members])
-        t = (await s.execute(select(CouponTemplate).where(CouponTemplate.id == template_id)
-                             .execution_options(populate_existing=True))).scalar_one()
+    async def _issue_range(self, s: AsyncSession, campaign_id: int, template_id: int, limit: int, members: list[int],
+                           now: datetime) -> int:
+        """One coupon to each recipient of the page (``members``, sorted: a snapshot page is an id range,
+        so the page's recipients are those between its first and last id) below the per-member limit
+        while quantity lasts; returns the coupons issued.
+
+        Set-wise, the member ids travelling to the database once (the recipients' INSERT): the
+        holding rows and the coupons are ``INSERT ... SELECT`` over the page's recipients, the
+        updates name their members. Locks the holdings, then the template, in the order
+        :meth:`Coupons.issue` takes them."""
+        h, r = CouponHolding, CouponCampaignRecipient
+        lo, hi = members[0], members[-1]
+        page = (r.campaign_id == campaign_id, r.member_id.between(lo, hi))
+        in_page = select(r.member_id).where(*page)
+        await insert_ignore_select(s, h.__table__, ["template_id", "member_id", "count"], select(
+            literal(template_id, BigInteger), r.member_id, literal(0, Integer)).where(*page))
         eligible = list((await s.execute(select(h.member_id).where(
-            h.template_id == template_id, h.member_id.in_(members), h.count < t.per_member_limit)
+            h.template_id == template_id, h.member_id.in_(in_page), h.count < limit)
             .order_by(h.member_id).with_for_update())).scalars())
         t = (await s.execute(select(CouponTemplate).where(CouponTemplate.id == template_id).with_for_update()
                              .execution_options(populate_existing=True))).scalar_one()
         k = max(0, min(len(eligible), t.total_quantity - t.issued_count))
-        chosen, exhausted = eligible[:k], eligible[k:]
-        limited = sorted(set(members) - set(eligible))
-        if chosen:
+        if len(eligible) < len(members):
+            limited = sorted(set(members) - set(eligible))
+            await s.execute(update(r).where(*page, r.member_id.in_(limited)).values(outcome=RECIPIENT_LIMIT_REACHED))
+        if k < len(eligible):
+            await s.execute(update(r).where(*page, r.member_id.in_(eligible[k:])).values(outcome=RECIPIENT_EXHAUSTED))
+        if k:
             await s.execute(update(CouponTemplate).where(CouponTemplate.id == template_id)
                             .values(issued_count=CouponTemplate.issued_count + k))
-            await s.execute(update(h).where(h.template_id == template_id, h.member_id.in_(chosen))
-                            .values(count=h.count + 1))
-            expire = now + timedelta(days=t.valid_days)
-            await s.execute(insert(Coupon.__table__), [
-                {"template_id": template_id, "member_id": m, "state": COUPON_AVAILABLE, "source": "campaign",
-                 "issue_time": now, "expire_time": expire} for m in chosen])
-        return chosen, limited, exhausted
+            await s.execute(update(h).where(h.template_id == template_id, h.member_id.in_(eligible[:k]))
+                            .values(count=h.count + 1))  # a list: MariaDB runs UPDATE ... IN (SELECT) row by row
+            c = Coupon.__table__.c
+            await s.execute(insert(Coupon.__table__).from_select(
+                [c.template_id, c.member_id, c.state, c.source, c.issue_time, c.expire_time],
+                select(literal(template_id, BigInteger), r.member_id, literal(COUPON_AVAILABLE, SmallInteger),
+                       literal("campaign", String), literal(now, UTCDateTime()),
+                       literal(now + timedelta(days=t.valid_days), UTCDateTime())).where(*page, r.outcome == RECIPIENT_ISSUED)))
+        return k
