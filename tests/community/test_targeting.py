@@ -271,3 +271,37 @@ async def test_a_daily_15_00_post_is_published_once_a_day(community, clock):
     await jobs.publish_due_posts(community.app, day2 + timedelta(seconds=1))
     assert await posts() == [(pb.POST_STATE_PUBLISHED, day1), (pb.POST_STATE_PUBLISHED, day2),
                              (pb.POST_STATE_SCHEDULED, day2 + timedelta(days=1))]
+
+
+@pytest.mark.mariadb
+async def test_a_runner_dying_after_sending_never_sends_twice(community, members, fake_wechat, clock, monkeypatch):
+    segment, ids = await segment_of(members, 20)
+    template = f"tmpl-{uuid.uuid4().hex[:8]}"
+    for m in ids:
+        await _consent(members, m, template, 2)
+    b = pb.Broadcast(title="会员日", text="会员日专享", segment=f"segments/{segment}", subscribe_message=True,
+                     template_id=template)
+    created = await community.stub.CreateBroadcast(pb.CreateBroadcastRequest(broadcast=b, request_id=rid()),
+                                                   metadata=community.staff_md())
+    targeting, now = community.app.targeting, clock["now"]
+    assert await targeting.start_due_rounds(now) == 1
+
+    async def die(*args, **kwargs):
+        raise RuntimeError("killed between sending and recording")
+
+    monkeypatch.setattr(targeting, "_record_reach", die)
+    with pytest.raises(RuntimeError):
+        await targeting.run_due(now)
+    sent = [x for x in fake_wechat.messages if x["template_id"] == template]
+    assert len(sent) == 20 and (await _get(community, created.name)).reach_sent_count == 0  # sent, not recorded
+    monkeypatch.undo()
+    assert await targeting.run_due(now) == 0  # the dead runner's lease holds
+    later = now + timedelta(seconds=community.app.settings.broadcast_lease_seconds + 1)
+    await targeting.run_due(later)  # the replay: same request ids, members answers the stored touches
+    assert len([x for x in fake_wechat.messages if x["template_id"] == template]) == 20
+    got = await _get(community, created.name)
+    assert (got.reach_sent_count, got.reach_skipped_count, got.delivered_count) == (20, 0, 20)
+    async with members.engine.connect() as conn:
+        touches = Counter((await conn.execute(select(Touch.member_id).where(
+            Touch.member_id.in_(ids), Touch.purpose == "community.broadcast"))).scalars())
+    assert touches == Counter({m: 1 for m in ids})
