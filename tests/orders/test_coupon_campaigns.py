@@ -157,5 +157,8 @@ async def test_campaign_staff_route_over_http(orders_gateway, orders, members):
     assert got.status_code == 200 and got.json()["state"] == "COUPON_CAMPAIGN_STATE_COMPLETED"
     assert got.json()["issuedCount"] == "30"
     assert (await gw.get(f"/v1/{body['name']}", headers=member)).status_code == 403
+    listed_campaigns = await gw.get("/v1/couponCampaigns", params={"pageSize": 5}, headers=staff)
+    assert listed_campaigns.status_code == 200 and listed_campaigns.json()["couponCampaigns"][0]["name"] == body["name"]
+    assert (await gw.get("/v1/couponCampaigns", headers=member)).status_code == 403
     listed = await gw.get(f"/v1/members/{ids[0]}/coupons", headers=member)
     assert [c["couponTemplate"] for c in listed.json()["coupons"]] == [t.name]

@@ -93,7 +93,7 @@ def build(settings: OrdersSettings, engine: AsyncEngine | None = None) -> Orders
     addresses = Addresses(pages=pages)
     cart = Cart(catalog=catalog, pages=pages)
     coupons = Coupons(catalog=catalog, pages=pages)
-    campaigns = CouponCampaigns(sessions=sessions, members=platform.members, coupons=coupons,
+    campaigns = CouponCampaigns(sessions=sessions, members=platform.members, coupons=coupons, pages=pages,
                                 page_size=settings.campaign_page_size,
                                 lease=timedelta(seconds=settings.campaign_lease_seconds))
     checkout = Checkout(addresses=addresses, coupons=coupons, cart=cart, members=members, pay_timeout=pay_timeout)

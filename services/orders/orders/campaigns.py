@@ -34,6 +34,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from mallkit.db import UTCDateTime, insert_ignore_select, is_duplicate_key, run_transaction
 from mallkit.errors import NotFound
 from mallkit.members import MembersClient
+from mallkit.pagination import PageTokens
+from mallkit.queries import keyset_page
 
 from . import errors as reasons
 from .coupons import Coupons
@@ -62,8 +64,9 @@ def snapshot_name(segment: str, version: int | str) -> str:
 
 class CouponCampaigns:
     def __init__(self, *, sessions: async_sessionmaker[AsyncSession], members: MembersClient, coupons: Coupons,
-                 page_size: int, lease: timedelta):
+                 pages: PageTokens, page_size: int, lease: timedelta):
         self.sessions = sessions
+        self.pages = pages
         self.members = members
         self.coupons = coupons
         self.page_size = page_size
@@ -90,6 +93,10 @@ class CouponCampaigns:
             raise NotFound("coupon campaign not found", reason=reasons.COUPON_CAMPAIGN_NOT_FOUND,
                            resource=("couponCampaign", f"couponCampaigns/{campaign_id}"), zh="券活动不存在")
         return c
+
+    async def list_campaigns(self, s: AsyncSession, size: int, token: str) -> tuple[list[CouponCampaign], str]:
+        return await keyset_page(s, select(CouponCampaign), key=CouponCampaign.id.desc(), tokens=self.pages,
+                                 page_size=size, page_token=token)
 
     # --- the job ---------------------------------------------------------------------------
 

@@ -95,3 +95,8 @@ class CouponRpcs(ServicerBase):
     async def GetCouponCampaign(self, request, context):
         cid = parse_id(request.name, "couponCampaigns", "name")
         return campaign_pb(await self._read(lambda s: self.campaigns.campaign(s, cid)))
+
+    async def ListCouponCampaigns(self, request, context):
+        size = page_size(request.page_size)
+        rows, token = await self._read(lambda s: self.campaigns.list_campaigns(s, size, request.page_token))
+        return pb.ListCouponCampaignsResponse(coupon_campaigns=[campaign_pb(c) for c in rows], next_page_token=token)
