@@ -87,10 +87,10 @@ bench: protos ## Run every benchmark in bench/ (figures and ratios against a bas
 	@set -e; for f in bench/*.py; do echo "== $$f"; $(PY) $$f; done
 
 know-data: protos ## Generate N members (default 1000000) with 5 purchase facts and 10 behaviour events each into MariaDB (kept)
-	$(PY) bench/know_members.py --members $(or $(N),1000000) --load-only
+	$(PY) bench/know_members.py --members $(or $(N),1000000) --load-only --buffer-pool-mb $(or $(BUFFER_POOL_MB),6144)
 
 bench-know: protos ## Know-the-member benchmark at N members (default 100000): RFM, auto-tags, preview, materialize
-	$(PY) bench/know_members.py --members $(or $(N),100000)
+	$(PY) bench/know_members.py --members $(or $(N),100000) --buffer-pool-mb $(or $(BUFFER_POOL_MB),6144)
 
 bench-targeting: protos ## Audience targeting benchmark: a coupon campaign to a segment of N members (default 100000) vs a raw INSERT ... SELECT
 	$(PY) bench/audience_targeting.py --members $(or $(N),100000)

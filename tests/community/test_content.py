@@ -197,6 +197,15 @@ async def test_activity_tells_whether_a_member_is_active_over_a_window(community
     assert activity.active and activity.reply_count == 1 and activity.reaction_count == 1
     assert activity.post_count == 1 and activity.view_count == 1 and activity.group_count == 1
     assert activity.last_active_time.seconds > 0
+    assert [(g.group, g.display_name, g.role) for g in activity.groups] == [
+        (group.name, group.display_name, pb.MEMBERSHIP_ROLE_MEMBER)]
+    assert activity.groups[0].join_time.seconds > 0
+    # The reply and the post are published for the members service's behaviour store.
+    async with community.engine.connect() as conn:
+        posted = (await conn.execute(select(OutboxEvents.c.payload).where(
+            OutboxEvents.c.event_type == "community.member_posted",
+            OutboxEvents.c.payload.contains(f"members/{m}".encode())))).scalars().all()
+    assert len(posted) == 2 and all(article.name.encode() in p for p in posted[:1])
     quiet = await community.stub.GetMemberActivity(pb.GetMemberActivityRequest(
         name=f"members/{idle}/communityActivity"), metadata=community.staff_md("operator"))
     assert not quiet.active

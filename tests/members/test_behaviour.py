@@ -157,7 +157,9 @@ async def test_server_events_become_behaviour_once_beside_the_apply_consumer(mem
     left = cev.GroupLeftEvent(group="groups/5", member=name)
     checked = pev.CheckedInEvent(member=name, day="2026-12-01", streak=3, points=10)
     shared = cev.ContentSharedEvent(post="groups/5/posts/9", sharer=name)
+    posted = cev.MemberPostedEvent(post="groups/5/posts/9", member=name, reply=True)
     for source, event_type, payload in [("community", "community.group_joined", joined),
+                                        ("community", "community.member_posted", posted),
                                         ("community", "community.group_left", left),
                                         ("points", "points.checked_in", checked),
                                         ("community", "community.content_shared", shared)]:
@@ -173,7 +175,8 @@ async def test_server_events_become_behaviour_once_beside_the_apply_consumer(mem
     kinds = sorted(pb.BehaviorKind.Name(e.kind) for e in page.behavior_events)
     # member.registered of this login arrives through the real stream as well (the relay is running)
     assert [k for k in kinds if k != "BEHAVIOR_KIND_REGISTERED"] == sorted(
-        ["BEHAVIOR_KIND_ORDER_PAID", "BEHAVIOR_KIND_GROUP_JOINED", "BEHAVIOR_KIND_GROUP_LEFT", "BEHAVIOR_KIND_CHECK_IN", "BEHAVIOR_KIND_CONTENT_SHARED"])
+        ["BEHAVIOR_KIND_ORDER_PAID", "BEHAVIOR_KIND_GROUP_JOINED", "BEHAVIOR_KIND_GROUP_LEFT", "BEHAVIOR_KIND_CHECK_IN", "BEHAVIOR_KIND_CONTENT_SHARED",
+         "BEHAVIOR_KIND_POSTED"])
     order = next(e for e in page.behavior_events if e.kind == pb.BEHAVIOR_KIND_ORDER_PAID)
     assert order.value_fen == 12_300 and order.target == "orders/991" and order.source == "orders"
     assert order.occur_time.ToDatetime(tzinfo=UTC) == when.replace(microsecond=when.microsecond // 1000 * 1000)

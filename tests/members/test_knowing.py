@@ -126,3 +126,42 @@ async def test_rfm_job_runs_once_across_replicas(members):
     results = await asyncio.gather(*(members.app.rfm.run_job(members.app.sessions, now, min_interval=timedelta(hours=1))
                                      for _ in range(4)))
     assert len([r for r in results if r is not None]) == 1, results
+
+
+async def test_update_and_delete_a_tag_rule(gateway, members):
+    staff = await staff_token(gateway)
+    tag = await tag_of(gateway, staff)
+    city = f"城{uuid.uuid4().hex[:6]}"
+    people = []
+    for _ in range(3):
+        s = await http_login(gateway, f"u{uuid.uuid4().hex[:10]}")
+        await gateway.post("/v1/members/me", json={"region": {"province": "浙江省", "city": city}},
+                           headers={**bearer(s["accessToken"]), "X-HTTP-Method-Override": "PATCH"})
+        people.append(s["member"]["name"])
+    await paid(members, people[0], 5_000, days_ago=1)
+    r = await gateway.post("/v1/members:applyTags", json={"members": [people[2]], "tags": [tag]}, headers=bearer(staff))
+    assert r.status_code == 200, r.text
+    created = await gateway.post("/v1/tagRules", json={"displayName": "买过", "tag": tag, "rule": {"all": [
+        cond("city", "eq", city), cond("orders", "ge", "1")]}}, headers=bearer(staff))
+    name = created.json()["name"]
+    assert (await gateway.post(f"/v1/{name}:run", json={}, headers=bearer(staff))).json()["gainedCount"] == "1"
+    patch = {**bearer(staff), "X-HTTP-Method-Override": "PATCH"}
+    # widen the condition to the whole city and rename; the next run applies it
+    r = await gateway.post(f"/v1/{name}", params={"updateMask": "rule,displayName"},
+                           json={"displayName": "同城会员", "rule": cond("city", "eq", city)}, headers=patch)
+    assert r.status_code == 200 and r.json()["displayName"] == "同城会员", r.text
+    assert (await gateway.post(f"/v1/{name}:run", json={}, headers=bearer(staff))).json() == {
+        "gainedCount": "1", "lostCount": "0"}  # people[1]; people[2] already holds it manually
+    bad = await gateway.post(f"/v1/{name}", params={"updateMask": "rule"},
+                             json={"rule": cond("shoe_size", "eq", "42")}, headers=patch)
+    assert bad.status_code == 400 and "tag_rule.rule.condition.field" in bad.text
+    bad = await gateway.post(f"/v1/{name}", params={"updateMask": "tag"}, json={"tag": tag}, headers=patch)
+    assert bad.status_code == 400 and "update_mask" in bad.text
+    r = await gateway.post(f"/v1/{name}", params={"updateMask": "disabled"}, json={"disabled": True}, headers=patch)
+    assert r.json()["disabled"] is True
+    # deleting removes the tags the rule gave, never the manual one
+    r = await gateway.delete(f"/v1/{name}", headers=bearer(staff))
+    assert r.status_code == 200 and r.json() == {"removedCount": "2"}, r.text
+    assert await holders(members, tag, people) == {people[2]: "TAG_SOURCE_MANUAL"}
+    assert (await gateway.delete(f"/v1/{name}", headers=bearer(staff))).status_code == 404
+    assert (await gateway.post(f"/v1/{name}:run", json={}, headers=bearer(staff))).status_code == 404

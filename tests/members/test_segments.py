@@ -149,3 +149,39 @@ async def test_builtin_layers_exist_and_staff_routes_refuse_members(gateway, mem
         await members.stub.ListSegmentMembers(pb.ListSegmentMembersRequest(parent="segments/core/snapshots/latest"),
                                               metadata=md)
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_delete_segment_is_soft_and_refused_while_referred_to(gateway, members):
+    staff = await staff_token(gateway)
+    base, user = key(), key()
+    assert (await create(gateway, staff, base, cond("orders", "ge", "1"))).status_code == 200
+    assert (await create(gateway, staff, user, cond("segment", "in", f"segments/{base}"))).status_code == 200
+    snap = await gateway.post(f"/v1/segments/{base}:materialize", json={}, headers=bearer(staff))
+    assert snap.status_code == 200, snap.text
+    r = await gateway.delete(f"/v1/segments/{base}", headers=bearer(staff))
+    assert r.status_code == 400 and r.json()["error"]["details"][0]["reason"] == "SEGMENT_IN_USE", r.text
+    assert f"segments/{user}" in r.json()["error"]["details"][0]["metadata"]["referrers"]
+    assert (await gateway.delete(f"/v1/segments/{user}", headers=bearer(staff))).status_code == 200
+    assert (await gateway.delete(f"/v1/segments/{base}", headers=bearer(staff))).status_code == 200
+    assert (await gateway.get(f"/v1/segments/{base}", headers=bearer(staff))).status_code == 404
+    assert (await gateway.delete(f"/v1/segments/{base}", headers=bearer(staff))).status_code == 404
+    listed = await gateway.get("/v1/segments", params={"pageSize": 100}, headers=bearer(staff))
+    names = {s["name"] for s in listed.json()["segments"]}
+    token = listed.json().get("nextPageToken")
+    while token:
+        page = await gateway.get("/v1/segments", params={"pageSize": 100, "pageToken": token}, headers=bearer(staff))
+        names |= {s["name"] for s in page.json()["segments"]}
+        token = page.json().get("nextPageToken")
+    assert f"segments/{base}" not in names and f"segments/{user}" not in names
+    # a deleted segment can no longer be referred to, nor re-created under its id ...
+    r = await create(gateway, staff, key(), cond("segment", "in", f"segments/{base}"))
+    assert r.status_code == 400 and "segment.rule.condition.values[0]" in violations(r)
+    assert (await create(gateway, staff, base, cond("orders", "ge", "1"))).status_code == 409
+    # ... but the snapshots taken before stay readable (a campaign paging one goes on)
+    page = await members.stub.ListSegmentMembers(pb.ListSegmentMembersRequest(
+        parent=f"segments/{base}/snapshots/1"), metadata=members.service_md)
+    assert page.snapshot.version == 1 and page.snapshot.member_count == snap.json()["memberCount"]
+    r = await gateway.delete("/v1/segments/core", headers=bearer(staff))
+    assert r.status_code == 400 and r.json()["error"]["details"][0]["reason"] == "SEGMENT_BUILTIN"
+    member = await http_login(gateway, f"u{uuid.uuid4().hex[:10]}")
+    assert (await gateway.delete(f"/v1/segments/{key()}", headers=bearer(member["accessToken"]))).status_code == 403

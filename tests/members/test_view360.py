@@ -78,3 +78,32 @@ async def test_member360_route_is_staff_only(gateway):
     s = await http_login(gateway, f"u{uuid.uuid4().hex[:10]}")
     r = await gateway.get(f"/v1/{s['member']['name']}/view360", headers=bearer(s["accessToken"]))
     assert r.status_code == 403
+
+
+async def test_member360_lists_the_members_groups_from_community(members, points, community, fake_wechat):
+    from tests.community.helpers import join, make_group
+
+    settings = MembersSettings(port=0, database_url=members.url, wechat_base_url=fake_wechat.url, drain_seconds=0,
+                               member360_peer_timeout_seconds=10.0, relay_enabled=False,
+                               platform=PlatformSettings(env="test", points_addr=points.addr,
+                                                         community_addr=community.addr))
+    app = build(settings, engine=members.engine)
+    await app.start()
+    try:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+        stub = pb_grpc.MembersServiceStub(channel)
+        login, _ = await members.login()
+        mid = int(login.member.name.split("/")[1])
+        first, second = await make_group(community), await make_group(community)
+        await join(community, first, mid)
+        await join(community, second, mid)
+        view = await stub.GetMember360(pb.GetMember360Request(name=f"{login.member.name}/view360"),
+                                       metadata=await members.staff())
+        assert list(view.missing) == []
+        assert view.community.group_count == 2
+        assert sorted((g.group, g.display_name) for g in view.community.groups) == sorted(
+            [(first.name, first.display_name), (second.name, second.display_name)])
+        assert all(g.join_time.seconds > 0 for g in view.community.groups)
+        await channel.close()
+    finally:
+        await app.stop(grace=1)

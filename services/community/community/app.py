@@ -72,7 +72,7 @@ class CommunityApp(ServiceApp):
 def domain(settings: CommunitySettings, outbox: Outbox, pages: PageTokens) -> dict:
     """The sub-domain objects of the service, by name (also used by the demo seed)."""
     groups = Groups(pages, default_capacity=settings.default_capacity)
-    activity = Activities(pages)
+    activity = Activities(pages, outbox)
     content = Content(groups, activity, pages, brand_timezone=settings.platform.brand_timezone)
     return {
         "groups": groups,

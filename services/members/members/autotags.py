@@ -58,6 +58,31 @@ class AutoTags:
         await s.flush()
         return r
 
+    async def update(self, s: AsyncSession, rule_id: int, changes: dict) -> TagRule:
+        r = await self.rule(s, rule_id)
+        if "rule" in changes:
+            await self.segments.check(s, changes["rule"], None, "tag_rule.rule")
+            r.rule = json.dumps(changes["rule"])
+        for k in ("display_name", "disabled"):
+            if k in changes:
+                setattr(r, k, changes[k])
+        await s.flush()
+        return r
+
+    async def delete(self, s: AsyncSession, rule_id: int, now: datetime | None = None) -> int:
+        """Delete the rule and remove the tags it gave (recorded as REMOVED); returns the members untagged."""
+        r = await self.rule(s, rule_id)
+        now = now or utcnow()
+        ch, mt = TagRuleChange.__table__, MemberTag.__table__
+        given = (mt.c.tag_id == r.tag_id, mt.c.source == pb.TAG_SOURCE_RULE, mt.c.source_ref == f"tagRules/{r.id}")
+        await s.execute(insert(ch).from_select(["run", "rule_id", "member_id", "action", "create_time"], select(
+            literal(str(uuid.uuid4())), literal(r.id), mt.c.member_id, literal(REMOVED),
+            literal(now, ch.c.create_time.type)).where(*given)))
+        removed = (await s.execute(mt.delete().where(*given))).rowcount or 0  # type: ignore[attr-defined]
+        await s.delete(r)
+        await s.flush()
+        return int(removed)
+
     async def list_rules(self, s: AsyncSession, size: int, token: str) -> tuple[list[TagRule], str]:
         return await keyset_page(s, select(TagRule), key=TagRule.id, tokens=self.pages, page_size=size,
                                  page_token=token)

@@ -123,6 +123,8 @@ BEHAVIOUR_HANDLERS: dict[str, tuple[type[Message], Handler]] = {
                                                            lambda p: p.group)),
     "community.content_shared": (cpb.ContentSharedEvent, behaviour(pb.BEHAVIOR_KIND_CONTENT_SHARED, lambda p: p.sharer,
                                                                    "share_time", lambda p: p.post)),
+    "community.member_posted": (cpb.MemberPostedEvent, behaviour(pb.BEHAVIOR_KIND_POSTED, lambda p: p.member,
+                                                                 "post_time", lambda p: p.post)),
     "community.quiz_answered": (cpb.QuizAnsweredEvent, behaviour(pb.BEHAVIOR_KIND_QUIZ_ANSWERED, lambda p: p.member, "answer_time",
                                                                  lambda p: p.post)),
     "community.coupon_claimed": (cpb.CouponClaimedEvent, behaviour(pb.BEHAVIOR_KIND_COUPON_CLAIMED, lambda p: p.member,

@@ -244,7 +244,9 @@ class MemberPurchase(Base):
     categories: Mapped[str] = mapped_column(String(512), default="")  # "categories/1,categories/7"
     pay_time: Mapped[datetime] = mapped_column(UTCDateTime())
     refund_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    __table_args__ = (Index("ix_member_purchases_member_id_pay_time", "member_id", "pay_time"),)
+    #: Covering for the RFM recompute (GROUP BY member over the window, amounts from the index).
+    __table_args__ = (Index("ix_member_purchases_member_id_pay_time_amounts", "member_id", "pay_time", "paid_fen",
+                            "refunded_fen"),)
 
 
 class MemberPurchaseStats(Base):
@@ -340,6 +342,8 @@ class Segment(Base):
     last_version: Mapped[int] = mapped_column(Integer, default=0)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
     update_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: Set by DeleteSegment: the segment is gone for operators; its snapshots stay readable.
+    delete_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class SegmentSnapshot(Base):

@@ -7,7 +7,9 @@ get distinct versions and a snapshot is exactly the audience at that moment. Oth
 read a snapshot by segment name and version (``segments/core/snapshots/3``, or ``latest``).
 
 Built-in layers (core / loyal / regular members) are segments the migration creates; they
-can be re-defined but not removed.
+can be re-defined but not removed. A delete is soft (``delete_time``): the segment is gone
+for operators and rules, its id stays taken and its snapshots stay readable, so a coupon
+campaign or a guide task paging one goes on.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from sqlalchemy import func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mallkit.db import utcnow
-from mallkit.errors import AlreadyExists, InvalidArgument, NotFound
+from mallkit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mallkit.pagination import PageTokens
 from mallkit.queries import keyset_page
 
 from . import errors as reasons
-from .models import Segment, SegmentSnapshot, SegmentSnapshotMember
+from .models import Segment, SegmentSnapshot, SegmentSnapshotMember, TagRule
 from .rules import Context, compile_rule, segment_refs, validate
 
 #: The built-in layers, in order (the migration 0004 creates them with these rules).
@@ -52,11 +54,34 @@ class Segments:
     def __init__(self, pages: PageTokens):
         self.pages = pages
 
-    async def by_key(self, s: AsyncSession, key: str) -> Segment:
-        seg = (await s.execute(select(Segment).where(Segment.key == key))).scalar_one_or_none()
+    async def by_key(self, s: AsyncSession, key: str, *, deleted: bool = False) -> Segment:
+        """The segment ``key``; a deleted one only with ``deleted`` (its snapshots stay readable)."""
+        q = select(Segment).where(Segment.key == key)
+        if not deleted:
+            q = q.where(Segment.delete_time.is_(None))
+        seg = (await s.execute(q)).scalar_one_or_none()
         if seg is None:
             raise not_found(key)
         return seg
+
+    async def delete(self, s: AsyncSession, key: str) -> None:
+        seg = await self.by_key(s, key)
+        if seg.builtin:
+            raise FailedPrecondition("a built-in layer cannot be deleted", reason=reasons.SEGMENT_BUILTIN,
+                                     metadata={"segment": f"segments/{key}"}, zh="内置分层不能删除")
+        others = (await s.execute(select(Segment.key, Segment.rule).where(
+            Segment.delete_time.is_(None), Segment.id != seg.id))).tuples().all()
+        rules = (await s.execute(select(TagRule.id, TagRule.rule))).tuples().all()
+        users = [f"segments/{k}" for k, r in others if any(ref == key for _, ref in segment_refs(json.loads(r)))]
+        users += [f"tagRules/{i}" for i, r in rules if any(ref == key for _, ref in segment_refs(json.loads(r)))]
+        if users:
+            raise FailedPrecondition(f"{', '.join(users)} refer to segments/{key}", reason=reasons.SEGMENT_IN_USE,
+                                     metadata={"segment": f"segments/{key}", "referrers": ",".join(users)},
+                                     zh="该分群正被其他分群或自动标签规则引用")
+        changed = await s.execute(update(Segment).where(Segment.id == seg.id, Segment.delete_time.is_(None))
+                                  .values(delete_time=utcnow()))
+        if changed.rowcount != 1:  # type: ignore[attr-defined]  # a concurrent delete won
+            raise not_found(key)
 
     async def resolve(self, s: AsyncSession, rule: dict, own_key: str | None, root: str) -> dict[str, dict]:
         """The rules of every segment ``rule`` refers to, transitively; a reference to an unknown
@@ -69,7 +94,7 @@ class Segments:
                     f"segments/{k}" for k in chain[chain.index(key):] + [key]))
             if key not in found:
                 seg = (await s.execute(select(Segment).where(Segment.key == key))).scalar_one_or_none()
-                if seg is None:
+                if seg is None or seg.delete_time is not None:
                     raise InvalidArgument.field(path, f"segments/{key} does not exist")
                 found[key] = json.loads(seg.rule)
             for _, k in segment_refs(found[key]):
@@ -108,8 +133,8 @@ class Segments:
         return seg
 
     async def list_segments(self, s: AsyncSession, size: int, token: str) -> tuple[list[Segment], str]:
-        return await keyset_page(s, select(Segment), key=Segment.id, tokens=self.pages, page_size=size,
-                                 page_token=token)
+        return await keyset_page(s, select(Segment).where(Segment.delete_time.is_(None)), key=Segment.id,
+                                 tokens=self.pages, page_size=size, page_token=token)
 
     async def preview(self, s: AsyncSession, rule: dict, sample: int, root: str = "rule") -> tuple[int, list[int]]:
         ctx = await self.check(s, rule, None, root)
@@ -144,7 +169,7 @@ class Segments:
         return snap
 
     async def snapshot(self, s: AsyncSession, key: str, version: str) -> SegmentSnapshot:
-        seg = await self.by_key(s, key)
+        seg = await self.by_key(s, key, deleted=True)
         q = select(SegmentSnapshot).where(SegmentSnapshot.segment_id == seg.id)
         if version == "latest":
             q = q.order_by(SegmentSnapshot.version.desc()).limit(1)

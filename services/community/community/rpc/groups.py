@@ -211,8 +211,12 @@ class GroupsRpc(RpcBase):
         window = window or timedelta(days=self.activity_window_days)
         async with self.sessions() as s:
             a = await self.activity.member_activity(s, member_id, self.clock() - window)
-        out = pb.MemberActivity(name=request.name, **{k: val for k, val in a.items() if k != "last_active_time"})
+        out = pb.MemberActivity(name=request.name,
+                                **{k: val for k, val in a.items() if k not in ("last_active_time", "groups")})
         set_time(out.last_active_time, a["last_active_time"])
+        for g in a["groups"]:
+            mg = out.groups.add(group=g["group"], display_name=g["display_name"], role=g["role"])
+            set_time(mg.join_time, g["join_time"])
         return out
 
     async def ListActiveMembers(self, request, context):

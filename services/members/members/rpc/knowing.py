@@ -9,7 +9,7 @@ from mallkit.names import parse_id, parse_ids
 from mallkit.pagination import page_size
 from mallkit.validation import Validator
 
-from ..messages import set_time, tag_rule_pb
+from ..messages import set_time, tag_rule_pb, update_paths
 from ..models import Tag
 from ..rfm import Report
 from ..rules import rule_of
@@ -48,6 +48,37 @@ class KnowingRpc(RpcBase):
             return tag_rule_pb(created, await s.get(Tag, tag_id))
 
         return await self.idem.run(request, pb.TagRule, use_case)
+
+    async def UpdateTagRule(self, request, context):
+        r = request.tag_rule
+        rule_id = parse_id(r.name, "tagRules", "tag_rule.name")
+        paths = update_paths(request.update_mask.paths, r, {"name", "last_run_time", "create_time"},
+                             {"display_name", "rule", "disabled"}, "TagRule")
+        v, changes = Validator(), {}
+        if "display_name" in paths:
+            v.text("tag_rule.display_name", r.display_name, max_len=64, min_len=1)
+            changes["display_name"] = r.display_name
+        if "disabled" in paths:
+            changes["disabled"] = r.disabled
+        if "rule" in paths:
+            v.check(r.HasField("rule"), "tag_rule.rule", "is required")
+        v.done()
+        if "rule" in paths:
+            changes["rule"] = rule_of(r.rule)
+
+        async def use_case(s):
+            updated = await self.autotags.update(s, rule_id, changes)
+            return tag_rule_pb(updated, await s.get(Tag, updated.tag_id))
+
+        return await self.idem.run(request, pb.TagRule, use_case)
+
+    async def DeleteTagRule(self, request, context):
+        rule_id = parse_id(request.name, "tagRules", "name")
+
+        async def use_case(s):
+            return pb.DeleteTagRuleResponse(removed_count=await self.autotags.delete(s, rule_id))
+
+        return await self.idem.run(request, pb.DeleteTagRuleResponse, use_case)
 
     async def ListTagRules(self, request, context):
         size = page_size(request.page_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from google.protobuf import empty_pb2
 from sqlalchemy import select
 
 from mall.members.v1 import members_service_pb2 as pb
@@ -77,6 +78,15 @@ class SegmentsRpc(RpcBase):
             return segment_pb(await self.segments.update(s, key, changes))
 
         return await self.idem.run(request, pb.Segment, use_case)
+
+    async def DeleteSegment(self, request, context):
+        key = segment_key(request.name, "name")
+
+        async def use_case(s):
+            await self.segments.delete(s, key)
+            return empty_pb2.Empty()
+
+        return await self.idem.run(request, empty_pb2.Empty, use_case)
 
     async def PreviewSegment(self, request, context):
         v = Validator()

@@ -50,6 +50,8 @@ def view_pb(name: str, v: View) -> pb.Member360:
                                                    quiz_answer_count=c.quiz_answer_count, view_count=c.view_count))
         if c.HasField("last_active_time"):
             out.community.last_active_time.CopyFrom(c.last_active_time)
+        for g in c.groups:
+            out.community.groups.add(group=g.group, display_name=g.display_name, join_time=g.join_time)
     return out
 
 
