@@ -64,6 +64,12 @@ async def _messages(community, broadcast: str) -> Counter:
         return Counter({(m, r): n for m, r, n in rows.tuples()})
 
 
+async def _round_id(community, broadcast: str, round_no: int = 1) -> int:
+    async with community.engine.connect() as conn:
+        return (await conn.execute(select(BroadcastRound.id).where(
+            BroadcastRound.broadcast_id == int(broadcast.split("/")[1]), BroadcastRound.round_no == round_no))).scalar_one()
+
+
 async def _get(community, name: str) -> pb.Broadcast:
     return await community.stub.GetBroadcast(pb.GetBroadcastRequest(name=name), metadata=community.staff_md())
 
@@ -95,7 +101,8 @@ async def test_daily_15_00_broadcast_goes_out_once_a_day_per_member_with_cap_and
                                                    metadata=community.staff_md("operator"))
     assert created.state == pb.BROADCAST_STATE_SCHEDULED and created.next_round_time.ToDatetime(UTC) == day1
 
-    assert await jobs.run_broadcasts(community.app, day1 - timedelta(minutes=1)) == 0  # not yet
+    await jobs.run_broadcasts(community.app, day1 - timedelta(minutes=1))
+    assert (await _get(community, created.name)).round_count == 0  # not yet
     at = day1 + timedelta(seconds=30)
     await asyncio.gather(jobs.run_broadcasts(community.app, at), jobs.run_broadcasts(community.app, at))  # two replicas
     await jobs.run_broadcasts(community.app, day1 + timedelta(hours=5))  # later that day: nothing new
@@ -148,11 +155,9 @@ async def test_replicas_overlapping_on_a_round_deliver_each_member_once(communit
         created = await community.stub.CreateBroadcast(pb.CreateBroadcastRequest(broadcast=b, request_id=rid()),
                                                        metadata=community.staff_md())
         now = clock["now"]
-        assert await replica_a.targeting.start_due_rounds(now) == 1
-        assert await replica_b.targeting.start_due_rounds(now) == 0  # one round, one winner
-        async with community.engine.connect() as conn:
-            round_id = (await conn.execute(select(BroadcastRound.id).where(
-                BroadcastRound.broadcast_id == int(created.name.split("/")[1])))).scalar_one()
+        await asyncio.gather(replica_a.targeting.start_due_rounds(now), replica_b.targeting.start_due_rounds(now))
+        assert (await _get(community, created.name)).round_count == 1  # one round, one winner
+        round_id = await _round_id(community, created.name)
         first = asyncio.create_task(replica_a.targeting.run_round(round_id, now))
         loop = asyncio.get_running_loop()
         end = loop.time() + 60
@@ -284,20 +289,21 @@ async def test_a_runner_dying_after_sending_never_sends_twice(community, members
     created = await community.stub.CreateBroadcast(pb.CreateBroadcastRequest(broadcast=b, request_id=rid()),
                                                    metadata=community.staff_md())
     targeting, now = community.app.targeting, clock["now"]
-    assert await targeting.start_due_rounds(now) == 1
+    await targeting.start_due_rounds(now)
+    round_id = await _round_id(community, created.name)
 
     async def die(*args, **kwargs):
         raise RuntimeError("killed between sending and recording")
 
     monkeypatch.setattr(targeting, "_record_reach", die)
     with pytest.raises(RuntimeError):
-        await targeting.run_due(now)
+        await targeting.run_round(round_id, now)
     sent = [x for x in fake_wechat.messages if x["template_id"] == template]
     assert len(sent) == 20 and (await _get(community, created.name)).reach_sent_count == 0  # sent, not recorded
     monkeypatch.undo()
-    assert await targeting.run_due(now) == 0  # the dead runner's lease holds
+    assert await targeting.run_round(round_id, now) == 0  # the dead runner's lease holds
     later = now + timedelta(seconds=community.app.settings.broadcast_lease_seconds + 1)
-    await targeting.run_due(later)  # the replay: same request ids, members answers the stored touches
+    await targeting.run_round(round_id, later)  # the replay: same request ids, members answers the stored touches
     assert len([x for x in fake_wechat.messages if x["template_id"] == template]) == 20
     got = await _get(community, created.name)
     assert (got.reach_sent_count, got.reach_skipped_count, got.delivered_count) == (20, 0, 20)
