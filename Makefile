@@ -92,8 +92,8 @@ know-data: protos ## Generate N members (default 1000000) with 5 purchase facts 
 bench-know: protos ## Know-the-member benchmark at N members (default 100000): RFM, auto-tags, preview, materialize
 	$(PY) bench/know_members.py --members $(or $(N),100000) --buffer-pool-mb $(or $(BUFFER_POOL_MB),6144)
 
-bench-targeting: protos ## Audience targeting benchmark: a coupon campaign to a segment of N members (default 100000) vs a raw INSERT ... SELECT
-	$(PY) bench/audience_targeting.py --members $(or $(N),100000)
+bench-targeting: protos ## Audience targeting benchmark: a coupon campaign to a segment (SEGMENT, default all) of N members (default 100000) vs a raw INSERT ... SELECT
+	$(PY) bench/audience_targeting.py --members $(or $(N),100000) --segment $(or $(SEGMENT),0)
 
 check-points: protos ## Verify every points account equals its ledger and lots (POINTS_DATABASE_URL)
 	$(PY) -m points check

@@ -1,8 +1,9 @@
 """Audience-targeting benchmark: issue a coupon to a segment of N members (a coupon campaign), against
 a raw ``INSERT ... SELECT`` of the same coupon rows measured in the same run.
 
-    make bench-targeting                 # N = 100,000
-    make bench-targeting N=1000000       # or: .venv/bin/python bench/audience_targeting.py --members 1000000
+    make bench-targeting                 # N = 100,000, all in the segment
+    make bench-targeting N=1000000 SEGMENT=100000   # a 100,000-member segment of 1M members
+    .venv/bin/python bench/audience_targeting.py --members 1000000 --segment 100000
 
 MariaDB only (127.0.0.1:3306, MALL_TEST_MYSQL_URL): two databases, ``mall_bench_target_m_<N>``
 (members) and ``mall_bench_target_o_<N>`` (orders), dropped afterwards unless ``--keep``. N members
@@ -45,14 +46,16 @@ CHUNK = 1_000_000
 RULE = {"condition": {"field": "city", "operator": "eq", "values": ["bench-target"]}}
 
 
-async def load_members(url: str, n: int) -> None:
+async def load_members(url: str, n: int, every: int) -> None:
+    """N members; every ``every``-th one in the target city (the segment)."""
     engine = create_async_engine(url)
     async with engine.connect() as c:
         for lo in range(0, n, CHUNK):
             await c.execute(text(f"""
                 INSERT INTO members (id, openid, nickname, avatar_url, gender, province, city, occupation,
                     phone_consent, invite_code, growth_value, first_touch_channel_type, create_time, update_time)
-                SELECT s.seq, CONCAT('bench', s.seq), '', '', 0, '', 'bench-target', '', 0, CONCAT('B', s.seq), 0, 0,
+                SELECT s.seq, CONCAT('bench', s.seq), '', '', 0, '', IF(s.seq % {every} = 0, 'bench-target', 'bench-other'),
+                    '', 0, CONCAT('B', s.seq), 0, 0,
                     NOW(6), NOW(6)
                 FROM (SELECT seq + {lo} AS seq FROM seq_1_to_{min(CHUNK, n - lo)}) s"""))
             await c.commit()
@@ -77,7 +80,7 @@ async def materialize(url: str) -> int:
     return snap.member_count
 
 
-async def measure(members_url: str, orders_url: str, n: int, page_size: int, folder: Path) -> None:
+async def measure(members_url: str, orders_url: str, n: int, every: int, page_size: int, folder: Path) -> None:
     from members.app import build as build_members
     from members.config import MembersSettings
     from orders.app import build as build_orders
@@ -112,7 +115,7 @@ async def measure(members_url: str, orders_url: str, n: int, page_size: int, fol
         base = await run_transaction(orders.sessions, lambda s: orders.coupons.create_template(s, fields))
         async with orders.engine.connect() as conn:
             await conn.execute(text("CREATE TABLE bench_ids (member_id BIGINT PRIMARY KEY)"))
-            await conn.execute(text(f"INSERT INTO bench_ids SELECT seq FROM seq_1_to_{n}"))
+            await conn.execute(text(f"INSERT INTO bench_ids SELECT seq * {every} FROM seq_1_to_{n}"))
             await conn.commit()
             started = time.perf_counter()
             await conn.execute(text(
@@ -130,7 +133,8 @@ async def measure(members_url: str, orders_url: str, n: int, page_size: int, fol
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--members", type=int, default=100_000)
+    ap.add_argument("--members", type=int, default=100_000, help="members in the database")
+    ap.add_argument("--segment", type=int, default=0, help="members in the segment (default: all; e.g. 100000 of 1M)")
     ap.add_argument("--page-size", type=int, default=1000)
     ap.add_argument("--keep", action="store_true", help="keep the databases")
     args = ap.parse_args()
@@ -140,6 +144,9 @@ async def main() -> None:
     from members.app import SERVICE_DIR as MEMBERS_DIR
     from orders.app import SERVICE_DIR as ORDERS_DIR
 
+    segment = args.segment or args.members
+    every = max(1, args.members // segment)
+    segment = args.members // every
     names = {"m": f"mall_bench_target_m_{args.members}", "o": f"mall_bench_target_o_{args.members}"}
     urls = {k: str(make_url(MYSQL_ADMIN_URL).set(database=v)) for k, v in names.items()}
     admin = create_async_engine(MYSQL_ADMIN_URL)
@@ -152,13 +159,14 @@ async def main() -> None:
             engine = create_engine(urls[key], trace=False)
             await migrations.upgrade(engine, folder)
             await engine.dispose()
-        print(f"== audience targeting: a coupon to a segment of {args.members:,} members (MariaDB)", flush=True)
+        print(f"== audience targeting: a coupon to a segment of {segment:,} of {args.members:,} members (MariaDB)",
+              flush=True)
         started = time.perf_counter()
-        await load_members(urls["m"], args.members)
+        await load_members(urls["m"], args.members, every)
         print(f"  load members                            {time.perf_counter() - started:8.2f} s", flush=True)
         await materialize(urls["m"])
         with tempfile.TemporaryDirectory(prefix="bench-targeting-") as d:
-            await measure(urls["m"], urls["o"], args.members, args.page_size, Path(d))
+            await measure(urls["m"], urls["o"], segment, every, args.page_size, Path(d))
     finally:
         if not args.keep:
             async with admin.begin() as c:
