@@ -6,16 +6,21 @@ article and a member's share through the gateway, then records views of the
 article by anonymous visitors arriving through the share link
 (``POST /v1/{post}:view``: the hot path of a shared article) and, in the same
 run, inserts the same view rows with the bare database driver (aiomysql /
-aiosqlite, one autocommitted INSERT each). Prints records/s, p50 and p99 of
-both and the ratio. Bounded: a fixed count per path, all on 127.0.0.1.
+aiosqlite, one autocommitted INSERT each). Load generator: ``bench/loadgen.py``
+(raw asyncio HTTP/1.1 keep-alive; its own CPU per request is printed, so it is
+visibly not the bottleneck). Prints records/s, p50 and p99 of every path, the
+CPU ms per view of the community and gateway processes (from /proc), the
+ratios, and checks every acknowledged view is in the database once.
 
-    make bench            # or: .venv/bin/python bench/community_views.py --requests 2000 --concurrency 16
+    make bench            # or: .venv/bin/python bench/community_views.py --requests 3000 --concurrency 16
+    COMMUNITY_VIEW_ACK=accept .venv/bin/python bench/community_views.py   # answer once queued
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -25,7 +30,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
-import httpx
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -37,13 +41,19 @@ from mallkit.settings import PlatformSettings
 from mallkit.testing import MYSQL_ADMIN_URL, mysql_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import drive, free_port, start_members, summary, wait_http, wait_port  # noqa: E402
+from harness import free_port, start_members, wait_http, wait_port  # noqa: E402
+from loadgen import HttpLoad, drive_calls  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-
-
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_processes(env: dict) -> list[subprocess.Popen]:
@@ -53,6 +63,8 @@ def start_processes(env: dict) -> list[subprocess.Popen]:
         subprocess.Popen([py, "-m", "community"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL),
         subprocess.Popen([py, "-m", "gateway"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL),
     ]
+
+
 INSERT = "INSERT INTO views (post_id, member_id, visitor_id, share_id, anonymous, create_time) VALUES ({})"
 
 
@@ -94,7 +106,7 @@ async def raw_inserter(url: str, concurrency: int):
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
 
@@ -125,7 +137,8 @@ async def main() -> None:
         "GATEWAY_RATE_PER_MEMBER": "0",
     }
     # members answers whether members/1 and staff/1 exist (every service checks a token's account)
-    members = await asyncio.to_thread(start_members, env, tmp, [1])
+    # and whether staff/3, the group's owner, is an active guide
+    members = await asyncio.to_thread(start_members, env, tmp, [1], (1,), (3,))
     await wait_port(int(env["MEMBERS_PORT"]), members)
     procs = [members, *await asyncio.to_thread(start_processes, env)]
     codec = TokenCodec(PlatformSettings(env="development").token_secret.get_secret_value())
@@ -134,51 +147,86 @@ async def main() -> None:
     close = None
     try:
         await wait_http(f"http://127.0.0.1:{http_port}/healthz")
-        limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", limits=limits, timeout=30) as http:
-            for _ in range(100):  # health follows the database: wait until community is SERVING
-                if (await http.get("/healthz")).status_code == 200:
-                    break
-                await asyncio.sleep(0.1)
-            group = (await http.post("/v1/groups", json={"displayName": "bench", "type": "GROUP_TYPE_GENERAL",
-                                                         "owner": "staff/3"}, headers=staff)).json()
-            post = (await http.post(f"/v1/{group['name']}/posts", json={"kind": "POST_KIND_ARTICLE", "title": "bench"},
-                                    headers=staff)).json()
-            await http.post(f"/v1/{group['name']}:join", json={}, headers=member)
-            share = (await http.post(f"/v1/{post['name']}:share", json={}, headers=member)).json()
-            post_id = int(post["name"].rsplit("/", 1)[1])
-            share_id = int(share["name"].rsplit("/", 1)[1])
-            insert, close = await raw_inserter(url, args.concurrency)
+        load = HttpLoad("127.0.0.1", http_port, concurrency=args.concurrency)
+        for _ in range(100):  # health follows the database: wait until community is SERVING
+            if (await load.request("GET", "/healthz"))[0] == 200:
+                break
+            await asyncio.sleep(0.1)
 
-            async def via_driver() -> None:
-                await insert(post_id, share_id)
+        async def call(method: str, path: str, body: dict, headers: dict) -> dict:
+            status, raw = await load.request(method, path, {**headers, "Content-Type": "application/json"}, body)
+            if status != 200:
+                raise SystemExit(f"{method} {path}: {status} {raw[:300]!r}")
+            return json.loads(raw)
 
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
-            stub = pb_grpc.CommunityServiceStub(channel)
+        group = await call("POST", "/v1/groups", {"displayName": "bench", "type": "GROUP_TYPE_GENERAL",
+                                                  "owner": "staff/3"}, staff)
+        post = await call("POST", f"/v1/{group['name']}/posts", {"kind": "POST_KIND_ARTICLE", "title": "bench"}, staff)
+        await call("POST", f"/v1/{group['name']}:join", {}, member)
+        share = await call("POST", f"/v1/{post['name']}:share", {}, member)
+        post_id = int(post["name"].rsplit("/", 1)[1])
+        share_id = int(share["name"].rsplit("/", 1)[1])
+        insert, close = await raw_inserter(url, args.concurrency)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
+        stub = pb_grpc.CommunityServiceStub(channel)
 
-            async def via_grpc() -> None:
-                await stub.ViewPost(pb.ViewPostRequest(name=post["name"], visitor_id="v" + uuid.uuid4().hex,
-                                                       share_token=share["token"]), timeout=30)
+        def driver_calls(n: int):
+            return (lambda: insert(post_id, share_id) for _ in range(n))
 
-            async def via_gateway() -> None:
-                r = await http.post(f"/v1/{post['name']}:view",
-                                    json={"visitorId": "v" + uuid.uuid4().hex, "shareToken": share["token"]})
-                if r.status_code != 200:
-                    raise RuntimeError(r.text)
+        def grpc_calls(n: int):
+            return (lambda: stub.ViewPost(pb.ViewPostRequest(name=post["name"], visitor_id="v" + uuid.uuid4().hex,
+                                                             share_token=share["token"]), timeout=30)
+                    for _ in range(n))
 
-            print(f"community content views, {args.requests} records x {args.concurrency} concurrent, "
-                  f"database: {backend}")
-            for call in (via_driver, via_grpc, via_gateway):  # warm up every path
-                await drive(call, 100, args.concurrency)
-            base = summary("driver INSERT views (baseline)", *await drive(via_driver, args.requests, args.concurrency))
-            rpc = summary("gRPC ViewPost (service)", *await drive(via_grpc, args.requests, args.concurrency))
-            gw = summary("HTTP POST :view (gateway)", *await drive(via_gateway, args.requests, args.concurrency))
-            await channel.close()
-            print(f"  ratio gateway/driver: throughput x{gw['rate'] / base['rate']:.3f} "
-                  f"(driver is {base['rate'] / gw['rate']:.1f}x faster), p50 x{gw['p50'] / base['p50']:.1f}, "
-                  f"p99 x{gw['p99'] / base['p99']:.1f}")
-            print(f"  ratio gRPC/driver: throughput x{rpc['rate'] / base['rate']:.3f}; "
-                  f"gateway/gRPC: throughput x{gw['rate'] / rpc['rate']:.2f}")
+        def gateway_requests(n: int):
+            path = f"/v1/{post['name']}:view"
+            return [load.encode("POST", path, {"Content-Type": "application/json"},
+                                {"visitorId": "v" + uuid.uuid4().hex, "shareToken": share["token"]}) for _ in range(n)]
+
+        community_pid, gateway_pid = procs[1].pid, procs[2].pid
+
+        async def measured(name: str, run) -> dict:
+            c0, g0 = cpu_seconds(community_pid), cpu_seconds(gateway_pid)
+            result = await run()
+            c1, g1 = cpu_seconds(community_pid), cpu_seconds(gateway_pid)
+            row = result.print(name)
+            n = max(1, result.requests)
+            row.update(community_ms=(c1 - c0) * 1000 / n, gateway_ms=(g1 - g0) * 1000 / n)
+            if result.errors:
+                raise SystemExit(f"{name}: {result.errors} errors {result.statuses}")
+            return row
+
+        ack = os.environ.get("COMMUNITY_VIEW_ACK", "commit")
+        print(f"community content views, {args.requests} records x {args.concurrency} concurrent, "
+              f"database: {backend}, load generator: bench/loadgen.py, COMMUNITY_VIEW_ACK={ack}")
+        await drive_calls(driver_calls(100), 100, args.concurrency)  # warm up every path
+        await drive_calls(grpc_calls(100), 100, args.concurrency)
+        await load.run_raw(gateway_requests(100))
+        n = args.requests
+        base = await measured("driver INSERT views (baseline)", lambda: drive_calls(driver_calls(n), n, args.concurrency))
+        rpc = await measured("gRPC ViewPost (service)", lambda: drive_calls(grpc_calls(n), n, args.concurrency))
+        raws = gateway_requests(n)
+        gw = await measured("HTTP POST :view (gateway)", lambda: load.run_raw(raws))
+        print(f"  CPU per view: community {rpc['community_ms']:.2f} ms (gRPC), {gw['community_ms']:.2f} ms (via gateway); "
+              f"gateway {gw['gateway_ms']:.2f} ms")
+        print(f"  ratio gateway/driver: throughput x{gw['rate'] / base['rate']:.3f} "
+              f"(driver is {base['rate'] / gw['rate']:.1f}x faster), p50 x{gw['p50'] / base['p50']:.1f}, "
+              f"p99 x{gw['p99'] / base['p99']:.1f}")
+        print(f"  ratio gRPC/driver: throughput x{rpc['rate'] / base['rate']:.3f}; "
+              f"gateway/gRPC: throughput x{gw['rate'] / rpc['rate']:.2f}")
+        await channel.close()
+        await load.close()
+        counter = create_async_engine(url)
+        expected = 3 * (n + 100)  # the driver's rows, then the service's of gRPC and of the gateway
+        for _ in range(200):  # accepted views land within the batch delay
+            async with counter.connect() as conn:
+                views = (await conn.execute(text("SELECT COUNT(*) FROM views WHERE post_id = :p"),
+                                            {"p": post_id})).scalar_one()
+            if views >= expected:
+                break
+            await asyncio.sleep(0.05)
+        await counter.dispose()
+        print(f"  views in the database: {views} of {expected} (driver rows + views acknowledged by the service)")
     finally:
         if close is not None:
             await close()

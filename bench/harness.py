@@ -76,9 +76,10 @@ def summary(name: str, seconds: float, lat: list[float], unit: str = "req/s") ->
     return row
 
 
-def start_members(env: dict, folder, member_ids: Iterable[int] = (), staff_ids: Iterable[int] = (1,)) -> subprocess.Popen:
+def start_members(env: dict, folder, member_ids: Iterable[int] = (), staff_ids: Iterable[int] = (1,),
+                  guide_ids: Iterable[int] = ()) -> subprocess.Popen:
     """The members service every other service asks whether a token's account exists (``mallkit.principals``),
-    on its own SQLite file in ``folder``, holding the given member and staff (admin) ids. Sets
+    on its own SQLite file in ``folder``, holding the given member, staff (admin) and guide ids. Sets
     ``MALL_MEMBERS_ADDR`` in ``env``; returns the process (wait for it with :func:`wait_port`)."""
     import sys
     import uuid
@@ -100,7 +101,9 @@ def start_members(env: dict, folder, member_ids: Iterable[int] = (), staff_ids: 
     with engine.begin() as conn:
         conn.execute(sa.insert(Staff.__table__), [
             dict(id=i, username=f"bench-admin-{i}", display_name="压测", role=mpb.STAFF_ROLE_ADMIN, password_hash="!", disabled=False,
-                 create_time=now) for i in staff_ids])
+                 create_time=now) for i in staff_ids] + [
+            dict(id=i, username=f"bench-guide-{i}", display_name="导购", role=mpb.STAFF_ROLE_GUIDE, password_hash="!",
+                 disabled=False, create_time=now) for i in guide_ids])
         rows = [dict(id=i, openid=f"bench-{i}", invite_code=f"B{i}", create_time=now, update_time=now) for i in member_ids]
         for start in range(0, len(rows), 5000):
             conn.execute(sa.insert(Member.__table__), rows[start:start + 5000])

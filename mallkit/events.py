@@ -35,7 +35,7 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -63,7 +63,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mall.events.v1 import events_pb2
-from mallkit.db import UTCDateTime, is_duplicate_key, run_transaction, utcnow
+from mallkit.db import UTCDateTime, insert_ignore, is_duplicate_key, run_transaction, utcnow
 from mallkit.telemetry import EVENTS_REFUSED
 
 log = logging.getLogger("mallkit.events")
@@ -74,6 +74,23 @@ Handler = Callable[[AsyncSession, events_pb2.Event, Message], Awaitable[None]]
 
 
 
+def _trace_parent(carrier: dict[str, str]) -> trace.Span | None:
+    """None when a span of this event would be recorded (then create it); otherwise the span to run
+    under instead, costing nothing: ``INVALID_SPAN`` when no tracer provider is installed, or the
+    producer's non-recording span when its trace was not sampled (so that, with a parent-based
+    sampler, the SQL below stays unsampled too). A span per event cost a third of the consumer's CPU
+    with tracing off."""
+    if isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+        return trace.INVALID_SPAN
+    if not carrier:
+        return None
+    parent = trace.get_current_span(propagate.extract(carrier))
+    ctx = parent.get_span_context()
+    if ctx.is_valid and not ctx.trace_flags.sampled:
+        return parent
+    return None
+
+
 def refused(service: str, event: events_pb2.Event, reason: str, detail: str = "") -> None:
     """Record that a handler refuses ``event`` for a business reason (``reason``: an error reason such as
     ``MEMBER_NOT_FOUND``): one WARNING line with the event id and ``mall_events_refused_total``. The
@@ -81,6 +98,24 @@ def refused(service: str, event: events_pb2.Event, reason: str, detail: str = ""
     EVENTS_REFUSED.labels(service, event.type, reason).inc()
     log.warning("%s refused %s: %s%s", service, event.type, reason, f" ({detail})" if detail else "",
                 extra={"event_id": event.id, "reason": reason})
+
+
+_DEFERRED = "mall_deferred_rows"
+
+
+def defer_insert(session: AsyncSession, table: Table, row: dict) -> None:
+    """From an event handler: a row to append, written with the rows the other handlers of the
+    same transaction deferred in one multi-row ``INSERT IGNORE`` per table (a unique key dedupes)
+    after the last handler ran, instead of one statement per event. The consumer flushes
+    (:func:`flush_deferred`), so only handlers run by a :class:`Consumer` (or :func:`apply_event`) may
+    call it."""
+    session.info.setdefault(_DEFERRED, {}).setdefault(table, []).append(row)
+
+
+async def flush_deferred(session: AsyncSession) -> None:
+    """Write the rows handlers deferred in this session (:func:`defer_insert`)."""
+    for table, rows in (session.info.pop(_DEFERRED, None) or {}).items():
+        await insert_ignore(session, table, rows)
 
 
 # --- names -------------------------------------------------------------------------------------
@@ -308,7 +343,7 @@ class Relay:
     """Publishes a service's outbox to its stream, in batches; safe with several replicas."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], table: Table, source: str, bus: EventBus, *,
-                 batch: int = 200, concurrency: int = 64, lease_seconds: float = 30.0, max_backoff: float = 300.0,
+                 batch: int = 500, concurrency: int = 64, lease_seconds: float = 60.0, max_backoff: float = 300.0,
                  publish_timeout: float = 5.0):
         self.sessions = sessions
         self.table = table
@@ -353,12 +388,20 @@ class Relay:
 
     async def run_once(self) -> int:
         """Publish what is due now; returns the number of events the server acknowledged."""
+        n, marking = await self._pass()
+        if marking is not None:
+            await marking
+        return n
+
+    async def _pass(self) -> tuple[int, Coroutine[Any, Any, None] | None]:
+        """Claim and publish one batch; returns the number acknowledged and the marking of the
+        rows still to run (:meth:`run` overlaps it with the next pass: the rows stay leased)."""
         if not self.bus.connected:
-            return 0
+            return 0, None
         await self.bus.ensure_stream(self.source)
         rows = await self._claim()
         if not rows:
-            return 0
+            return 0, None
         gate = asyncio.Semaphore(self.concurrency)
 
         async def publish(row) -> Exception | None:
@@ -366,6 +409,9 @@ class Relay:
                 return await self._publish(row)
 
         results = await asyncio.gather(*(publish(r) for r in rows))
+        return sum(err is None for err in results), self._mark(rows, results)
+
+    async def _mark(self, rows, results: list[Exception | None]) -> None:
         ok = [r.id for r, err in zip(rows, results, strict=True) if err is None]
         failed = [(r, err) for r, err in zip(rows, results, strict=True) if err is not None]
         t = self.table
@@ -386,28 +432,35 @@ class Relay:
             log.warning("%d of %d events not published (%s); retried with backoff", len(failed), len(rows),
                         type(failed[0][1]).__name__, extra={"event_id": failed[0][0].event_id})
         self.published += len(ok)
-        return len(ok)
 
     async def _publish(self, row) -> Exception | None:
         event = events_pb2.Event.FromString(row.payload)
-        parent = propagate.extract(dict(event.trace_context))
-        with tracer.start_as_current_span(f"publish {event.type}", context=parent,
+        subject = subject_of(self.source, event.type, self.bus.namespace)
+        headers = {"Nats-Msg-Id": event.id, "Mall-Event-Type": event.type}
+        carrier = dict(event.trace_context)
+        if _trace_parent(carrier) is not None:  # not recorded: forward the producer's context as it is
+            headers.update(carrier)
+            return await self._send(subject, row.payload, headers)
+        with tracer.start_as_current_span(f"publish {event.type}", context=propagate.extract(carrier),
                                           kind=trace.SpanKind.PRODUCER) as span:
             span.set_attribute("messaging.system", "nats")
             span.set_attribute("messaging.message.id", event.id)
-            subject = subject_of(self.source, event.type, self.bus.namespace)
             span.set_attribute("messaging.destination.name", subject)
-            headers = {"Nats-Msg-Id": event.id, "Mall-Event-Type": event.type}
             propagate.inject(headers)
-            try:
-                ack = await self.bus.js.publish(subject, row.payload, timeout=self.publish_timeout,
-                                                stream=stream_name(self.source, self.bus.namespace), headers=headers)
-            except Exception as exc:  # not acknowledged: the row stays due
-                span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
-                return exc
-            if ack.duplicate:
-                self.duplicates += 1
-            return None
+            error = await self._send(subject, row.payload, headers)
+            if error is not None:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, type(error).__name__))
+            return error
+
+    async def _send(self, subject: str, payload: bytes, headers: dict[str, str]) -> Exception | None:
+        try:
+            ack = await self.bus.js.publish(subject, payload, timeout=self.publish_timeout,
+                                            stream=stream_name(self.source, self.bus.namespace), headers=headers)
+        except Exception as exc:  # not acknowledged: the row stays due
+            return exc
+        if ack.duplicate:
+            self.duplicates += 1
+        return None
 
     async def pending(self) -> int:
         """Rows not yet published (for metrics and tests)."""
@@ -418,18 +471,34 @@ class Relay:
             return (await s.execute(select(func.count()).where(t.c.published_time.is_(None)))).scalar_one()
 
     async def run(self, stop: asyncio.Event, poll_seconds: float = 0.2) -> None:
-        """Publish until ``stop`` is set; a full batch is followed at once by the next."""
+        """Publish until ``stop`` is set; a full batch is followed at once by the next, whose claim
+        and publishing overlap the marking of the one before (one commit less on the path of each
+        batch; a marking that fails leaves its rows leased, republished after the lease and
+        dropped as duplicates by the server)."""
         if not await self.bus.wait_connected(stop):
             return
-        while not stop.is_set():
-            try:
-                n = await self.run_once()
-            except Exception:
-                log.exception("outbox relay pass failed")
-                n = 0
-            if n < self.batch:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), poll_seconds)
+        marking: asyncio.Task | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    n, mark = await self._pass()
+                    if marking is not None:
+                        previous, marking = marking, None
+                        await previous
+                    if mark is not None:
+                        marking = asyncio.create_task(mark)
+                except Exception:
+                    log.exception("outbox relay pass failed")
+                    n = 0
+                if n < self.batch:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), poll_seconds)
+        finally:
+            if marking is not None:
+                try:
+                    await marking
+                except Exception:
+                    log.exception("outbox relay marking failed")
 
 
 # --- consumer ----------------------------------------------------------------------------------
@@ -528,7 +597,12 @@ class Consumer:
             raise PoisonEvent(f"payload is not {payload_type.DESCRIPTOR.full_name}")
         return event, payload, handler
 
-    def _span(self, msg, event):
+    def _span(self, msg, event) -> trace.Span:
+        """The consumer span of one event, child of the producer's context from the headers; only
+        where it can be recorded (see :func:`_trace_parent`)."""
+        parent = _trace_parent(dict(msg.headers or {}))
+        if parent is not None:
+            return parent
         span = tracer.start_span(f"consume {event.type}", context=propagate.extract(dict(msg.headers or {})),
                                  kind=trace.SpanKind.CONSUMER)
         span.set_attribute("messaging.system", "nats")
@@ -600,6 +674,7 @@ class Consumer:
                 if fresh.get(event.id) is not None and fresh[event.id][0] is msg:
                     with trace.use_span(span, end_on_exit=False):
                         await handler(s, event, payload)
+            await flush_deferred(s)
             outcomes[:] = [not (fresh.get(e.id) is not None and fresh[e.id][0] is m) for m, e, _, _ in items]
 
         try:
@@ -683,6 +758,7 @@ async def apply_event(sessions: async_sessionmaker[AsyncSession], inbox: Table, 
         await s.execute(insert(inbox).values(event_id=event.id, event_type=event.type, source=event.source,
                                              receive_time=utcnow()))
         await handler(s, event, payload)
+        await flush_deferred(s)
 
     try:
         await run_transaction(sessions, apply)

@@ -107,6 +107,15 @@ class MembersClient:
                               metadata={"code": err.code().name}) from None
         return set(resp.active_principals)
 
+    async def staff(self, staff_id: int) -> mpb.Staff | None:
+        """A staff account (role, store, disabled), or None when there is none."""
+        try:
+            return await self.stub().GetStaff(mpb.GetStaffRequest(name=f"staff/{staff_id}"))
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise translate(err, 0) from None
+
     async def send_reach(self, member_id: int, template_id: str, data: dict[str, str], page: str, purpose: str,
                          request_id: str) -> mpb.Touch:
         """A subscribe message through members' reach (consent and caps apply there); idempotent on request_id."""

@@ -31,6 +31,7 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mallkit.auth import TokenCodec
+from mallkit.batching import BatchWriter
 from mallkit.clients import Peers
 from mallkit.db import create_engine, ping, session_factory
 from mallkit.events import Consumer, EventBus, Outbox, Relay, StreamSettings, Subscription
@@ -84,6 +85,7 @@ class Platform:
     consumers: list[Consumer] = field(init=False, default_factory=list)
     subscriptions: list[Subscription] = field(init=False, default_factory=list)
     host: ServiceHost | None = field(init=False, default=None)
+    writers: list[BatchWriter] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         s, p = self.settings, self.settings.platform
@@ -156,6 +158,18 @@ class Platform:
         self.host = host
         return host
 
+    def batch_writer(self, name: str, write: Callable[[list], Any], **options) -> BatchWriter:
+        """A :class:`mallkit.batching.BatchWriter` drained on shutdown (:meth:`drain`)."""
+        writer: BatchWriter = BatchWriter(name, write, **options)
+        self.writers.append(writer)
+        return writer
+
+    async def drain(self, within: float = 30.0) -> None:
+        """Write what the batch writers hold (after the server stopped taking calls, before the
+        engine is disposed)."""
+        for writer in self.writers:
+            await writer.close(within)
+
     async def close(self) -> None:
         """Release what the platform opened (after the server stopped)."""
         await self.peers.close()
@@ -199,5 +213,6 @@ class ServiceApp:
 
     async def stop(self, grace: float | None = None) -> None:
         await self.host.stop(self.settings.grace_seconds if grace is None else grace)
+        await self.platform.drain()  # rows the batch writers accepted are written before exit
         await self.close()
         await self.platform.close()

@@ -59,8 +59,15 @@ async def test_member_flow_join_read_share_and_anonymous_view(community_gateway)
     token = r.json()["token"]
     # A stranger without any session opens the shared link.
     visitor = "v" + uuid.uuid4().hex
-    r = await gw.post(f"/v1/{article['name']}:view", json={"visitorId": visitor, "shareToken": token})
-    assert r.status_code == 200 and r.json()["post"]["title"] == "辅食添加顺序", r.text
+    event_id = uuid.uuid4().hex
+    for _ in range(2):  # a resent view (same client event id) counts once
+        r = await gw.post(f"/v1/{article['name']}:view",
+                          json={"visitorId": visitor, "shareToken": token, "clientEventId": event_id})
+        assert r.status_code == 200 and r.json()["post"]["title"] == "辅食添加顺序", r.text
+        assert r.json()["view"] == f"{article['name']}/views/{event_id}"
+    r = await gw.post(f"/v1/{article['name']}:view", json={"visitorId": visitor, "shareToken": token,
+                                                          "clientEventId": "bad id!"})
+    assert r.status_code == 400 and "client_event_id" in str(r.json()), r.text
     stranger = await login(gw)
     r = await gw.post(f"/v1/visitors/{visitor}:link", json={}, headers=bearer(stranger["accessToken"]))
     assert r.status_code == 200 and r.json()["linkedViewCount"] == "1"

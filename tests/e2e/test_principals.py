@@ -50,7 +50,7 @@ def staff_writes(tag: str):
          "points", select(func.count()).select_from(Task).where(Task.display_name == f"t{tag}")),
         ("/v1/categories", {"displayName": f"c{tag}"},
          "orders", select(func.count()).select_from(Category).where(Category.display_name == f"c{tag}")),
-        ("/v1/groups", {"displayName": f"q{tag}", "type": "GROUP_TYPE_GENERAL", "owner": "staff/1"},
+        ("/v1/groups", {"displayName": f"q{tag}", "type": "GROUP_TYPE_GENERAL", "owner": "staff/3"},
          "community", select(func.count()).select_from(Group).where(Group.display_name == f"q{tag}")),
     ]
 
@@ -74,7 +74,7 @@ async def test_forged_staff_token_of_a_missing_account_is_refused_everywhere(mal
 async def test_forged_member_token_of_a_missing_member_is_refused_everywhere(mall, members, points, orders, community):
     ghost_id = 9_000_000_000_000 + uuid.uuid4().int % 1_000_000_000
     ghost = bearer(members.codec, Principal(MEMBER, f"members/{ghost_id}"))
-    group = await mall.post("/v1/groups", json={"displayName": "g", "type": "GROUP_TYPE_GENERAL", "owner": "staff/1"},
+    group = await mall.post("/v1/groups", json={"displayName": "g", "type": "GROUP_TYPE_GENERAL", "owner": "staff/3"},
                             headers={"Authorization": (await members.staff())[0][1]})
     assert group.status_code == 200, group.text
     calls = [

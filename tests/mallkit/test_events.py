@@ -260,3 +260,83 @@ async def test_the_consumer_work_joins_the_producer_trace(db, nats_server, spans
         assert by_name["consume order.paid"].parent.span_id == by_name["publish order.paid"].context.span_id
     finally:
         await p.close()
+
+
+async def test_an_unsampled_trace_gets_no_event_spans_and_its_effect_still_happens(db, nats_server, spans,
+                                                                                   monkeypatch):
+    """A producer whose trace was not sampled: the relay and the consumer create no span for its event
+    (nothing would record it: a span per event was a third of the consumer's CPU) and the SQL of the
+    handler stays out of the trace too."""
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    started: list[str] = []
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def start_span(self, name, *a, **kw):
+            started.append(name)
+            return self.inner.start_span(name, *a, **kw)
+
+        def start_as_current_span(self, name, *a, **kw):
+            started.append(name)
+            return self.inner.start_as_current_span(name, *a, **kw)
+
+    monkeypatch.setattr(events, "tracer", Counting(events.tracer))
+
+    unsampled = SpanContext(trace_id=0x1234ABCD << 64 | 0x77, span_id=0x42, is_remote=False,
+                            trace_flags=TraceFlags(TraceFlags.DEFAULT))
+    p = Pipeline(db, nats_server.url)
+    with trace.use_span(NonRecordingSpan(unsampled)):
+        names = await p.emit(1)
+    with trace.get_tracer("test").start_as_current_span("sampled request") as root:
+        sampled = await p.emit(1)
+    p.start()
+    try:
+        await until(lambda: _all(db, names + sampled), 60, "both effects")
+        await until(_true_when(lambda: any(s.name == "consume order.paid" for s in spans.get_finished_spans())),
+                    30, "the sampled event's consumer span")
+        by_trace = {s.context.trace_id for s in spans.get_finished_spans()}
+        assert root.get_span_context().trace_id in by_trace
+        assert unsampled.trace_id not in by_trace
+        assert sorted(started) == ["consume order.paid", "publish order.paid"]  # the sampled event's only
+    finally:
+        await p.close()
+
+
+async def test_deferred_effects_go_in_one_insert_per_batch_and_a_failed_batch_leaves_none_behind(db, nats_server):
+    """Handlers that defer their rows (``events.defer_insert``): a fetched batch writes its effects in
+    one multi-row INSERT; when one event of a batch fails, the batch rolls back with its deferred rows
+    and the events are applied one by one; every effect exists exactly once in the end."""
+    from sqlalchemy import event as sa_event
+
+    failed_once: set[str] = set()
+    doomed: list[str] = []
+
+    async def deferred(s, event, p: opb.OrderPaidEvent) -> None:
+        events.defer_insert(s, EFFECTS, {"order_name": p.order})
+        if p.order in doomed and p.order not in failed_once:
+            failed_once.add(p.order)
+            raise RuntimeError("transient failure of one event")
+
+    inserts: list[int] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT") and "effects" in statement:
+            inserts.append(len(parameters) if executemany else 1)
+
+    engine = db.kw["bind"].sync_engine
+    sa_event.listen(engine, "before_cursor_execute", seen)
+    p = Pipeline(db, nats_server.url, handler=deferred, max_backoff=0.5)
+    names = await p.emit(400)
+    doomed.append(names[150])
+    p.start()
+    try:
+        got = await until(lambda: _all(db, names), 30 + 0.2 * len(names), "400 effects")
+        assert set(got) == set(names) and set(got.values()) == {1}
+        assert failed_once == {names[150]}
+        assert len(inserts) < len(names) / 2  # batches, not one statement per event
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", seen)
+        await p.close()

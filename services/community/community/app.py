@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mall.community.v1 import community_service_pb2 as pb
 from mall.community.v1 import community_service_pb2_grpc as pb_grpc
-from mallkit.db import utcnow
+from mallkit.db import run_transaction, utcnow
 from mallkit.events import Outbox
 from mallkit.pagination import PageTokens
 from mallkit.platform import Platform, ServiceApp, Servicer, Tables
@@ -35,7 +35,7 @@ from .models import IdempotencyKeys, InboxEvents, OutboxEvents
 from .quick_replies import QuickReplies
 from .quizzes import Quizzes
 from .servicer import CommunityServicer
-from .sharing import Sharing
+from .sharing import PendingView, Sharing
 from .targeting import Targeting
 
 SERVICE_DIR = Path(__file__).resolve().parent.parent  # holds alembic.ini and migrations/
@@ -73,13 +73,14 @@ def domain(settings: CommunitySettings, outbox: Outbox, pages: PageTokens) -> di
     """The sub-domain objects of the service, by name (also used by the demo seed)."""
     groups = Groups(pages, default_capacity=settings.default_capacity)
     activity = Activities(pages, outbox)
-    content = Content(groups, activity, pages, brand_timezone=settings.platform.brand_timezone)
+    content = Content(groups, activity, pages, brand_timezone=settings.platform.brand_timezone,
+                      cache_seconds=settings.view_cache_seconds)
     return {
         "groups": groups,
         "memberships": Memberships(groups, outbox, pages),
         "activity": activity,
         "content": content,
-        "sharing": Sharing(outbox),
+        "sharing": Sharing(outbox, cache_seconds=settings.view_cache_seconds),
         "quizzes": Quizzes(activity, outbox),
         "coupon_drops": CouponDrops(outbox),
         "broadcasts": Broadcasts(groups, pages, brand_timezone=settings.platform.brand_timezone,
@@ -98,7 +99,15 @@ def build(settings: CommunitySettings, engine: AsyncEngine | None = None, *, clo
                               page_size=settings.broadcast_page_size,
                               lease=timedelta(seconds=settings.broadcast_lease_seconds),
                               reach_concurrency=settings.broadcast_reach_concurrency)
+    sharing: Sharing = parts["sharing"]
+
+    async def write_views(rows: list[PendingView]) -> None:
+        await run_transaction(platform.sessions, lambda s: sharing.write_views(s, rows))
+
+    views = platform.batch_writer("views", write_views, max_rows=settings.view_batch_rows,
+                                  max_delay=settings.view_batch_delay_seconds, max_queue=settings.view_queue_size)
     app.servicer = CommunityServicer(**parts, sessions=platform.sessions, idempotency=platform.idempotency,
+                                     views=views, view_ack_commit=settings.view_ack == "commit",
                                      directory=MembersDirectory(platform.members),
                                      activity_window_days=settings.activity_window_days, clock=clock)
     platform.serve(app, domain=DOMAIN, handlers=events.HANDLERS, jobs=_jobs.schedule(app) if jobs else (),

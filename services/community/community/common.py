@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -13,10 +14,40 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mall.community.v1 import community_service_pb2 as pb
 from mallkit.db import insert_ignore, is_duplicate_key
 
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 CHUNK = 500
+
+
+class Recent:
+    """A small in-process map whose entries expire ``seconds`` after they were put (0: keeps
+    nothing); past ``size`` entries it starts over. For what never changes once written."""
+
+    def __init__(self, seconds: float, size: int = 10_000):
+        self.seconds = seconds
+        self.size = size
+        self._entries: dict = {}
+
+    def get(self, key):
+        hit = self._entries.get(key)
+        if hit is None or hit[0] <= time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, key, value) -> None:
+        if self.seconds <= 0:
+            return
+        if len(self._entries) >= self.size:
+            self._entries.clear()
+        self._entries[key] = (time.monotonic() + self.seconds, value)
+
+
+def unchanging(p) -> bool:
+    """A post that no longer changes (may be served from memory): published (there is no way
+    back) and not a coupon drop (its claimed count moves)."""
+    return p.state == pb.POST_STATE_PUBLISHED and p.kind != pb.POST_KIND_COUPON_DROP
 
 
 def new_code(length: int) -> str:

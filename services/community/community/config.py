@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -25,3 +27,12 @@ class CommunitySettings(ServiceSettings):
                                            description="Lease of a runner on a broadcast round, renewed every page")
     broadcast_reach_concurrency: int = Field(16, ge=1, le=200,
                                              description="Subscribe messages of a round sent through reach at once")
+    view_batch_rows: int = Field(500, ge=1, le=5000, description="Views written in one multi-row INSERT at most")
+    view_batch_delay_seconds: float = Field(
+        0.005, ge=0, le=60, description="How long a batch of views waits to fill before it is written")
+    view_queue_size: int = Field(
+        10_000, ge=1, le=1_000_000, description="Views accepted and not yet written at most (then ViewPost waits)")
+    view_ack: Literal["commit", "accept"] = Field(
+        "commit", description="ViewPost answers once its batch committed (commit) or once it is queued (accept)")
+    view_cache_seconds: float = Field(
+        30.0, ge=0, le=3600, description="How long ViewPost serves a published post (and a share) from memory")

@@ -17,7 +17,7 @@ from mallkit.queries import keyset_page
 
 from . import errors as reasons
 from .activity import ACT_POST, ACT_REACTION, ACT_REPLY, Activities
-from .common import insert_once, next_daily
+from .common import Recent, insert_once, next_daily, unchanging
 from .groups import Groups
 from .models import Post, Reaction, Reply
 
@@ -27,11 +27,22 @@ def quiz_options(p: Post) -> list[str]:
 
 
 class Content:
-    def __init__(self, groups: Groups, activity: Activities, pages: PageTokens, *, brand_timezone: str):
+    def __init__(self, groups: Groups, activity: Activities, pages: PageTokens, *, brand_timezone: str,
+                 cache_seconds: float = 0.0):
         self.tz = ZoneInfo(brand_timezone)
         self.groups = groups
         self.activity = activity
         self.pages = pages
+        self._posts = Recent(cache_seconds)  # (group, post) -> a post that no longer changes
+
+    async def viewed_post(self, s: AsyncSession, group_id: int, post_id: int) -> Post:
+        """:meth:`post` for a view: from memory when the post no longer changes (``unchanging``)."""
+        p = self._posts.get((group_id, post_id))
+        if p is None:
+            p = await self.post(s, group_id, post_id)
+            if unchanging(p):
+                self._posts.put((group_id, post_id), p)
+        return p
 
     async def post(self, s: AsyncSession, group_id: int, post_id: int, *, lock: bool = False) -> Post:
         q = select(Post).where(Post.id == post_id)

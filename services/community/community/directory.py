@@ -1,4 +1,5 @@
-"""What the community service reads from the members service: a member's tier and the tiers.
+"""What the community service reads from the members service: a member's tier, the tiers, and
+whether a staff account is an active guide (a group's owner).
 
 Reads go through the platform's one members client (``mallkit.members``), whose
 cache holds the tiers; a member's tier is read on every check.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mall.members.v1 import members_service_pb2 as mpb
 from mallkit.errors import NotFound
 from mallkit.members import MembersClient
 
@@ -43,6 +45,11 @@ class MembersDirectory:
         """(version, member count) of a snapshot of the segment key (0: the latest); NOT_FOUND otherwise."""
         _, snap, _ = await self.members.segment_page(f"segments/{segment}/snapshots/{version or 'latest'}", 1, "")
         return snap.version, snap.member_count
+
+    async def is_active_guide(self, staff_id: int) -> bool:
+        """Whether the staff account exists, is not disabled and has the guide role (a group's owner)."""
+        st = await self.members.staff(staff_id)
+        return st is not None and not st.disabled and st.role == mpb.STAFF_ROLE_GUIDE
 
     def forget_tiers(self) -> None:
         self.members.forget_tiers()

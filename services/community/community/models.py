@@ -205,8 +205,11 @@ class View(Base):
     share_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     anonymous: Mapped[bool] = mapped_column(Boolean, default=False)  # viewed before the viewer was known
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The client's id of the view: a repeat counts once (NULL for views recorded before revision 0004).
+    event_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     __table_args__ = (
         Index("ix_views_post_id_share_id", "post_id", "share_id"),
+        Index("uq_views_post_id_event_id", "post_id", "event_id", unique=True),
         Index("ix_views_visitor_id", "visitor_id"),
         Index("ix_views_member_id_create_time", "member_id", "create_time"),
     )

@@ -15,6 +15,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mall.community.v1 import community_service_pb2_grpc as pb_grpc
+from mallkit.batching import BatchWriter
 from mallkit.db import utcnow
 from mallkit.idempotency import Idempotency
 
@@ -49,6 +50,8 @@ class CommunityServicer(GroupsRpc, ContentRpc, BroadcastsRpc, pb_grpc.CommunityS
         sessions: async_sessionmaker[AsyncSession],
         idempotency: Idempotency,
         directory: MembersDirectory,
+        views: BatchWriter,
+        view_ack_commit: bool = True,
         activity_window_days: int = 30,
         clock: Callable[[], datetime] = utcnow,
     ):
@@ -64,6 +67,8 @@ class CommunityServicer(GroupsRpc, ContentRpc, BroadcastsRpc, pb_grpc.CommunityS
         self.sessions = sessions
         self.idem = idempotency
         self.directory = directory
+        self.views = views
+        self.view_ack_commit = view_ack_commit
         self.activity_window_days = activity_window_days
         self.clock = clock
         # Admission control is the platform's (mallkit.db): write transactions queue there, as

@@ -4,9 +4,10 @@ anonymous visitors linked to members later, and the report of a post's reach."""
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import String, and_, case, cast, distinct, func, insert, literal, select, update
+from sqlalchemy import String, and_, case, cast, distinct, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mall.community.v1 import community_events_pb2 as evpb
@@ -15,13 +16,28 @@ from mallkit.errors import FailedPrecondition, NotFound
 from mallkit.events import Outbox
 
 from . import errors as reasons
-from .common import ts
+from .common import Recent, ts, unchanging
 from .models import Post, Share, ShareAncestor, View, VisitorLink
 
 
+@dataclass(frozen=True)
+class PendingView:
+    """A view accepted by ViewPost, written with others in one batch (:meth:`Sharing.write_views`)."""
+
+    post_id: int
+    member_id: int | None
+    visitor_id: str | None
+    share_id: int | None
+    event_id: str
+    create_time: datetime
+
+
 class Sharing:
-    def __init__(self, outbox: Outbox):
+    def __init__(self, outbox: Outbox, cache_seconds: float = 0.0):
         self.outbox = outbox
+        # (group, post, share token) -> (post, share): a share never changes, nor does a published
+        # post (see Content.unchanging).
+        self._by_token = Recent(cache_seconds)
 
     async def share_by_token(self, s: AsyncSession, post_id: int, token: str, field: str) -> Share:
         sh = (await s.execute(select(Share).where(Share.token == token))).scalar_one_or_none()
@@ -43,19 +59,39 @@ class Sharing:
                            resource=("post", f"groups/{group_id}/posts/{post_id}"), zh="内容不存在")
         return p, sh
 
-    async def record_view(self, s: AsyncSession, p: Post, member_id: int | None, visitor_id: str | None,
-                          share: Share | None, now: datetime) -> int:
-        """Insert one view (a single statement): an anonymous visitor already joined to a member
-        is recorded as that member, found by a subquery on ``visitor_links``."""
-        values: dict = {"post_id": p.id, "visitor_id": visitor_id, "share_id": share.id if share else None,
-                        "create_time": now}
-        if member_id is None and visitor_id:
-            linked = select(VisitorLink.member_id).where(VisitorLink.visitor_id == visitor_id).scalar_subquery()
-            values.update(member_id=linked, anonymous=case((linked.is_(None), True), else_=False))
-        else:
-            values.update(member_id=member_id, anonymous=False)
-        result = await s.execute(insert(View).values(**values))
-        return int(result.inserted_primary_key[0])
+    async def post_by_share_cached(self, sessions, group_id: int, post_id: int, token: str) -> tuple[Post, Share]:
+        """:meth:`post_by_share` answered from memory for ``cache_seconds`` (the view hot path: no
+        database round trip for a shared article read again and again)."""
+        key = (group_id, post_id, token)
+        hit = self._by_token.get(key)
+        if hit is not None:
+            return hit
+        async with sessions() as s:
+            p, sh = await self.post_by_share(s, group_id, post_id, token)
+        if unchanging(p):
+            self._by_token.put(key, (p, sh))
+        return p, sh
+
+    async def write_views(self, s: AsyncSession, views: list[PendingView]) -> None:
+        """Write a batch of views: one SELECT of the links of the batch's anonymous visitors (a
+        visitor already joined to a member is recorded as that member) and one multi-row
+        INSERT IGNORE (a repeated client event id of a post is skipped by the unique key)."""
+        anonymous = sorted({v.visitor_id for v in views if v.member_id is None and v.visitor_id})
+        linked: dict[str, int] = {}
+        if anonymous:
+            linked = {vid: int(m) for vid, m in (await s.execute(
+                select(VisitorLink.visitor_id, VisitorLink.member_id)
+                .where(VisitorLink.visitor_id.in_(anonymous)))).tuples()}
+        rows = []
+        for v in views:
+            member_id, anon = v.member_id, False
+            if member_id is None and v.visitor_id:
+                member_id = linked.get(v.visitor_id)
+                anon = member_id is None
+            rows.append({"post_id": v.post_id, "member_id": member_id, "visitor_id": v.visitor_id,
+                         "share_id": v.share_id, "anonymous": anon, "create_time": v.create_time,
+                         "event_id": v.event_id})
+        await insert_ignore(s, View.__table__, rows)
 
     async def share_post(self, s: AsyncSession, p: Post, member_id: int, parent_token: str, now: datetime) -> Share:
         """The member's share of a post (one per member and post), placed under its parent share."""

@@ -25,6 +25,7 @@ from .behaviour import Behaviour
 from .channels import Channels
 from .config import MembersSettings
 from .errors import DOMAIN
+from .guides import Guides
 from .identity import Identity
 from .models import BehaviourInbox, IdempotencyKeys, InboxEvents, OutboxEvents
 from .portrait import Portrait
@@ -60,6 +61,7 @@ class MembersApp(ServiceApp):
     rfm: Rfm
     autotags: AutoTags
     view360: Member360
+    guides: Guides
 
     async def close(self) -> None:
         await self.wechat.close()
@@ -78,7 +80,10 @@ def domain(settings: MembersSettings, outbox: Outbox, pages: PageTokens, wechat:
     rfm = Rfm(RfmConfig(method=settings.rfm_method, window_days=settings.rfm_window_days,
                         recency_days=tuple(settings.rfm_recency_days),
                         frequency_orders=tuple(settings.rfm_frequency_orders),
-                        monetary_fen=tuple(settings.rfm_monetary_fen), high=settings.rfm_high_score))
+                        monetary_fen=tuple(settings.rfm_monetary_fen), high=settings.rfm_high_score,
+                        work_mem_mb=settings.rfm_work_mem_mb))
+    reach = Reach(portrait, wechat, pages, brand_timezone=settings.platform.brand_timezone,  # type: ignore[arg-type]
+                  daily_cap=settings.reach_daily_cap)
     return {
         "identity": Identity(portrait, tiers, channels, outbox, wechat, sessions, behaviour),
         "portrait": portrait,
@@ -86,14 +91,14 @@ def domain(settings: MembersSettings, outbox: Outbox, pages: PageTokens, wechat:
         "tiers": tiers,
         "tags": tags,
         "staffing": staffing,
-        "reach": Reach(portrait, wechat, pages, brand_timezone=settings.platform.brand_timezone,  # type: ignore[arg-type]
-                       daily_cap=settings.reach_daily_cap),
+        "reach": reach,
         "purchases": Purchases(portrait, tiers),
         "behaviour": behaviour,
         "segments": segments,
         "rfm": rfm,
         "autotags": AutoTags(segments, pages),
         "view360": Member360(portrait, tags, behaviour, peers, timeout=settings.member360_peer_timeout_seconds),
+        "guides": Guides(staffing, segments, reach, pages),
     }
 
 

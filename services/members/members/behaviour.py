@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mall.members.v1 import members_service_pb2 as pb
 from mallkit.db import insert_ignore, utcnow
 from mallkit.errors import FailedPrecondition
+from mallkit.events import defer_insert
 from mallkit.pagination import PageTokens
 from mallkit.queries import keyset_page
 
@@ -58,6 +59,20 @@ class Merge:
     link_time: datetime
 
 
+async def _append(s: AsyncSession, rows: list[dict]) -> int:
+    """One multi-row INSERT IGNORE of behaviour events; returns how many were new (the unique
+    ``dedupe_key`` skips repeats, and the driver's row count says how many went in)."""
+    from sqlalchemy.dialects.mysql import insert as mysql_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    table = BehaviourEvent.__table__
+    if s.get_bind().dialect.name == "sqlite":
+        stmt = sqlite_insert(table).on_conflict_do_nothing()
+    else:
+        stmt = mysql_insert(table).prefix_with("IGNORE")
+    return int((await s.execute(stmt, rows)).rowcount or 0)  # type: ignore[attr-defined]
+
+
 class Behaviour:
     def __init__(self, pages: PageTokens):
         self.pages = pages
@@ -84,19 +99,18 @@ class Behaviour:
                 "dedupe_key": key, "member_id": owner, "visitor_id": visitor_id, "kind": e.kind, "source": "client",
                 "target": e.target, "detail": e.detail, "touchpoint": e.touchpoint, "value_fen": 0,
                 "occur_ms": e.occur_ms, "receive_time": now})
-        seen = set((await s.execute(select(BehaviourEvent.dedupe_key)
-                                    .where(BehaviourEvent.dedupe_key.in_(list(rows))))).scalars())
-        fresh = [r for k, r in rows.items() if k not in seen]
-        await insert_ignore(s, BehaviourEvent.__table__, fresh)
-        return len(fresh), len(events) - len(fresh)
+        recorded = await _append(s, list(rows.values()))
+        return recorded, len(events) - recorded
 
     async def record_server(self, s: AsyncSession, *, source: str, event_id: str, kind: int, member_id: int,
                             when: datetime, target: str = "", value_fen: int = 0, detail: str = "") -> None:
-        """Store one event of another service's stream (once per source and event id)."""
-        await insert_ignore(s, BehaviourEvent.__table__, [{
+        """Store one event of another service's stream (once per source and event id). Called by the
+        ``members-behaviour`` consumer's handlers: the row is deferred, and a fetched batch of events
+        is written in one multi-row INSERT IGNORE (:func:`mallkit.events.defer_insert`)."""
+        defer_insert(s, BehaviourEvent.__table__, {
             "dedupe_key": f"{source}:{event_id}", "member_id": member_id, "visitor_id": None, "kind": kind,
             "source": source, "target": target[:128], "detail": detail[:256], "touchpoint": source,
-            "value_fen": value_fen, "occur_ms": to_ms(when), "receive_time": utcnow()}])
+            "value_fen": value_fen, "occur_ms": to_ms(when), "receive_time": utcnow()})
 
     async def merge(self, s: AsyncSession, visitor_id: str, member_id: int, *, strict: bool = True) -> Merge | None:
         """Join the visitor's anonymous events to the member, once.

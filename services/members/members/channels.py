@@ -14,6 +14,7 @@ from mallkit.queries import keyset_page
 
 from . import errors as reasons
 from .codes import new_code
+from .guides import record_assignment
 from .models import ChannelCode, ChannelCodeTag, Member, Tag, Touchpoint
 from .portrait import Portrait
 from .staff import Staffing
@@ -107,10 +108,16 @@ class Channels:
             .where(Member.id == m.id, Member.first_touch_channel_id.is_(None))
             .values(first_touch_channel_id=channel.id, first_touch_channel_type=channel.channel_type, update_time=now)
         )
+        bound = None
         if channel.guide_id is not None:
-            await s.execute(update(Member).where(Member.id == m.id, Member.guide_id.is_(None)).values(guide_id=channel.guide_id))
+            bound = await s.execute(update(Member).where(Member.id == m.id, Member.guide_id.is_(None))
+                                    .values(guide_id=channel.guide_id))
         if channel.store_id is not None:
             await s.execute(update(Member).where(Member.id == m.id, Member.store_id.is_(None)).values(store_id=channel.store_id))
+        if bound is not None and bound.rowcount == 1:  # type: ignore[attr-defined]  # the code gave the member a guide
+            store_id = (await s.execute(select(Member.store_id).where(Member.id == m.id))).scalar_one()
+            await record_assignment(s, m.id, channel.guide_id, None, store_id, "channel code arrival",  # type: ignore[arg-type]
+                                    f"channelCodes/{channel.id}")
         await s.execute(update(ChannelCode).where(ChannelCode.id == channel.id).values(arrival_count=ChannelCode.arrival_count + 1))
         tp = Touchpoint(member_id=m.id, channel_code_id=channel.id, channel_type=channel.channel_type, scene=channel.scene,
                         first_touch=first.rowcount == 1, create_time=now)

@@ -131,7 +131,7 @@ def store_pb(st: Store) -> pb.Store:
 
 def staff_pb(st: Staff) -> pb.Staff:
     out = pb.Staff(name=f"staff/{st.id}", username=st.username, display_name=st.display_name, role=st.role,
-                   store=f"stores/{st.store_id}" if st.store_id else "")
+                   store=f"stores/{st.store_id}" if st.store_id else "", disabled=bool(st.disabled))
     set_time(out.create_time, st.create_time)
     return out
 

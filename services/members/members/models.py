@@ -94,6 +94,8 @@ class Member(Base):
     store_id: Mapped[int | None] = mapped_column(ForeignKey("stores.id"), nullable=True)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
     update_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: Segments' profile conditions (region, gender, age) read this index, not the whole table.
+    __table_args__ = (Index("ix_members_province_gender_birthday", "province", "gender", "birthday"),)
 
 
 class AttributeDefinition(Base):
@@ -416,3 +418,70 @@ class TagRuleChange(Base):
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
     __table_args__ = (Index("ix_tag_rule_changes_run_action", "run", "action"),
                       Index("ix_tag_rule_changes_rule_id_id", "rule_id", "id"))
+
+
+class GuideAssignment(Base):
+    """History of a member's exclusive guide (append-only; ``guides.py``)."""
+
+    __tablename__ = "guide_assignments"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"))
+    guide_id: Mapped[int] = mapped_column(ForeignKey("staff.id"))
+    previous_guide_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    store_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    reason: Mapped[str] = mapped_column(String(256))
+    assigned_by: Mapped[str] = mapped_column(String(40))  # "staff/{id}"
+    moved_item_count: Mapped[int] = mapped_column(Integer, default=0)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    __table_args__ = (Index("ix_guide_assignments_member_id_id", "member_id", "id"),)
+
+
+class GuideTask(Base):
+    """A guide task (导购任务) over a segment snapshot; recurring tasks get a new round per period."""
+
+    __tablename__ = "guide_tasks"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    display_name: Mapped[str] = mapped_column(String(64))
+    snapshot_id: Mapped[int] = mapped_column(ForeignKey("segment_snapshots.id"))
+    segment_key: Mapped[str] = mapped_column(String(63))
+    snapshot_version: Mapped[int] = mapped_column(Integer)
+    script: Mapped[str] = mapped_column(Text)
+    quick_reply: Mapped[str] = mapped_column(String(96), default="")
+    start_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    due_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    recurrence: Mapped[int] = mapped_column(SmallInteger, default=0)
+    end_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    reminder_template_id: Mapped[str] = mapped_column(String(64), default="")
+    reminder_lead_seconds: Mapped[int] = mapped_column(Integer, default=86400)
+    round_count: Mapped[int] = mapped_column(Integer, default=0)
+    next_round_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
+    item_count: Mapped[int] = mapped_column(Integer, default=0)
+    creator: Mapped[str] = mapped_column(String(40))
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class GuideTaskItem(Base):
+    """One member's item of a task round: to their guide, or to the store's pool (``guide_id`` NULL).
+    Unique (task, round, member): every round holds each member once, however often it is created."""
+
+    __tablename__ = "guide_task_items"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("guide_tasks.id"))
+    round: Mapped[int] = mapped_column(Integer)
+    member_id: Mapped[int] = mapped_column(BigInteger)
+    guide_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    store_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    state: Mapped[int] = mapped_column(SmallInteger)
+    note: Mapped[str] = mapped_column(String(500), default="")
+    due_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    remind_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    remind_state: Mapped[int] = mapped_column(SmallInteger, default=0)  # 0 to send, 1 sent or skipped
+    reminder_touch_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    completed_by: Mapped[str] = mapped_column(String(40), default="")
+    complete_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    __table_args__ = (UniqueConstraint("task_id", "round", "member_id"),
+                      Index("ix_guide_task_items_guide_id_state_id", "guide_id", "state", "id"),
+                      Index("ix_guide_task_items_store_id_state_id", "store_id", "state", "id"),
+                      Index("ix_guide_task_items_member_id_state", "member_id", "state"),
+                      Index("ix_guide_task_items_remind_state_remind_time", "remind_state", "remind_time"))

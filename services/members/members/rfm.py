@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Integer, case, cast, delete, func, literal, literal_column, or_, select, update
+from sqlalchemy import Integer, case, cast, delete, func, literal, literal_column, or_, select, text, update
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -41,6 +41,7 @@ class RfmConfig:
     frequency_orders: tuple[int, ...] = (2, 3, 5, 8)
     monetary_fen: tuple[int, ...] = (10_000, 50_000, 100_000, 300_000)
     high: int = 3
+    work_mem_mb: int = 512  # MariaDB/MySQL: the session's tmp_table_size during a recompute
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,9 @@ class Rfm:
         cols = ["member_id", "recency_days", "frequency", "monetary_fen", "r_score", "f_score", "m_score", "segment",
                 "compute_time"]
         scored = self.scored(now, dialect)
+        if dialect != "sqlite":  # the aggregate and the NTILE sorts stay in memory (reset below)
+            size = self.config.work_mem_mb * 2**20
+            await s.execute(text(f"SET SESSION tmp_table_size = {size}, max_heap_table_size = {size}"))
         if dialect == "sqlite":
             lite = sqlite.insert(t).from_select(cols, scored)
             upsert = lite.on_conflict_do_update(index_elements=[t.c.member_id],
@@ -113,6 +117,8 @@ class Rfm:
         # every row this run wrote carries its compute_time; the rest left the window (``!=``, not
         # ``<``: correct whatever the clock of the replica that ran last)
         await s.execute(delete(t).where(t.c.compute_time != literal(now, t.c.compute_time.type)))
+        if dialect != "sqlite":
+            await s.execute(text("SET SESSION tmp_table_size = DEFAULT, max_heap_table_size = DEFAULT"))
         return int((await s.execute(select(func.count()).select_from(t))).scalar_one())
 
     async def run_job(self, sessions, now: datetime | None = None, *, lease: timedelta = timedelta(minutes=10),

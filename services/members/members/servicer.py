@@ -17,12 +17,14 @@ from mallkit.idempotency import Idempotency
 from .autotags import AutoTags
 from .behaviour import Behaviour
 from .channels import Channels
+from .guides import Guides
 from .identity import Identity
 from .portrait import Portrait
 from .reach import Reach
 from .rfm import Rfm
 from .rpc.behaviour import BehaviourRpc
 from .rpc.channels import ChannelsRpc
+from .rpc.guides import GuidesRpc
 from .rpc.knowing import KnowingRpc
 from .rpc.members import MembersRpc
 from .rpc.reach import ReachRpc
@@ -40,6 +42,7 @@ from .wechat import WechatClient
 
 
 class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, ReachRpc, BehaviourRpc, SegmentsRpc, KnowingRpc, View360Rpc,
+                      GuidesRpc,
                       pb_grpc.MembersServiceServicer):
     def __init__(
         self,
@@ -60,6 +63,7 @@ class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, Reac
         rfm: Rfm,
         autotags: AutoTags,
         view360: Member360,
+        guides: Guides,
         behaviour_max_age_days: int = 7,
         behaviour_clock_skew_seconds: int = 300,
     ):
@@ -79,5 +83,6 @@ class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, Reac
         self.rfm = rfm
         self.autotags = autotags
         self.view360 = view360
+        self.guides = guides
         self.behaviour_max_age_days = behaviour_max_age_days
         self.behaviour_clock_skew_seconds = behaviour_clock_skew_seconds

@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from mallkit.batching import BatchWriter
 from mallkit.db import is_duplicate_key
 from mallkit.idempotency import Idempotency
 
@@ -39,6 +40,8 @@ class RpcBase:
     idem: Idempotency
     activity_window_days: int
     clock: Callable[[], datetime]
+    views: BatchWriter
+    view_ack_commit: bool
 
     async def _run(self, request, response_type, use_case, **kw):
         return await self.idem.run(request, response_type, use_case, **kw)

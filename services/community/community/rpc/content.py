@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,6 +32,7 @@ from ..messages import (
     valid_time,
 )
 from ..models import Post
+from ..sharing import PendingView
 from .base import RpcBase
 
 
@@ -116,17 +119,20 @@ class ContentRpc(RpcBase):
             return {p.id for p in posts}
         return await self.quizzes.answered(s, member_id, [p.id for p in posts if p.kind == pb.POST_KIND_QUIZ])
 
-    async def _member_post(self, s: AsyncSession, name: str, member_id: int) -> Post:
+    async def _member_post(self, s: AsyncSession, name: str, member_id: int, *, lock: bool = False) -> Post:
         group_id, post_id = parse_ids(name, "groups/{}/posts/{}", "name")
         if not await self.groups.is_member(s, group_id, member_id):
             raise not_member()
-        return await self.content.post(s, group_id, post_id)
+        return await self.content.post(s, group_id, post_id, lock=lock)
 
     async def ViewPost(self, request, context):
+        """Reads outside any write transaction (a shared post comes from memory), then the view
+        goes to the batch writer: one multi-row INSERT per batch (``Sharing.write_views``)."""
         group_id, post_id = parse_ids(request.name, "groups/{}/posts/{}", "name")
         v = Validator()
         v.pattern("visitor_id", request.visitor_id, VISITOR, "16 to 64 letters, digits, '-' or '_'")
         v.pattern("share_token", request.share_token, SHARE_TOKEN, "must be a share token")
+        v.pattern("client_event_id", request.client_event_id, VISITOR, "16 to 64 letters, digits, '-' or '_'")
         v.done()
         caller: Principal | None = current_principal.get()
         member_id = int(caller.id) if caller is not None and caller.is_member else None
@@ -134,23 +140,29 @@ class ContentRpc(RpcBase):
             raise InvalidArgument("visitor_id is required when not signed in", reason=reasons.VISITOR_REQUIRED,
                                   metadata={"field": "visitor_id"}, zh="缺少访客标识")
         now = self.clock()
-
-        async def use_case(s):
-            share = None
-            if request.share_token:
-                p, share = await self.sharing.post_by_share(s, group_id, post_id, request.share_token)
-            elif caller is None or (member_id is not None and not await self.groups.is_member(s, group_id, member_id)):
-                raise not_member()
-            else:
-                p = await self.content.post(s, group_id, post_id)
-            if caller is not None and caller.is_staff:  # staff preview: not a view
-                return pb.ViewPostResponse(post=post_pb(p, reveal_answer=True))
-            self.content.require_published(p)
-            view_id = await self.sharing.record_view(s, p, member_id, request.visitor_id or None, share, now)
-            reveal = member_id is not None and p.id in await self.quizzes.answered(s, member_id, [p.id])
-            return pb.ViewPostResponse(post=post_pb(p, reveal), view=f"groups/{group_id}/posts/{post_id}/views/{view_id}")
-
-        return await self._run(request, pb.ViewPostResponse, use_case, request_id="")
+        share = None
+        if request.share_token:
+            p, share = await self.sharing.post_by_share_cached(self.sessions, group_id, post_id, request.share_token)
+        elif caller is None:
+            raise not_member()
+        else:
+            async with self.sessions() as s:
+                if member_id is not None and not await self.groups.is_member(s, group_id, member_id):
+                    raise not_member()
+                p = await self.content.viewed_post(s, group_id, post_id)
+        if caller is not None and caller.is_staff:  # staff preview: not a view
+            return pb.ViewPostResponse(post=post_pb(p, reveal_answer=True))
+        self.content.require_published(p)
+        event_id = request.client_event_id or uuid.uuid4().hex
+        written = await self.views.submit(PendingView(p.id, member_id, request.visitor_id or None,
+                                                      share.id if share else None, event_id, now))
+        reveal = False
+        if member_id is not None and p.kind == pb.POST_KIND_QUIZ:
+            async with self.sessions() as s:
+                reveal = p.id in await self.quizzes.answered(s, member_id, [p.id])
+        if self.view_ack_commit:
+            await asyncio.shield(written)
+        return pb.ViewPostResponse(post=post_pb(p, reveal), view=f"groups/{group_id}/posts/{post_id}/views/{event_id}")
 
     async def SharePost(self, request, context):
         group_id, post_id = parse_ids(request.name, "groups/{}/posts/{}", "name")
@@ -199,7 +211,9 @@ class ContentRpc(RpcBase):
         member_id, now = int(principal().id), self.clock()
 
         async def use_case(s):
-            p = await self._member_post(s, request.name, member_id)
+            # the drop's row locked first: claims of one drop queue on it instead of deadlocking on
+            # each other's claim-key inserts (three repeats of one member's claim did, under load)
+            p = await self._member_post(s, request.name, member_id, lock=True)
             already = await self.coupon_drops.claim_coupon(s, p, member_id, now)
             return pb.ClaimCouponResponse(coupon_template=p.coupon_template, already_claimed=already)
 

@@ -81,6 +81,9 @@ class GroupsRpc(RpcBase):
             v.check(not g.HasField("vip_rule"), "group.vip_rule", "only VIP groups have a VIP rule")
         v.done()
         owner = parse_id(g.owner, "staff", "group.owner")
+        if not await self.directory.is_active_guide(owner):
+            raise FailedPrecondition("the group owner must be an active guide", reason=reasons.OWNER_NOT_A_GUIDE,
+                                     metadata={"field": "group.owner", "owner": g.owner}, zh="群主必须是在职导购")
         tiers = [parse_id(t, "tiers", f"group.vip_rule.allowed_tiers[{i}]") for i, t in enumerate(g.vip_rule.allowed_tiers)]
         fields = {
             "display_name": g.display_name, "description": g.description, "type": g.type, "category": g.category,

@@ -11,6 +11,7 @@ from mallkit.idempotency import Idempotency
 from ..autotags import AutoTags
 from ..behaviour import Behaviour
 from ..channels import Channels
+from ..guides import Guides
 from ..identity import Identity
 from ..portrait import Portrait
 from ..reach import Reach
@@ -27,6 +28,7 @@ class RpcBase:
     identity: Identity
     behaviour: Behaviour
     segments: Segments
+    guides: Guides
     rfm: Rfm
     autotags: AutoTags
     view360: Member360

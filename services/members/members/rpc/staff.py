@@ -57,6 +57,8 @@ class StaffRpc(RpcBase):
         v.text("staff.display_name", st.display_name, max_len=32, min_len=1)
         v.enum("staff.role", st.role, pb.StaffRole, required=True)
         v.check(10 <= len(st.password) <= 128, "staff.password", "must be 10 to 128 characters")
+        v.check(st.role != pb.STAFF_ROLE_STORE_MANAGER or bool(st.store), "staff.store",
+                "is required for a store manager")
         v.done()
         store_id = optional_id(st.store, "stores", "staff.store")
 

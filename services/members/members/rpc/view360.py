@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from mall.members.v1 import members_service_pb2 as pb
-from mallkit.auth import member_scope
+from mallkit.auth import member_scope, principal
 from mallkit.errors import InvalidArgument
 
 from ..messages import behavior_event_pb, member_pb, set_time, tier_change_pb, tier_pb
@@ -62,6 +62,7 @@ class View360Rpc(RpcBase):
             raise InvalidArgument.field("name", "must look like members/{member}/view360")
         member_id = member_scope(m.group(1), "name")
         async with self.sessions() as s:
+            await self.guides.visible_member(s, await self.guides.scope_of(s, principal()), member_id)
             view = await self.view360.local(s, member_id)
         await self.view360.remote(member_id, view)
         return view_pb(f"members/{member_id}/view360", view)
