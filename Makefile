@@ -46,7 +46,7 @@ lint: protos ## Lint Python (ruff), type-check mallkit (mypy) and lint the proto
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy mallkit
 	rm -rf gen/buf-deps && mkdir -p gen/buf-deps/google/api gen/buf-deps/google/type
-	cp "$(SITE)"/google/api/{annotations,http,field_behavior}.proto gen/buf-deps/google/api/
+	cp "$(SITE)"/google/api/{annotations,http,field_behavior,httpbody}.proto gen/buf-deps/google/api/
 	cp "$(SITE)"/google/type/date.proto gen/buf-deps/google/type/
 	npx --yes @bufbuild/buf@1.75.0 lint
 
@@ -95,6 +95,9 @@ bench-know: protos ## Know-the-member benchmark at N members (default 100000): R
 bench-targeting: protos ## Audience targeting benchmark: a coupon campaign to a segment (SEGMENT, default all) of N members (default 100000) vs a raw INSERT ... SELECT
 	$(PY) bench/audience_targeting.py --members $(or $(N),100000) --segment $(or $(SEGMENT),0)
 
+bench-funnel: protos ## Audience funnel benchmark at N members (default 100000): a 90-day funnel of all channels vs a bare GROUP BY
+	$(PY) bench/audience_funnel.py --members $(or $(N),100000)
+
 check-points: protos ## Verify every points account equals its ledger and lots (POINTS_DATABASE_URL)
 	$(PY) -m points check
 
@@ -135,4 +138,4 @@ clean: ## Remove generated code, caches and the venvs
 	rm -rf $(GEN) gen/k8s $(VENV) $(K8S_VENV) .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: run reset test test-sqlite fuzz fuzz-nightly migrate revision create-admin disable-staff bench know-data bench-know bench-targeting check-points dlq dlq-replay clean
+.PHONY: run reset test test-sqlite fuzz fuzz-nightly migrate revision create-admin disable-staff bench know-data bench-know bench-funnel bench-targeting check-points dlq dlq-replay clean

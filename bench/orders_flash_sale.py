@@ -32,7 +32,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import drive, free_port, start_members, summary, wait_http, wait_port  # noqa: E402
+import probe  # noqa: E402
+from harness import drive, free_port, start_members, wait_http, wait_port  # noqa: E402
+from loadgen import HttpLoad, drive_calls  # noqa: E402
 
 from mall.orders.v1 import orders_service_pb2 as pb  # noqa: E402
 from mall.orders.v1 import orders_service_pb2_grpc as pb_grpc  # noqa: E402
@@ -71,11 +73,12 @@ async def main() -> None:
     }
     py = sys.executable
     # members answers whether each buyer and staff/1 exist (every service checks a token's account)
-    members = start_members(env, tmp, range(10_000_000, 10_000_000 + 300 + 2 * args.attempts))
+    members = start_members(env, tmp, range(10_000_000, 10_000_000 + 900 + 2 * args.attempts))
     await wait_port(int(env["MEMBERS_PORT"]), members)
     subprocess.run([py, "-m", "orders", "migrate"], env=env, check=True, cwd=ROOT)
-    procs = [members, subprocess.Popen([py, "-m", "orders"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL),
-             subprocess.Popen([py, "-m", "gateway"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL)]
+    orders_proc = probe.start(subprocess.Popen, "orders", env, tmp, cwd=ROOT, stdout=subprocess.DEVNULL)
+    gateway_proc = subprocess.Popen([py, "-m", "gateway"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    procs = [members, orders_proc, gateway_proc]
     codec = TokenCodec(DEV_TOKEN_SECRET)
     staff = {"Authorization": f"Bearer {codec.issue(Principal(STAFF, 'staff/1', frozenset({'admin'})))[0]}"}
     try:
@@ -92,47 +95,80 @@ async def main() -> None:
             now = datetime.now(UTC)
             window = {"startTime": (now - timedelta(minutes=1)).isoformat(), "endTime": (now + timedelta(hours=1)).isoformat()}
             sales = []
-            for _ in range(3):  # one to warm up, one for the gateway, one for direct gRPC
+            profiled = min(args.attempts, 300)
+            for stock in (args.stock, args.stock, args.stock, profiled):  # warm-up, gateway, gRPC, profile
                 r = await http.post("/v1/flashSales", json={"sku": product["skus"][0]["name"], "priceFen": 990,
-                                                            "totalStock": args.stock, "perMemberLimit": 1, **window},
+                                                            "totalStock": stock, "perMemberLimit": 1, **window},
                                     headers=staff)
                 assert r.status_code == 200, r.text
                 sales.append(r.json()["name"])
-            members = iter(range(10_000_000, 20_000_000))
-            outcomes: Counter[int] = Counter()
-            sale = sales[0]
+        members = iter(range(10_000_000, 20_000_000))
+        print(f"orders flash sale, {args.attempts} attempts for {args.stock} units x {args.concurrency} concurrent, "
+              f"database: {backend}, load generator: bench/loadgen.py (asyncio HTTP/1.1 keep-alive; gRPC aio)")
 
-            async def attempt() -> None:
-                token = codec.issue(Principal(MEMBER, f"members/{next(members)}"))[0]
-                r = await http.post(f"/v1/{sale}:buy", json={"quantity": 1},
-                                    headers={"Authorization": f"Bearer {token}", "Idempotency-Key": str(uuid.uuid4())})
-                outcomes[r.status_code] += 1
+        def member_token() -> str:
+            return f"Bearer {codec.issue(Principal(MEMBER, f'members/{next(members)}'))[0]}"
 
-            print(f"orders flash sale, {args.attempts} attempts for {args.stock} units x {args.concurrency} concurrent, "
-                  f"database: {backend}")
-            await drive(attempt, min(args.attempts, 300), args.concurrency)  # warm up on the first sale
-            sale, outcomes = sales[1], Counter()
-            gw = summary("HTTP POST flashSales/*:buy (gateway)", *await drive(attempt, args.attempts, args.concurrency))
-            print(f"    outcomes by HTTP status: {dict(sorted(outcomes.items()))} (200 = bought, 400 = sold out)")
+        async with HttpLoad("127.0.0.1", http_port, args.concurrency) as load:
+            def buys(sale: str, n: int) -> list[bytes]:  # encoded before the clock starts: one member each
+                return [load.encode("POST", f"/v1/{sale}:buy", {"Authorization": member_token(),
+                                                                "Idempotency-Key": str(uuid.uuid4())},
+                                    {"quantity": 1}) for _ in range(n)]
 
-            # The same attempts straight over gRPC (no gateway), to show where the time goes.
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
-            stub = pb_grpc.OrdersServiceStub(channel)
-            grpc_outcomes: Counter[str] = Counter()
+            await load.run_raw(buys(sales[0], min(args.attempts, 300)), expect=(200, 400))  # warm-up
+            raws = buys(sales[1], args.attempts)
+            gw_before, orders_before = probe.cpu_only(gateway_proc), probe.snapshot(orders_proc)
+            res = await load.run_raw(raws, expect=(200, 400))
+            gw_after, orders_after = probe.cpu_only(gateway_proc), probe.snapshot(orders_proc)
+            gw = res.print("HTTP POST flashSales/*:buy (gateway)")
+            print(f"    outcomes by HTTP status: {dict(sorted(res.statuses.items()))} (200 = bought, 400 = sold out)")
+            probe.report("  per attempt (mixed)", orders_before, orders_after, args.attempts, "orders")
+            probe.report("  per attempt (mixed)", gw_before, gw_after, args.attempts, "gateway")
 
-            async def attempt_grpc() -> None:
-                token = codec.issue(Principal(MEMBER, f"members/{next(members)}"))[0]
+        # The same attempts straight over gRPC (no gateway), to show where the time goes.
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
+        stub = pb_grpc.OrdersServiceStub(channel)
+        grpc_outcomes: Counter[str] = Counter()
+
+        def attempts_grpc(sale: str, n: int, tokens: list[str] | None = None) -> list:
+            async def attempt(md) -> None:
                 try:
-                    await stub.BuyFlashSale(pb.BuyFlashSaleRequest(flash_sale=sales[2], quantity=1,
-                                                                   request_id=str(uuid.uuid4())),
-                                            metadata=(("authorization", f"Bearer {token}"),), timeout=30)
+                    await stub.BuyFlashSale(pb.BuyFlashSaleRequest(flash_sale=sale, quantity=1, request_id=str(uuid.uuid4())),
+                                            metadata=md, timeout=30)
                     grpc_outcomes["OK"] += 1
                 except grpc.aio.AioRpcError as err:
                     grpc_outcomes[err.code().name] += 1
+            tokens = tokens or [member_token() for _ in range(n)]
+            return [lambda md=(("authorization", token),): attempt(md) for token in tokens[:n]]
 
-            direct = summary("gRPC BuyFlashSale (no gateway)", *await drive(attempt_grpc, args.attempts, args.concurrency))
-            print(f"    outcomes: {dict(sorted(grpc_outcomes.items()))}")
-            await channel.close()
+        direct = drive_calls(attempts_grpc(sales[2], args.attempts), 0, args.concurrency)
+        direct = (await direct).print("gRPC BuyFlashSale (no gateway)")
+        print(f"    outcomes: {dict(sorted(grpc_outcomes.items()))}")
+
+        # The cost of a sale and of a refusal, apart: a sale with as many units as attempts, then as
+        # many attempts again once it is sold out, by new members, then by the same members again
+        # (those who lost tapping again: their accounts are known to this process).
+        grpc_outcomes = Counter()
+        retry_tokens = [member_token() for _ in range(profiled)]
+        wins, refusals = attempts_grpc(sales[3], profiled), attempts_grpc(sales[3], profiled, retry_tokens)
+        again = attempts_grpc(sales[3], profiled, retry_tokens)
+        before = probe.snapshot(orders_proc)
+        with probe.Spy(orders_proc, "orders-flash-sale"):
+            await drive_calls(wins, 0, args.concurrency)
+        middle = probe.snapshot(orders_proc)
+        with probe.Spy(orders_proc, "orders-flash-refusal"):
+            await drive_calls(refusals, 0, args.concurrency)
+        after = probe.snapshot(orders_proc)
+        await drive_calls(again, 0, args.concurrency)
+        last = probe.snapshot(orders_proc)
+        print(f"  cost per request, gRPC, {profiled} each (outcomes {dict(sorted(grpc_outcomes.items()))}):")
+        sale_cost = probe.report("  a sale (units left)", before, middle, profiled, "orders")
+        refusal_cost = probe.report("  a refusal (sold out), new member", middle, after, profiled, "orders")
+        retry_cost = probe.report("  a refusal (sold out), member retrying", after, last, profiled, "orders")
+        for name, cost in (("new member", refusal_cost), ("member retrying", retry_cost)):
+            print(f"    a refusal ({name}) costs x{cost['cpu_ms'] / sale_cost['cpu_ms']:.2f} the CPU of a sale "
+                  f"(x{sale_cost['cpu_ms'] / max(cost['cpu_ms'], 1e-9):.1f} cheaper)")
+        await channel.close()
 
         # The baseline: the same conditional UPDATE the service runs, straight through the driver.
         engine = create_async_engine(url, pool_size=args.concurrency, max_overflow=0, isolation_level="AUTOCOMMIT")
@@ -150,7 +186,7 @@ async def main() -> None:
         await drive(bare, min(args.attempts, 300), args.concurrency)
         async with engine.begin() as conn:
             await conn.execute(text("UPDATE flash_sales SET remaining = :n WHERE id = :id"), {"n": args.stock, "id": bench_id})
-        raw = summary("bare conditional UPDATE (driver)", *await drive(bare, args.attempts, args.concurrency))
+        raw = (await drive_calls(bare, args.attempts, args.concurrency)).print("bare conditional UPDATE (driver)")
         async with engine.connect() as conn:
             left = (await conn.execute(text("SELECT remaining FROM flash_sales WHERE id = :id"), {"id": bench_id})).scalar()
         await engine.dispose()

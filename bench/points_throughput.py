@@ -8,12 +8,14 @@ number of concurrent workers and the same count:
 * grants through the service: CompleteTask (a task reward, as the orders
   service reports a review) over gRPC with a service token;
 * redemptions through the service: RedeemItem over gRPC with member tokens;
-* the baseline: the same transactions written with SQLAlchemy Core on the
-  driver (aiomysql / aiosqlite), without gRPC, validation, idempotency
-  reads or tracing: idempotency key, task completion, ledger entry, balance,
-  lot and lot move for a grant; idempotency key, conditional balance and
-  stock updates, redemption, ledger entry and first-expiring lot for a
-  redemption.
+* the baseline: the same transactions, in the service's order, written with
+  SQLAlchemy Core on the driver (aiomysql / aiosqlite), without gRPC,
+  validation or tracing: task completion, ledger entry, lot, lot move,
+  idempotency key and last the balance for a grant; conditional balance
+  update, redemption, ledger entry, first-expiring lot, idempotency key and
+  last the stock for a redemption. Statements, round trips and CPU per
+  request of the service process are printed under each service figure
+  (bench/probe.py).
 
 It prints operations/s, p50 and p99 of each and the ratios, then runs the
 ledger checker over everything written (both paths keep the invariant).
@@ -46,7 +48,9 @@ from mallkit.settings import DEV_TOKEN_SECRET
 from mallkit.testing import MYSQL_ADMIN_URL, mysql_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import drive_each, free_port, start_members, summary, wait_port  # noqa: E402
+import probe  # noqa: E402
+from harness import free_port, start_members, wait_port  # noqa: E402
+from loadgen import drive_calls  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMBERS = 400
@@ -66,14 +70,9 @@ class RawDriver:
         self.engine = create_engine(url, pool_size=16, trace=False)
 
     async def grant(self, member_id: int, task_id: int, points: int, ref: str) -> None:
+        """The service's order: completion, ledger entry, lot, lot move, idempotency key, and the account last."""
         m, now = self.m, datetime.now(UTC)
         async with self.engine.begin() as c:
-            await c.execute(insert(m.IdempotencyKeys).values(scope="raw|grant", request_id=uuid.uuid4().hex,
-                                                             request_hash="-", create_time=now))
-            locked = await c.execute(update(m.Account).where(m.Account.member_id == member_id).values(update_time=now))
-            if locked.rowcount != 1:
-                await c.execute(insert(m.Account).values(member_id=member_id, available=0, pending=0,
-                                                         create_time=now, update_time=now))
             comp = await c.execute(insert(m.TaskCompletion).values(task_id=task_id, member_id=member_id, period="raw",
                                                                    source_ref=ref, points=points, create_time=now))
             entry = await c.execute(insert(m.Entry).values(
@@ -81,28 +80,28 @@ class RawDriver:
                 available_delta=points, pending_delta=0, description="raw", operator="",
                 idempotency_key=f"rawtask:{comp.inserted_primary_key[0]}", create_time=now))
             entry_id = entry.inserted_primary_key[0]
-            await c.execute(update(m.Account).where(m.Account.member_id == member_id)
-                            .values(available=m.Account.available + points))
             lot = await c.execute(insert(m.Lot).values(member_id=member_id, entry_id=entry_id, amount=points,
                                                        remaining=points, earn_time=now,
                                                        expire_time=now + timedelta(days=365), expired=False))
             await c.execute(insert(m.LotMove).values(entry_id=entry_id, lot_id=lot.inserted_primary_key[0],
                                                      delta=points))
+            await c.execute(insert(m.IdempotencyKeys).values(scope="raw|grant", request_id=uuid.uuid4().hex,
+                                                             request_hash="-", create_time=now))
+            added = await c.execute(update(m.Account).where(m.Account.member_id == member_id)
+                                    .values(available=m.Account.available + points, update_time=now))
+            if added.rowcount != 1:
+                await c.execute(insert(m.Account).values(member_id=member_id, available=points, pending=0,
+                                                         create_time=now, update_time=now))
 
     async def redeem(self, member_id: int, item_id: int, price: int) -> None:
+        """The service's order: the account, redemption, entry, lot, lot move, idempotency key, the stock last."""
         m, now = self.m, datetime.now(UTC)
         async with self.engine.begin() as c:
-            await c.execute(insert(m.IdempotencyKeys).values(scope="raw|redeem", request_id=uuid.uuid4().hex,
-                                                             request_hash="-", create_time=now))
             taken = await c.execute(update(m.Account).where(m.Account.member_id == member_id,
                                                             m.Account.available >= price)
                                     .values(available=m.Account.available - price, update_time=now))
             if taken.rowcount != 1:
                 raise RuntimeError("insufficient points in the baseline")
-            stock = await c.execute(update(m.Item).where(m.Item.id == item_id, m.Item.stock >= 1)
-                                    .values(stock=m.Item.stock - 1, redeemed_count=m.Item.redeemed_count + 1))
-            if stock.rowcount != 1:
-                raise RuntimeError("out of stock in the baseline")
             r = await c.execute(insert(m.Redemption).values(
                 member_id=member_id, item_id=item_id, item_display_name="bench", item_kind=pb.ITEM_KIND_VIRTUAL,
                 quantity=1, points=price, cash_fen=0, state=pb.REDEMPTION_STATE_COMPLETED, create_time=now,
@@ -119,6 +118,12 @@ class RawDriver:
             await c.execute(update(m.Lot).where(m.Lot.id == lot_id).values(remaining=m.Lot.remaining - price))
             await c.execute(insert(m.LotMove).values(entry_id=entry.inserted_primary_key[0], lot_id=lot_id,
                                                      delta=-price))
+            await c.execute(insert(m.IdempotencyKeys).values(scope="raw|redeem", request_id=uuid.uuid4().hex,
+                                                             request_hash="-", create_time=now))
+            stock = await c.execute(update(m.Item).where(m.Item.id == item_id, m.Item.stock >= 1)
+                                    .values(stock=m.Item.stock - 1, redeemed_count=m.Item.redeemed_count + 1))
+            if stock.rowcount != 1:
+                raise RuntimeError("out of stock in the baseline")
 
 
 async def main() -> None:
@@ -147,7 +152,7 @@ async def main() -> None:
     members = start_members(env, tmp, range(1, MEMBERS + 1))
     await wait_port(int(env["MEMBERS_PORT"]), members)
     subprocess.run([py, "-m", "points", "migrate"], env=env, check=True, cwd=ROOT)
-    proc = subprocess.Popen([py, "-m", "points"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    proc = probe.start(subprocess.Popen, "points", env, tmp, cwd=ROOT, stdout=subprocess.DEVNULL)
     raw = RawDriver(url)
     try:
         await wait_port(port, proc)
@@ -195,14 +200,23 @@ async def main() -> None:
         print(f"points: {n} grants and {n} redemptions per path, {conc} concurrent workers, database: {backend}",
               flush=True)
         # Warm-up on members of their own (not counted).
-        await drive_each(grants(900_000, True), conc)
-        await drive_each(grants(800_000, False), conc)
+        await drive_calls(list(grants(900_000, True)), 0, conc)
+        await drive_calls(list(grants(800_000, False)), 0, conc)
+        await drive_calls(list(redemptions(900_000, True)), 0, conc)
+
+        async def measured(name: str, calls) -> dict:
+            calls = list(calls)
+            before = probe.snapshot(proc)
+            row = (await drive_calls(calls, 0, conc)).print(name)
+            probe.report("  per request", before, probe.snapshot(proc), len(calls), "points")
+            return row
+
         # The service works on members 1..MEMBERS, the raw driver on 100001..; each member's ledger stays whole.
-        g_svc = summary("grants via gRPC CompleteTask", *await drive_each(grants(1, True), conc))
-        g_raw = summary("grants straight through the driver (baseline)", *await drive_each(grants(100_001, False), conc))
-        r_svc = summary("redemptions via gRPC RedeemItem", *await drive_each(redemptions(1, True), conc))
-        r_raw = summary("redemptions straight through the driver (baseline)",
-                        *await drive_each(redemptions(100_001, False), conc))
+        g_svc = await measured("grants via gRPC CompleteTask", grants(1, True))
+        g_raw = (await drive_calls(list(grants(100_001, False)), 0, conc)).print("grants straight through the driver (baseline)")
+        r_svc = await measured("redemptions via gRPC RedeemItem", redemptions(1, True))
+        r_raw = (await drive_calls(list(redemptions(100_001, False)), 0, conc)).print(
+            "redemptions straight through the driver (baseline)")
         print(f"  ratio service/driver: grants x{g_svc['rate'] / g_raw['rate']:.2f} throughput "
               f"(p50 x{g_svc['p50'] / g_raw['p50']:.2f}), redemptions x{r_svc['rate'] / r_raw['rate']:.2f} throughput "
               f"(p50 x{r_svc['p50'] / r_raw['p50']:.2f})", flush=True)
@@ -213,13 +227,13 @@ async def main() -> None:
         print(f"  ledger check after the run: {report.accounts} accounts, {report.entries} entries, "
               f"{'OK' if report.ok else report.problems[:5]}")
     finally:
-        members.terminate()
-        members.wait(15)
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        for p in (members, proc):
+            p.terminate()
+        for p in (members, proc):
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
         await raw.engine.dispose()
         if admin is not None:
             async with admin.begin() as conn:

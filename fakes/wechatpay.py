@@ -77,8 +77,9 @@ class WechatPaySimulator:
 
     def notification(self, out_trade_no: str, *, amount: int | None = None, timestamp: int | None = None,
                      notification_id: str | None = None, transaction_id: str | None = None,
-                     tamper: bool = False) -> tuple[dict[str, str], str]:
-        """(headers, raw body) of a TRANSACTION.SUCCESS notification, signed and encrypted."""
+                     tamper: bool = False, success_time: datetime | None = None) -> tuple[dict[str, str], str]:
+        """(headers, raw body) of a TRANSACTION.SUCCESS notification, signed and encrypted
+        (``success_time``: when the buyer paid, default now)."""
         tx = self.transactions.get(out_trade_no, {})
         total = amount if amount is not None else tx.get("total", 1)
         if "transaction_id" not in tx:
@@ -87,7 +88,7 @@ class WechatPaySimulator:
             "mchid": self.mchid, "appid": self.appid, "out_trade_no": out_trade_no,
             "transaction_id": transaction_id or tx["transaction_id"], "trade_type": "JSAPI",
             "trade_state": "SUCCESS", "trade_state_desc": "支付成功", "bank_type": "OTHERS",
-            "success_time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+            "success_time": (success_time or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00"),
             "payer": {"openid": tx.get("openid", "")},
             "amount": {"total": total, "payer_total": total, "currency": "CNY", "payer_currency": "CNY"},
         }

@@ -142,17 +142,23 @@ def is_duplicate_key(exc: Exception) -> bool:
     return "UNIQUE constraint failed" in str(orig)
 
 
-async def insert_ignore(session: AsyncSession, table, rows: list[dict]) -> None:
-    """INSERT rows, skipping those that hit a unique key (MySQL or SQLite)."""
-    if not rows:
-        return
+def insert_ignore_statement(dialect_name: str, table):
+    """``INSERT IGNORE`` (MySQL) / ``INSERT ... ON CONFLICT DO NOTHING`` (SQLite) into ``table``."""
     from sqlalchemy.dialects.mysql import insert as mysql_insert
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-    if session.get_bind().dialect.name == "sqlite":
-        await session.execute(sqlite_insert(table).on_conflict_do_nothing(), rows)
-    else:
-        await session.execute(mysql_insert(table).prefix_with("IGNORE"), rows)
+    if dialect_name == "sqlite":
+        return sqlite_insert(table).on_conflict_do_nothing()
+    return mysql_insert(table).prefix_with("IGNORE")
+
+
+async def insert_ignore(session: AsyncSession, table, rows: list[dict]) -> int:
+    """INSERT rows, skipping those that hit a unique key (MySQL or SQLite); the rows inserted
+    (exact for one row: 1 inserted, 0 already there)."""
+    if not rows:
+        return 0
+    result = await session.execute(insert_ignore_statement(session.get_bind().dialect.name, table), rows)
+    return result.rowcount  # type: ignore[attr-defined]
 
 
 async def insert_ignore_select(session: AsyncSession, table, columns: list[str], select_) -> None:

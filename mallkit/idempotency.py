@@ -67,6 +67,7 @@ class Idempotency:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], table: Table):
         self.sessions = sessions
         self.table = table
+        self._insert = insert(table)  # built once: its compiled form is cached, not rebuilt per call
 
     def scope(self) -> str:
         p = current_principal.get()
@@ -81,17 +82,29 @@ class Idempotency:
         request_id: str | None = None,
         required: bool = False,
         key_first: bool = False,
+        last: Callable[[AsyncSession], Awaitable[None]] | None = None,
     ) -> M:
         """Run ``use_case(session)`` in a transaction; replay on a repeated key.
 
         ``key_first``: for a use case with an effect outside the database (a message sent
         to WeChat), the key goes in before the effect, so a concurrent repeat waits on it
-        and never reaches the effect (two statements instead of one)."""
+        and never reaches the effect (two statements instead of one).
+
+        ``last``: a statement to run after the key, as the last of the transaction (a
+        hot-row conditional UPDATE, whose row lock is then held only until the commit);
+        it may raise to refuse, rolling everything back."""
         rid = request_id if request_id is not None else getattr(request, "request_id", "")
+
+        async def without_key(s: AsyncSession):
+            response = await use_case(s)
+            if last is not None:
+                await last(s)
+            return response
+
         if not rid:
             if required:
                 raise InvalidArgument.field("request_id", "is required for this method")
-            return await run_transaction(self.sessions, use_case)
+            return await run_transaction(self.sessions, without_key if last is not None else use_case)
         if not REQUEST_ID.fullmatch(rid):
             raise InvalidArgument.field("request_id", "must be 8 to 64 letters, digits, '-' or '_' (a UUID)")
         scope, digest = self.scope(), request_hash(request)
@@ -102,6 +115,8 @@ class Idempotency:
             response = await use_case(s)
             await s.execute(update(t).where(t.c.scope == scope, t.c.request_id == rid)
                             .values(response=response.SerializeToString(deterministic=True)))
+            if last is not None:
+                await last(s)
             return response
 
         async def first_time(s: AsyncSession):
@@ -110,8 +125,11 @@ class Idempotency:
             # insert (MySQL: after waiting for the first one's commit), rolls its effect back
             # and replays the stored response below.
             response = await use_case(s)
-            await s.execute(insert(t).values(scope=scope, request_id=rid, request_hash=digest, create_time=utcnow(),
-                                             response=response.SerializeToString(deterministic=True)))
+            await (await s.connection()).execute(self._insert, {
+                "scope": scope, "request_id": rid, "request_hash": digest, "create_time": utcnow(),
+                "response": response.SerializeToString(deterministic=True)})
+            if last is not None:
+                await last(s)
             return response
 
         try:

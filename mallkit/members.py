@@ -32,9 +32,14 @@ class MembersClient:
         self._tiers: dict[str, mpb.Tier] = {}
         self._tiers_time = 0.0
         self._known: set[int] = set()  # members seen to exist (members are never deleted)
+        self._stub: tuple[grpc.aio.Channel, mpb_grpc.MembersServiceStub] | None = None
 
     def stub(self) -> mpb_grpc.MembersServiceStub:
-        return mpb_grpc.MembersServiceStub(self._channel())
+        """The stub of the current channel (built once per channel: it is a dozen multicallables)."""
+        channel = self._channel()
+        if self._stub is None or self._stub[0] is not channel:
+            self._stub = (channel, mpb_grpc.MembersServiceStub(channel))
+        return self._stub[1]
 
     async def member(self, member_id: int) -> mpb.Member:
         try:

@@ -71,6 +71,8 @@ _QUERYABLE_MESSAGES = SPECIAL_JSON - {
     "google.protobuf.Struct",
     "google.protobuf.Value",
 }
+#: A response of this type is the HTTP body itself (its content_type and data), not JSON.
+HTTP_BODY = "google.api.HttpBody"
 _MAX_VIOLATIONS = 20
 _MAX_DEPTH = 32
 #: Integers in the path and the query: ASCII only (``int()`` would read "١" as 1 and "1_0" as 10).

@@ -157,8 +157,10 @@ def render_docs(doc: dict) -> str:
             body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
             if body:
                 out.append(_body(body["schema"], schemas))
-            ok = op["responses"]["200"]["content"]["application/json"]["schema"]
-            out.append(f"<p><b>Response</b>: {_type(ok)} · errors: "
+            content = op["responses"]["200"]["content"]
+            shown = _type(content["application/json"]["schema"]) if "application/json" in content else \
+                " or ".join(f"<code>{escape(t)}</code>" for t in content)  # a CSV export
+            out.append(f"<p><b>Response</b>: {shown} · errors: "
                        f'<a href="#{_anchor("Error")}">Error</a></p></section>')
     out.append("<h2>Schemas</h2>")
     for name, schema in schemas.items():

@@ -10,6 +10,9 @@ In order, each step answering early with a JSON error:
 6. the RPC, with ``authorization``, ``x-request-id`` and ``x-forwarded-for``
    forwarded (trace context is added by the OpenTelemetry interceptor).
 
+An RPC answering ``google.api.HttpBody`` (a CSV export) is answered with its ``data`` as the
+body and its ``content_type``, not as JSON.
+
 The services check tokens and policies again themselves: the gateway answers
 early, it is not the only door. On a public route (login) a token that does
 not verify is ignored and not forwarded, so an expired session never blocks
@@ -132,6 +135,8 @@ class ApiEndpoint:
             if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 log.warning("upstream %s failed: %s", route.rpc_path, err.code().name)
             return status_response(status)
+        if reply.DESCRIPTOR.full_name == binding.HTTP_BODY:
+            return Response(reply.data, media_type=reply.content_type or "application/octet-stream")
         return JSONResponse(binding.response_json(route, reply))
 
     @staticmethod

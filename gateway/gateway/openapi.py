@@ -23,6 +23,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from google.rpc import code_pb2
 
 from gateway.binding import (
+    HTTP_BODY,
     INT32_TYPES,
     INT64_TYPES,
     SPECIAL_JSON,
@@ -463,13 +464,17 @@ def _operation(route: Route, schemas: SchemaBuilder, comments: dict[str, str], o
             "required": route.body != "*",
             "content": {"application/json": {"schema": _body_schema(route, schemas)}},
         }
-    if route.response_body:
-        f = method.output_type.fields_by_name[route.response_body]
-        response_schema = schemas.field(f, nullable=False)
+    if method.output_type.full_name == HTTP_BODY:  # a non-JSON answer (a CSV export): the body as sent
+        ok_content: dict = {"text/csv": {"schema": {"type": "string"}}}
     else:
-        response_schema = schemas.message_ref(method.output_type)
+        if route.response_body:
+            f = method.output_type.fields_by_name[route.response_body]
+            response_schema = schemas.field(f, nullable=False)
+        else:
+            response_schema = schemas.message_ref(method.output_type)
+        ok_content = {"application/json": {"schema": response_schema}}
     op["responses"] = {
-        "200": {"description": "OK", "content": {"application/json": {"schema": response_schema}}},
+        "200": {"description": "OK", "content": ok_content},
         "default": {
             "description": "Error",
             "content": {"application/json": {"schema": {"$ref": _REF + "Error"}}},

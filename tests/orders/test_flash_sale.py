@@ -8,7 +8,7 @@ from collections import Counter
 
 import grpc
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select, update
 
 from mall.orders.v1 import orders_service_pb2 as pb
 from mallkit.errors import error_info, status_of
@@ -84,3 +84,92 @@ async def test_limit_window_and_cancel_returns_flash_stock(orders):
     assert again.state == pb.ORDER_STATE_PENDING_PAYMENT
     got = await orders.stub.GetFlashSale(pb.GetFlashSaleRequest(name=sale.name))
     assert got.remaining_stock == 0
+
+
+class StatementCount:
+    """The SQL statements the orders service sends while inside the block (its own engine), but for
+    its background loops' (the outbox relay polls its table on its own)."""
+
+    def __init__(self, engine):
+        self.engine, self.count, self.seen = engine.sync_engine, 0, []
+
+    def _on(self, conn, cursor, statement, *args):
+        if "outbox_events" not in statement:
+            self.count += 1
+            self.seen.append(statement.split()[0:4])
+
+    def __enter__(self):
+        event.listen(self.engine, "before_cursor_execute", self._on)
+        return self
+
+    def __exit__(self, *exc):
+        event.remove(self.engine, "before_cursor_execute", self._on)
+
+
+async def _reason_of_buy(orders, sale, member_id: int) -> str:
+    try:
+        await orders.stub.BuyFlashSale(pb.BuyFlashSaleRequest(flash_sale=sale.name, quantity=1, request_id=rid()),
+                                       metadata=orders.member_md(member_id))
+        return "ok"
+    except grpc.aio.AioRpcError as err:
+        return error_info(await status_of(err)).reason
+
+
+@pytest.fixture
+def flash_sales(orders):
+    """The service's flash sales, with the sold-out TTL restored after the test."""
+    fs = orders.app.flash_sales
+    ttl = fs.soldout_ttl
+    yield fs
+    fs.soldout_ttl = ttl
+
+
+async def test_sold_out_is_answered_from_memory_and_a_cancellation_here_clears_it(orders, flash_sales):
+    flash_sales.soldout_ttl = 600  # nothing in this test may depend on the machine's speed
+    product = await orders.product(price_fen=9_900)
+    sale = await orders.flash_sale(product.skus[0].name, stock=1, price_fen=500, limit=1)
+    a, b, c = directory().new_members(3)
+    assert await _reason_of_buy(orders, sale, a) == "ok"
+    with StatementCount(orders.app.platform.engine) as first_refusal:
+        assert await _reason_of_buy(orders, sale, b) == "FLASH_SALE_SOLD_OUT"  # its UPDATE hit zero rows
+    assert first_refusal.count > 0
+    with StatementCount(orders.app.platform.engine) as later:
+        for m in directory().new_members(20):
+            assert await _reason_of_buy(orders, sale, m) == "FLASH_SALE_SOLD_OUT"
+    assert later.count == 0, later.seen  # 20 refusals, not one statement
+    # The unit comes back (a cancellation in this process): the next buyer gets it at once.
+    mine = (await orders.stub.ListOrders(pb.ListOrdersRequest(parent="members/me"), metadata=orders.member_md(a))).orders
+    await orders.stub.CancelOrder(pb.CancelOrderRequest(name=mine[0].name), metadata=orders.member_md(a))
+    assert await _reason_of_buy(orders, sale, c) == "ok"
+    async with orders.engine.connect() as conn:
+        remaining = (await conn.execute(select(FlashSale.remaining).where(FlashSale.id == int(sale.name.split("/")[1]))))
+        assert remaining.scalar() == 0
+
+
+async def test_stock_returned_elsewhere_is_sold_again_after_the_ttl(orders, flash_sales):
+    """Units returned by another replica (here: straight in the database) are refused from memory until the
+    flag is older than the TTL; then one attempt looks again and buys."""
+    flash_sales.soldout_ttl = 600
+    product = await orders.product(price_fen=9_900)
+    sale = await orders.flash_sale(product.skus[0].name, stock=1, price_fen=500, limit=1)
+    fid = int(sale.name.split("/")[1])
+    a, b = directory().new_members(2)
+    assert await _reason_of_buy(orders, sale, a) == "ok"
+    assert await _reason_of_buy(orders, sale, b) == "FLASH_SALE_SOLD_OUT"
+    async with orders.engine.begin() as conn:  # another replica cancels an order: a unit comes back
+        await conn.execute(update(FlashSale).where(FlashSale.id == fid).values(remaining=FlashSale.remaining + 1))
+    with StatementCount(orders.app.platform.engine) as stale:
+        assert await _reason_of_buy(orders, sale, b) == "FLASH_SALE_SOLD_OUT"  # within the TTL: from memory
+    assert stale.count == 0, stale.seen
+    flash_sales.soldout_ttl = 0.2
+    loop = asyncio.get_running_loop()
+    deadline, outcome = loop.time() + 30, ""
+    while loop.time() < deadline:
+        outcome = await _reason_of_buy(orders, sale, b)
+        if outcome != "FLASH_SALE_SOLD_OUT":
+            break
+        await asyncio.sleep(0.05)
+    assert outcome == "ok"
+    assert await _reason_of_buy(orders, sale, directory().new_member()) == "FLASH_SALE_SOLD_OUT"
+    async with orders.engine.connect() as conn:
+        assert (await conn.execute(select(FlashSale.remaining).where(FlashSale.id == fid))).scalar() == 0

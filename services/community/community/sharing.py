@@ -19,6 +19,8 @@ from . import errors as reasons
 from .common import Recent, ts, unchanging
 from .models import Post, Share, ShareAncestor, View, VisitorLink
 
+MAX_SHARE_ARRIVALS = 50
+
 
 @dataclass(frozen=True)
 class PendingView:
@@ -128,7 +130,30 @@ class Sharing:
                                      metadata={"field": "name"}, zh="该访客身份已关联其他会员")
         linked = await s.execute(update(View).where(View.visitor_id == visitor_id, View.member_id.is_(None))
                                  .values(member_id=member_id))
-        return linked.rowcount  # type: ignore[attr-defined]
+        n = linked.rowcount  # type: ignore[attr-defined]
+        if n:
+            await self._publish_share_arrivals(s, visitor_id, member_id, now)
+        return n
+
+    async def _publish_share_arrivals(self, s: AsyncSession, visitor_id: str, member_id: int, now: datetime) -> None:
+        """The shares a visitor arrived through before being known (its first view through each),
+        as ``community.visitor_linked``: the members service records them as content share
+        touchpoints (share attribution). Published by the link that joined the views, so once."""
+        first = func.min(View.create_time)
+        rows = (await s.execute(
+            select(Share.id, Share.post_id, Share.sharer_id, Post.group_id, first)
+            .join(View, View.share_id == Share.id).join(Post, Post.id == Share.post_id)
+            .where(View.visitor_id == visitor_id, View.anonymous.is_(True), Share.sharer_id != member_id)
+            .group_by(Share.id, Share.post_id, Share.sharer_id, Post.group_id)
+            .order_by(first, Share.id).limit(MAX_SHARE_ARRIVALS))).tuples().all()
+        if not rows:
+            return
+        event = evpb.VisitorLinkedEvent(member=f"members/{member_id}", visitor_id=visitor_id, link_time=ts(now))
+        for share_id, post_id, sharer_id, group_id, view_time in rows:
+            event.arrivals.append(evpb.ShareArrival(
+                post=f"groups/{group_id}/posts/{post_id}", share=f"groups/{group_id}/posts/{post_id}/shares/{share_id}",
+                sharer=f"members/{sharer_id}", view_time=ts(view_time)))
+        await self.outbox.add(s, "community.visitor_linked", event, subject=f"members/{member_id}")
 
     async def post_report(self, s: AsyncSession, p: Post) -> dict:
         """Views, unique viewers, shares, depth and members gained, overall and per sharer.

@@ -25,6 +25,7 @@ from .behaviour import Behaviour
 from .channels import Channels
 from .config import MembersSettings
 from .errors import DOMAIN
+from .funnels import Funnels
 from .guides import Guides
 from .identity import Identity
 from .models import BehaviourInbox, IdempotencyKeys, InboxEvents, OutboxEvents
@@ -61,6 +62,7 @@ class MembersApp(ServiceApp):
     rfm: Rfm
     autotags: AutoTags
     view360: Member360
+    funnels: Funnels
     guides: Guides
 
     async def close(self) -> None:
@@ -76,6 +78,8 @@ def domain(settings: MembersSettings, outbox: Outbox, pages: PageTokens, wechat:
     tiers = Tiers(portrait, outbox, pages)
     channels = Channels(portrait, tags, staffing, pages)
     behaviour = Behaviour(pages)
+    funnels = Funnels(channels, brand_timezone=settings.platform.brand_timezone,
+                      window_days=settings.attribution_window_days)
     segments = Segments(pages)
     rfm = Rfm(RfmConfig(method=settings.rfm_method, window_days=settings.rfm_window_days,
                         recency_days=tuple(settings.rfm_recency_days),
@@ -85,7 +89,7 @@ def domain(settings: MembersSettings, outbox: Outbox, pages: PageTokens, wechat:
     reach = Reach(portrait, wechat, pages, brand_timezone=settings.platform.brand_timezone,  # type: ignore[arg-type]
                   daily_cap=settings.reach_daily_cap)
     return {
-        "identity": Identity(portrait, tiers, channels, outbox, wechat, sessions, behaviour),
+        "identity": Identity(portrait, tiers, channels, outbox, wechat, sessions, behaviour, funnels),
         "portrait": portrait,
         "channels": channels,
         "tiers": tiers,
@@ -98,6 +102,7 @@ def domain(settings: MembersSettings, outbox: Outbox, pages: PageTokens, wechat:
         "rfm": rfm,
         "autotags": AutoTags(segments, pages),
         "view360": Member360(portrait, tags, behaviour, peers, timeout=settings.member360_peer_timeout_seconds),
+        "funnels": funnels,
         "guides": Guides(staffing, segments, reach, pages),
     }
 

@@ -3,6 +3,8 @@ touch, arrival history, and the guide, store and tags a channel gives its arriva
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -100,9 +102,11 @@ class Channels:
                            metadata={"field": "touchpoint.scene"}, zh="渠道码不存在")
         return await self.record_arrival(s, m, channel)
 
-    async def record_arrival(self, s: AsyncSession, m: Member, channel: ChannelCode) -> Touchpoint:
-        """First touch (once), touchpoint history, channel tags, guide and store binding."""
-        now = utcnow()
+    async def record_arrival(self, s: AsyncSession, m: Member, channel: ChannelCode,
+                             when: datetime | None = None) -> Touchpoint:
+        """First touch (once), touchpoint history, channel tags, guide and store binding (``when``:
+        the arrival's time, when it is recorded later: an anonymous scan credited at registration)."""
+        now = when or utcnow()
         first = await s.execute(
             update(Member)
             .where(Member.id == m.id, Member.first_touch_channel_id.is_(None))

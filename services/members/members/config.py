@@ -46,6 +46,9 @@ class MembersSettings(ServiceSettings):
         "quintile sorts stay in memory (at 1M members the 16 MB default spills them to disk: 3.5x slower)"))
     member360_peer_timeout_seconds: float = Field(
         1.0, gt=0, description="Deadline of each peer call (points, community) of Member 360")
+    attribution_window_days: int = Field(
+        7, ge=1, le=90, description="A registration is credited to an arrival (channel code scan, content share) "
+                                    "of the same visitor at most this many days before it")
     auto_tag_interval_seconds: float = Field(600.0, gt=0, description="How often the job applies auto-tag rules")
     guide_task_interval_seconds: float = Field(
         60.0, gt=0, description="How often the jobs create due rounds of recurring guide tasks and send reminders")

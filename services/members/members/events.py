@@ -21,9 +21,11 @@ from mall.members.v1 import members_service_pb2 as pb
 from mall.orders.v1 import orders_events_pb2 as opb
 from mall.points.v1 import points_events_pb2 as ppb
 from mallkit.db import utcnow
+from mallkit.errors import MallError
 from mallkit.events import refused
-from mallkit.names import parse_id
+from mallkit.names import parse_id, parse_ids
 
+from .funnels import ShareArrival
 from .models import Member
 
 if TYPE_CHECKING:
@@ -74,7 +76,26 @@ async def on_bargain_helped(app: MembersApp, s: AsyncSession, event, p: opb.Barg
     await app.channels.create_touchpoint(s, parse_id(p.helper, "members", "helper"), p.share_scene)
 
 
+async def on_visitor_linked(app: MembersApp, s: AsyncSession, event, p: cpb.VisitorLinkedEvent) -> None:
+    """A visitor who had arrived through shares joined a member: one content share touchpoint per
+    share (once, also when reported again under another event id), maybe crediting the registration."""
+    member_id = parse_id(p.member, "members", "member")
+    if await s.get(Member, member_id) is None:
+        refused("members", event, "MEMBER_NOT_FOUND", f"visitor linked to unknown {p.member}")
+        return
+    arrivals = []
+    for a in p.arrivals:
+        try:
+            share_id = parse_ids(a.share, "groups/{}/posts/{}/shares/{}", "share")[2]
+            arrivals.append(ShareArrival(post=a.post, share_id=share_id, sharer_id=parse_id(a.sharer, "members", "sharer"),
+                                         view_time=a.view_time.ToDatetime(tzinfo=UTC)))
+        except MallError:
+            refused("members", event, "INVALID_SHARE", f"{a.share[:80]} {a.sharer[:40]}")
+    await app.funnels.record_share_arrivals(s, member_id, arrivals)
+
+
 HANDLERS: dict[str, tuple[type[Message], Handler]] = {
+    "community.visitor_linked": (cpb.VisitorLinkedEvent, on_visitor_linked),
     "order.paid": (opb.OrderPaidEvent, on_order_paid),
     "order.refunded": (opb.OrderRefundedEvent, on_order_refunded),
     "order.bargain_helped": (opb.BargainHelpedEvent, on_bargain_helped),

@@ -16,6 +16,7 @@ from mallkit.events import Outbox
 from .behaviour import Behaviour
 from .channels import Channels
 from .codes import new_code
+from .funnels import Funnels
 from .models import Member, TierChange
 from .portrait import Portrait
 from .tiers import Tiers
@@ -27,7 +28,7 @@ log = logging.getLogger("members.identity")
 class Identity:
     def __init__(self, portrait: Portrait, tiers: Tiers, channels: Channels, outbox: Outbox,
                  wechat: WechatClient | None, sessions: async_sessionmaker[AsyncSession] | None,
-                 behaviour: Behaviour | None = None):
+                 behaviour: Behaviour | None = None, funnels: Funnels | None = None):
         self.portrait = portrait
         self.tiers = tiers
         self.channels = channels
@@ -35,6 +36,7 @@ class Identity:
         self.wechat = wechat
         self.sessions = sessions
         self.behaviour = behaviour
+        self.funnels = funnels
 
     async def sign_in(self, code: str, scene: str, invite_code: str,
                       visitor_id: str = "") -> tuple[Member, bool, dict[str, str]]:
@@ -46,9 +48,13 @@ class Identity:
 
         async def use_case(s: AsyncSession):
             m, created = await self.login_with_wechat(s, identity, scene, invite_code)
+            visitor = visitor_id
             if visitor_id and self.behaviour is not None:
                 if await self.behaviour.merge(s, visitor_id, m.id, strict=False) is None:
                     log.info("login with a visitor id merged into another member: not merged")
+                    visitor = ""
+            if created and self.funnels is not None:
+                await self.funnels.acquire(s, m, visitor)
             return m, created, await self.portrait.attributes_of(s, m.id)
 
         for attempt in range(3):

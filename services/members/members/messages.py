@@ -86,8 +86,9 @@ def channel_pb(c: ChannelCode, tags: list[Tag]) -> pb.ChannelCode:
 
 def touchpoint_pb(t: Touchpoint) -> pb.Touchpoint:
     out = pb.Touchpoint(name=f"members/{t.member_id}/touchpoints/{t.id}", scene=t.scene,
-                        channel_code=f"channelCodes/{t.channel_code_id}", channel_type=t.channel_type,
-                        first_touch=t.first_touch)
+                        channel_code=f"channelCodes/{t.channel_code_id}" if t.channel_code_id else "",
+                        channel_type=t.channel_type, first_touch=t.first_touch, post=t.post or "",
+                        sharer=f"members/{t.sharer_id}" if t.sharer_id else "")
     set_time(out.create_time, t.create_time)
     return out
 

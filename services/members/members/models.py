@@ -92,7 +92,9 @@ class Member(Base):
     first_touch_channel_type: Mapped[int] = mapped_column(SmallInteger, default=0)
     guide_id: Mapped[int | None] = mapped_column(ForeignKey("staff.id"), nullable=True, index=True)
     store_id: Mapped[int | None] = mapped_column(ForeignKey("stores.id"), nullable=True)
-    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: The touchpoint credited with the registration (``funnels.py``): set once, by a conditional update.
+    acquisition_touchpoint_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)  # funnels: registrations of a range
     update_time: Mapped[datetime] = mapped_column(UTCDateTime())
     #: Segments' profile conditions (region, gender, age) read this index, not the whole table.
     __table_args__ = (Index("ix_members_province_gender_birthday", "province", "gender", "birthday"),)
@@ -133,15 +135,43 @@ class ChannelCodeTag(Base):
 
 
 class Touchpoint(Base):
+    """One arrival of a member: through a channel code (``channel_code_id``, ``scene``) or through a
+    content share (``channel_type`` CONTENT_SHARE, ``post``, ``share_id`` and ``sharer_id``, no code).
+    ``dedupe_key`` (share touchpoints: ``share:{share}``) makes a redelivered arrival count once."""
+
     __tablename__ = "touchpoints"
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id"))
-    channel_code_id: Mapped[int] = mapped_column(ForeignKey("channel_codes.id"), index=True)
+    channel_code_id: Mapped[int | None] = mapped_column(ForeignKey("channel_codes.id"), nullable=True, index=True)
     channel_type: Mapped[int] = mapped_column(SmallInteger)
     scene: Mapped[str] = mapped_column(String(32))
     first_touch: Mapped[bool] = mapped_column(Boolean, default=False)
+    post: Mapped[str | None] = mapped_column(String(64), nullable=True)  # "groups/{group}/posts/{post}"
+    share_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    sharer_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    dedupe_key: Mapped[str | None] = mapped_column(String(96), nullable=True)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
-    __table_args__ = (Index("ix_touchpoints_member_id_id", "member_id", "id"),)
+    __table_args__ = (Index("ix_touchpoints_member_id_id", "member_id", "id"),
+                      Index("ix_touchpoints_create_time", "create_time"),
+                      Index("ix_touchpoints_post_sharer_id", "post", "sharer_id"),
+                      UniqueConstraint("member_id", "dedupe_key"))
+
+
+class ChannelArrival(Base):
+    """An arrival through a channel code of a device, signed in or not (the first step of a funnel):
+    at most one per code, visitor and brand day (``day``), so a rescan the same day counts once."""
+
+    __tablename__ = "channel_arrivals"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    channel_code_id: Mapped[int] = mapped_column(ForeignKey("channel_codes.id"))
+    channel_type: Mapped[int] = mapped_column(SmallInteger)
+    visitor_id: Mapped[str] = mapped_column(String(40))
+    member_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    day: Mapped[date] = mapped_column(Date)
+    arrive_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    __table_args__ = (UniqueConstraint("channel_code_id", "visitor_id", "day"),
+                      Index("ix_channel_arrivals_arrive_time", "arrive_time"),
+                      Index("ix_channel_arrivals_visitor_id_arrive_time", "visitor_id", "arrive_time"))
 
 
 class TierChange(Base):
@@ -248,7 +278,8 @@ class MemberPurchase(Base):
     refund_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     #: Covering for the RFM recompute (GROUP BY member over the window, amounts from the index).
     __table_args__ = (Index("ix_member_purchases_member_id_pay_time_amounts", "member_id", "pay_time", "paid_fen",
-                            "refunded_fen"),)
+                            "refunded_fen"),
+                      Index("ix_member_purchases_pay_time", "pay_time"))  # funnels: orders of a date range
 
 
 class MemberPurchaseStats(Base):

@@ -17,6 +17,7 @@ from mallkit.idempotency import Idempotency
 from .autotags import AutoTags
 from .behaviour import Behaviour
 from .channels import Channels
+from .funnels import Funnels
 from .guides import Guides
 from .identity import Identity
 from .portrait import Portrait
@@ -24,6 +25,7 @@ from .reach import Reach
 from .rfm import Rfm
 from .rpc.behaviour import BehaviourRpc
 from .rpc.channels import ChannelsRpc
+from .rpc.funnels import FunnelsRpc
 from .rpc.guides import GuidesRpc
 from .rpc.knowing import KnowingRpc
 from .rpc.members import MembersRpc
@@ -41,7 +43,7 @@ from .view360 import Member360
 from .wechat import WechatClient
 
 
-class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, ReachRpc, BehaviourRpc, SegmentsRpc, KnowingRpc, View360Rpc,
+class MembersServicer(MembersRpc, ChannelsRpc, FunnelsRpc, TiersRpc, TagsRpc, StaffRpc, ReachRpc, BehaviourRpc, SegmentsRpc, KnowingRpc, View360Rpc,
                       GuidesRpc,
                       pb_grpc.MembersServiceServicer):
     def __init__(
@@ -63,6 +65,7 @@ class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, Reac
         rfm: Rfm,
         autotags: AutoTags,
         view360: Member360,
+        funnels: Funnels,
         guides: Guides,
         behaviour_max_age_days: int = 7,
         behaviour_clock_skew_seconds: int = 300,
@@ -83,6 +86,7 @@ class MembersServicer(MembersRpc, ChannelsRpc, TiersRpc, TagsRpc, StaffRpc, Reac
         self.rfm = rfm
         self.autotags = autotags
         self.view360 = view360
+        self.funnels = funnels
         self.guides = guides
         self.behaviour_max_age_days = behaviour_max_age_days
         self.behaviour_clock_skew_seconds = behaviour_clock_skew_seconds

@@ -97,7 +97,8 @@ def build(settings: OrdersSettings, engine: AsyncEngine | None = None) -> Orders
                                 page_size=settings.campaign_page_size,
                                 lease=timedelta(seconds=settings.campaign_lease_seconds))
     checkout = Checkout(addresses=addresses, coupons=coupons, cart=cart, members=members, pay_timeout=pay_timeout)
-    flash_sales = FlashSales(catalog=catalog, addresses=addresses, pay_timeout=pay_timeout)
+    flash_sales = FlashSales(catalog=catalog, addresses=addresses, pay_timeout=pay_timeout,
+                             soldout_ttl=settings.flash_soldout_ttl_seconds)
     group_buying = GroupBuying(catalog=catalog, addresses=addresses, pay_timeout=pay_timeout)
     bargains = Bargains(catalog=catalog, addresses=addresses, outbox=outbox, pay_timeout=pay_timeout)
     journey = Journey(sessions=sessions, members=platform.members, template_ids=settings.reach_template_ids)

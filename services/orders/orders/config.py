@@ -37,6 +37,9 @@ class OrdersSettings(ServiceSettings):
     # --- orders ---
     pay_timeout_seconds: int = Field(1800, description="Unpaid orders are cancelled after this")
     pay_reminder_seconds: int = Field(900, description="Unpaid orders get a reminder after this")
+    flash_soldout_ttl_seconds: float = Field(
+        1.0, ge=0.05, le=10.0,
+        description="A flash sale seen sold out is refused from memory for this long, then one attempt looks again")
     after_sales_days: float = Field(7, description="After-sales window after shipping, in days")
     care_after_days: float = Field(3, description="Care message this many days after payment")
     jobs_enabled: bool = Field(True, description="Run the scheduled jobs in this process")

@@ -1,9 +1,18 @@
 """Flash sales (秒杀): a SKU at a special price with its own stock, per-member limit and window.
 
-A purchase is refused as cheaply as possible: in memory when this process saw the
-sale sold out a moment ago, then after one plain read of ``remaining``; only then
-one transaction takes the per-member counter, writes the order and, last, the
-hot-row ``remaining >= q`` UPDATE, so its row lock is held only until commit.
+A purchase is refused as cheaply as possible, and a sale is one short transaction:
+
+* in memory, no database: this process saw the sale sold out (its conditional UPDATE hit
+  zero rows for this quantity or less) less than ``soldout_ttl`` seconds ago, or the
+  sale's window (cached per process: it never changes) is closed. Once the flag is older
+  than the TTL, one attempt at a time goes to the database to look again (the others are
+  still refused meanwhile): it buys (stock came back: the flag is cleared) or renews the
+  flag. A cancellation in this process clears the flag at once; in another replica it is
+  seen within the TTL plus one attempt.
+* one transaction, Core statements, nothing re-read: the per-member counter (one
+  insert-ignore for a first purchase), the order and its line, the idempotency key with
+  the response built in memory, and **last** the hot-row ``remaining >= q`` UPDATE, so
+  its row lock is held only until the commit.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mallkit.db import insert_ignore, utcnow
@@ -42,13 +51,38 @@ class FlashInfo:
     repurchase_cycle_days: int
 
 
+@dataclass
+class SoldOut:
+    """This process saw ``remaining < quantity`` at monotonic time ``since``."""
+
+    quantity: int
+    since: float
+
+
+# The purchase's statements, built once (Core on the tables: no ORM unit of work, cached compilation).
+_purchases, _sales = FlashPurchase.__table__, FlashSale.__table__
+INSERT_ORDER = insert(Order.__table__)
+INSERT_ITEM = insert(OrderItem.__table__)
+COUNT_AGAIN = (update(_purchases)
+               .where(_purchases.c.flash_sale_id == bindparam("sale"), _purchases.c.member_id == bindparam("member"),
+                      _purchases.c.quantity + bindparam("qty") <= bindparam("limit"))
+               .values(quantity=_purchases.c.quantity + bindparam("qty")))
+TAKE_STOCK = (update(_sales).where(_sales.c.id == bindparam("sale"), _sales.c.remaining >= bindparam("qty"))
+              .values(remaining=_sales.c.remaining - bindparam("qty")))
+
+
+def sold_out_error() -> FailedPrecondition:
+    return FailedPrecondition("flash sale is sold out", reason=reasons.FLASH_SALE_SOLD_OUT, zh="已抢光")
+
+
 class FlashSales:
-    def __init__(self, *, catalog: Catalog, addresses: Addresses, pay_timeout: timedelta, soldout_ttl: float = 2.0):
+    def __init__(self, *, catalog: Catalog, addresses: Addresses, pay_timeout: timedelta, soldout_ttl: float = 1.0):
         self.catalog = catalog
         self.addresses = addresses
         self.pay_timeout = pay_timeout
         self.soldout_ttl = soldout_ttl
-        self._soldout: dict[int, float] = {}  # flash sale id -> monotonic time it was seen sold out
+        self._soldout: dict[int, SoldOut] = {}  # flash sale id -> what this process saw refused
+        self._probing: set[int] = set()  # sales whose expired flag one attempt is checking now
         self._info: dict[int, FlashInfo] = {}
 
     async def create(self, s: AsyncSession, product_id: int, sku_id: int, fields: dict) -> FlashSale:
@@ -71,24 +105,42 @@ class FlashSales:
         product_id = (await s.execute(select(Sku.product_id).where(Sku.id == f.sku_id))).scalar_one()
         return f, product_id
 
-    def _sold_out(self, sale_id: int) -> FailedPrecondition:
-        self._soldout[sale_id] = time.monotonic()
-        return FailedPrecondition("flash sale is sold out", reason=reasons.FLASH_SALE_SOLD_OUT, zh="已抢光")
+    # --- the refusals answered from memory -----------------------------------------------------
 
-    def check_sold_out_cache(self, sale_id: int) -> None:
-        """The cheapest refusal: this process saw the sale sold out a moment ago."""
-        seen = self._soldout.get(sale_id)
-        if seen is not None and time.monotonic() - seen < self.soldout_ttl:
-            raise FailedPrecondition("flash sale is sold out", reason=reasons.FLASH_SALE_SOLD_OUT, zh="已抢光")
+    def admit(self, sale_id: int, quantity: int) -> bool:
+        """Refuse from memory (sold out seen a moment ago, window closed) or let the attempt through.
 
-    async def precheck(self, s: AsyncSession, sale_id: int) -> FlashInfo:
-        """A plain read (no lock) of the remaining stock and, once per process, the static data."""
-        self.check_sold_out_cache(sale_id)
-        remaining = (await s.execute(select(FlashSale.remaining).where(FlashSale.id == sale_id))).scalar_one_or_none()
-        if remaining is None:
-            await self.get(s, sale_id)  # raises NOT_FOUND
-        if remaining is not None and remaining <= 0:
-            raise self._sold_out(sale_id)
+        True when this attempt is the one looking again at an expired sold-out flag: the
+        caller then calls :meth:`probed` when it is done, whatever the outcome."""
+        info = self._info.get(sale_id)
+        if info is not None:
+            self._check_window(info)
+        flag = self._soldout.get(sale_id)
+        if flag is None or quantity < flag.quantity:
+            return False
+        if sale_id in self._probing or time.monotonic() - flag.since < self.soldout_ttl:
+            raise sold_out_error()
+        self._probing.add(sale_id)
+        return True
+
+    def probed(self, sale_id: int) -> None:
+        self._probing.discard(sale_id)
+
+    def _saw_sold_out(self, sale_id: int, quantity: int) -> FailedPrecondition:
+        flag = self._soldout.get(sale_id)
+        self._soldout[sale_id] = SoldOut(min(quantity, flag.quantity) if flag else quantity, time.monotonic())
+        return sold_out_error()
+
+    @staticmethod
+    def _check_window(info: FlashInfo) -> None:
+        now = utcnow()
+        if now < info.start_time:
+            raise FailedPrecondition("flash sale has not started", reason=reasons.FLASH_SALE_NOT_STARTED, zh="活动尚未开始")
+        if now >= info.end_time:
+            raise FailedPrecondition("flash sale has ended", reason=reasons.FLASH_SALE_ENDED, zh="活动已结束")
+
+    async def info(self, s: AsyncSession, sale_id: int) -> FlashInfo:
+        """The static data of a sale (read once per process, inside the buyer's transaction)."""
         info = self._info.get(sale_id)
         if info is None:
             f = await self.get(s, sale_id)
@@ -96,43 +148,51 @@ class FlashSales:
             info = FlashInfo(f.id, k.id, p.id, p.category_id, p.display_name, k.display_name, f.price_fen,
                              f.per_member_limit, f.start_time, f.end_time, p.repurchase_cycle_days)
             self._info[sale_id] = info
-        now = utcnow()
-        if now < info.start_time:
-            raise FailedPrecondition("flash sale has not started", reason=reasons.FLASH_SALE_NOT_STARTED, zh="活动尚未开始")
-        if now >= info.end_time:
-            raise FailedPrecondition("flash sale has ended", reason=reasons.FLASH_SALE_ENDED, zh="活动已结束")
         return info
 
-    async def buy(self, s: AsyncSession, info: FlashInfo, member_id: int, quantity: int,
-                  address_id: int | None) -> Order:
-        """Per-member counter, order, then the hot row last (held only until commit)."""
+    # --- the purchase --------------------------------------------------------------------------
+
+    async def buy(self, s: AsyncSession, sale_id: int, member_id: int, quantity: int,
+                  address_id: int | None) -> tuple[Order, list[OrderItem]]:
+        """Per-member counter, then the order and its line (Core inserts; the rows are returned as
+        built, never re-read). The caller runs :meth:`take_stock` last."""
+        info = await self.info(s, sale_id)
+        self._check_window(info)
         address = await self.addresses.optional(s, member_id, address_id)
-        await insert_ignore(s, FlashPurchase.__table__, [{"flash_sale_id": info.id, "member_id": member_id, "quantity": 0}])
-        mine = await s.execute(update(FlashPurchase)
-                               .where(FlashPurchase.flash_sale_id == info.id, FlashPurchase.member_id == member_id,
-                                      FlashPurchase.quantity + quantity <= info.per_member_limit)
-                               .values(quantity=FlashPurchase.quantity + quantity))
-        if mine.rowcount != 1:  # type: ignore[attr-defined]
-            raise FailedPrecondition("per-member limit of this flash sale reached", reason=reasons.FLASH_SALE_LIMIT_REACHED,
-                                     metadata={"limit": info.per_member_limit}, zh="已达到限购数量")
+        limit_reached = FailedPrecondition("per-member limit of this flash sale reached",
+                                           reason=reasons.FLASH_SALE_LIMIT_REACHED,
+                                           metadata={"limit": info.per_member_limit}, zh="已达到限购数量")
+        if quantity > info.per_member_limit:
+            raise limit_reached
+        first = await insert_ignore(s, FlashPurchase.__table__, [{"flash_sale_id": info.id, "member_id": member_id,
+                                                                  "quantity": quantity}])
+        conn = await s.connection()
+        if first != 1:  # bought in this sale before: within the limit, or refused
+            mine = await conn.execute(COUNT_AGAIN, {"sale": info.id, "member": member_id, "qty": quantity,
+                                                    "limit": info.per_member_limit})
+            if mine.rowcount != 1:
+                raise limit_reached
         now = utcnow()
         amount = info.price_fen * quantity
-        o = Order(member_id=member_id, state=PENDING_PAYMENT, total_fen=amount, tier_discount_fen=0, coupon_discount_fen=0,
-                  payable_fen=amount, address=snapshot(address), flash_sale_id=info.id,
-                  out_trade_no=uuid.uuid4().hex, create_time=now, pay_deadline_time=now + self.pay_timeout)
-        s.add(o)
-        await s.flush()
-        s.add(OrderItem(order_id=o.id, sku_id=info.sku_id, product_id=info.product_id, category_id=info.category_id,
-                        product_display_name=info.product_display_name, sku_display_name=info.sku_display_name,
-                        unit_price_fen=info.price_fen, quantity=quantity, paid_fen=amount,
-                        repurchase_cycle_days=info.repurchase_cycle_days))
-        await s.flush()
-        got = await s.execute(update(FlashSale)
-                              .where(FlashSale.id == info.id, FlashSale.remaining >= quantity)
-                              .values(remaining=FlashSale.remaining - quantity))
-        if got.rowcount != 1:  # type: ignore[attr-defined]
-            raise self._sold_out(info.id)
-        return o
+        order = dict(member_id=member_id, state=PENDING_PAYMENT, total_fen=amount, tier_discount_fen=0,
+                     coupon_discount_fen=0, payable_fen=amount, coupon_id=None, address=snapshot(address),
+                     flash_sale_id=info.id, group_deal_id=None, group_id=None, bargain_activity_id=None, bargain_id=None,
+                     out_trade_no=uuid.uuid4().hex, cancel_reason="", refunded_fen=0, create_time=now,
+                     pay_deadline_time=now + self.pay_timeout, pay_time=None, ship_time=None, close_time=None)
+        order_id = (await conn.execute(INSERT_ORDER, order)).inserted_primary_key[0]
+        item = dict(order_id=order_id, sku_id=info.sku_id, product_id=info.product_id, category_id=info.category_id,
+                    product_display_name=info.product_display_name, sku_display_name=info.sku_display_name,
+                    unit_price_fen=info.price_fen, quantity=quantity, paid_fen=amount,
+                    repurchase_cycle_days=info.repurchase_cycle_days)
+        await conn.execute(INSERT_ITEM, item)
+        return Order(id=order_id, **order), [OrderItem(**item)]
+
+    async def take_stock(self, s: AsyncSession, sale_id: int, quantity: int) -> None:
+        """The hot-row conditional UPDATE, the last statement of the purchase; zero rows: sold out."""
+        got = await (await s.connection()).execute(TAKE_STOCK, {"sale": sale_id, "qty": quantity})
+        if got.rowcount != 1:
+            raise self._saw_sold_out(sale_id, quantity)
+        self._soldout.pop(sale_id, None)  # units were left: whatever this process remembered is stale
 
     async def release(self, s: AsyncSession, sale_id: int, member_id: int, units: int) -> None:
         """A cancelled order's units go back to the sale and to the member's limit."""

@@ -50,13 +50,9 @@ class CashPayments:
     def now(self) -> datetime:
         return self.mall.ledger.clock()
 
-    async def hold(self, s: AsyncSession, r: Redemption) -> Redemption:
-        """A new points + cash redemption gets its trade number and payment deadline (same transaction)."""
-        if r.state == PENDING_PAYMENT and r.out_trade_no is None:
-            r.out_trade_no = "P" + uuid.uuid4().hex[:31]
-            r.pay_deadline_time = self.now() + self.pay_timeout
-            await s.flush()
-        return r
+    def hold(self) -> dict:
+        """The trade number and payment deadline of a new points + cash redemption (written with it)."""
+        return {"out_trade_no": "P" + uuid.uuid4().hex[:31], "pay_deadline_time": self.now() + self.pay_timeout}
 
     # --- prepay --------------------------------------------------------------------------------
 

@@ -3,9 +3,11 @@
 Every use case of the points service runs inside the single transaction its
 caller opened (``session``). The rules that keep the ledger right:
 
-* Every change of a member's points first takes the lock of the member's
-  account row (:meth:`Ledger.lock`), so the changes of one member are
-  serialized and everything read afterwards in the transaction is stable.
+* Every change of a member's points that reads them first takes the lock of
+  the member's account row (:meth:`Ledger.lock`, or the conditional UPDATE of
+  :meth:`Ledger.take`), so the changes of one member are serialized and
+  everything read afterwards in the transaction is stable. A grant that only
+  appends (:meth:`Ledger.append_credit`) takes it last, with the balance change.
 * Every change is one ledger entry with a unique ``idempotency_key``, looked
   up under that lock: an effect already applied is not applied again.
 * Balances change by conditional UPDATE (``available >= :n``), stock too
@@ -21,15 +23,31 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from mall.points.v1 import points_service_pb2 as pb
-from mallkit.db import insert_ignore, utcnow
+from mallkit.db import insert_ignore, insert_ignore_statement, utcnow
 from mallkit.errors import FailedPrecondition
 
 from . import errors as reasons
 from .models import Account, Entry, Lot, LotMove
+
+# Statements of the grant path, built once (Core on the tables: no unit of work, cached compilation).
+_accounts = Account.__table__
+INSERT_ENTRY = insert(Entry.__table__)
+INSERT_LOT = insert(Lot.__table__)
+INSERT_LOT_MOVE = insert(LotMove.__table__)
+TAKE_AVAILABLE = (update(_accounts)
+                  .where(_accounts.c.member_id == bindparam("member"), _accounts.c.available >= bindparam("amount"))
+                  .values(available=_accounts.c.available - bindparam("amount")))
+_lots = Lot.__table__
+LOTS_TO_SPEND = (select(_lots.c.id, _lots.c.remaining)
+                 .where(_lots.c.member_id == bindparam("member"), _lots.c.remaining > 0)
+                 .order_by(_lots.c.expire_time, _lots.c.id))
+SPEND_FROM_LOT = update(_lots).where(_lots.c.id == bindparam("lot")).values(remaining=_lots.c.remaining - bindparam("take"))
+ADD_AVAILABLE = (update(_accounts).where(_accounts.c.member_id == bindparam("member"))
+                 .values(available=_accounts.c.available + bindparam("amount"), update_time=bindparam("now")))
 
 
 class AlreadyApplied(Exception):
@@ -105,31 +123,67 @@ class Ledger:
 
     async def take(self, s: AsyncSession, member_id: int, amount: int) -> None:
         """Lower the available balance, or INSUFFICIENT_POINTS (the account is locked)."""
-        taken = await s.execute(update(Account).where(Account.member_id == member_id, Account.available >= amount)
-                                .values(available=Account.available - amount))
+        taken = await (await s.connection()).execute(TAKE_AVAILABLE, {"member": member_id, "amount": amount})
         if taken.rowcount != 1:
             raise FailedPrecondition("not enough points", reason=reasons.INSUFFICIENT_POINTS,
                                      metadata={"required": amount}, zh="积分不足")
 
     async def consume_lots(self, s: AsyncSession, e: Entry, amount: int) -> None:
-        """Take points from the member's lots, those expiring first first."""
-        lots = (await s.execute(select(Lot.id, Lot.remaining).where(Lot.member_id == e.member_id, Lot.remaining > 0)
-                                .order_by(Lot.expire_time, Lot.id))).all()
-        left = amount
+        await self.consume_lots_of(s, e.member_id, e.id, amount)
+
+    async def consume_lots_of(self, s: AsyncSession, member_id: int, entry_id: int, amount: int) -> None:
+        """Take points from the member's lots, those expiring first first (the account is locked)."""
+        conn = await s.connection()
+        lots = (await conn.execute(LOTS_TO_SPEND, {"member": member_id})).all()
+        left, moves = amount, []
         for lot_id, remaining in lots:
             if left == 0:
                 break
             take = min(left, remaining)
-            await s.execute(update(Lot).where(Lot.id == lot_id).values(remaining=Lot.remaining - take))
-            s.add(LotMove(entry_id=e.id, lot_id=lot_id, delta=-take))
+            await conn.execute(SPEND_FROM_LOT, {"lot": lot_id, "take": take})
+            moves.append({"entry_id": entry_id, "lot_id": lot_id, "delta": -take})
             left -= take
         if left:  # the balance said yes but the lots disagree: refuse rather than corrupt
-            raise AssertionError(f"lots of member {e.member_id} hold less than the balance")
-        await s.flush()
+            raise AssertionError(f"lots of member {member_id} hold less than the balance")
+        if moves:
+            await conn.execute(INSERT_LOT_MOVE, moves)
+
+    async def append_entry(self, s: AsyncSession, values: dict) -> int:
+        """Append an entry whose key is fresh (it names a row this transaction just created); its id."""
+        return (await (await s.connection()).execute(INSERT_ENTRY, values)).inserted_primary_key[0]
 
     async def debit(self, s: AsyncSession, e: Entry, amount: int) -> None:
         await self.take(s, e.member_id, amount)
         await self.consume_lots(s, e, amount)
+
+    async def append_credit(self, s: AsyncSession, member_id: int, key: str, kind: int, source: int, source_ref: str,
+                            amount: int, now: datetime, description: str = "") -> int:
+        """A grant that only appends: the entry (``key`` fresh: it names a row this transaction
+        just created), its lot and lot move, then **last** the account's available balance
+        (created on first use), so the account row is locked only until the commit. Nothing
+        is read: no lock is needed before (a concurrent change of the member's points waits on
+        the account row at its own turn). Returns the entry id."""
+        conn = await s.connection()
+        entry_id = (await conn.execute(INSERT_ENTRY, {
+            "member_id": member_id, "kind": kind, "source": source, "source_ref": source_ref,
+            "available_delta": amount, "pending_delta": 0, "description": description[:200], "operator": "",
+            "idempotency_key": key, "create_time": now})).inserted_primary_key[0]
+        lot_id = (await conn.execute(INSERT_LOT, {
+            "member_id": member_id, "entry_id": entry_id, "amount": amount, "remaining": amount, "earn_time": now,
+            "expire_time": self.expire_time_for(now), "expired": False})).inserted_primary_key[0]
+        await conn.execute(INSERT_LOT_MOVE, {"entry_id": entry_id, "lot_id": lot_id, "delta": amount})
+        await self.add_available(conn, member_id, amount, now)
+        return entry_id
+
+    async def add_available(self, conn: AsyncConnection, member_id: int, amount: int, now: datetime) -> None:
+        """``available += amount`` on the member's account, creating it on first use."""
+        params = {"member": member_id, "amount": amount, "now": now}
+        if (await conn.execute(ADD_AVAILABLE, params)).rowcount == 1:
+            return
+        created = await conn.execute(insert_ignore_statement(conn.dialect.name, _accounts), {
+            "member_id": member_id, "available": amount, "pending": 0, "create_time": now, "update_time": now})
+        if created.rowcount != 1:  # created meanwhile by a concurrent first change
+            await conn.execute(ADD_AVAILABLE, params)
 
     # --- use cases -----------------------------------------------------------------------------
 

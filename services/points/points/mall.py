@@ -6,9 +6,10 @@ Points, per-member counts and stock move together in one transaction, or not at 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mall.points.v1 import points_events_pb2 as epb
@@ -23,6 +24,16 @@ from . import errors as reasons
 from .ledger import Ledger
 from .models import Account, Item, Lot, LotMove, MemberItemCount, Redemption
 from .reach import Reach
+
+# The redemption's statements, built once (Core on the tables: no unit of work, cached compilation).
+_items = Item.__table__
+ITEM_TO_REDEEM = select(Item.id, Item.display_name, Item.kind, Item.points_price, Item.cash_price_fen,
+                        Item.per_member_limit, Item.start_time, Item.end_time, Item.allowed_tiers,
+                        Item.coupon_template, Item.state).where(Item.id == bindparam("item"))
+INSERT_REDEMPTION = insert(Redemption.__table__)
+TAKE_STOCK = (update(_items).where(_items.c.id == bindparam("item"), _items.c.stock >= bindparam("qty"),
+                                   _items.c.state == pb.ITEM_STATE_ACTIVE)
+              .values(stock=_items.c.stock - bindparam("qty"), redeemed_count=_items.c.redeemed_count + bindparam("qty")))
 
 #: ``redeem(tier_id=TIER_UNKNOWN)``: the caller has not looked the member's tier up (yet).
 TIER_UNKNOWN = -1
@@ -84,10 +95,17 @@ class Mall:
     # --- redemptions ---------------------------------------------------------------------------
 
     async def redeem(self, s: AsyncSession, member_id: int, item_id: int, quantity: int, address: dict | None,
-                     tier_id: int | None) -> Redemption:
-        """Points, per-member count and stock move together, or the transaction rolls back."""
+                     tier_id: int | None, hold: Callable[[], dict] | None = None) -> Redemption:
+        """Points and per-member count move, the redemption is written; the caller runs
+        :meth:`take_stock` last (after the idempotency key), so the hot item row is locked only
+        until the commit. Nothing is re-read: the redemption returned is the row as written.
+
+        ``hold``: the fields of a points + cash redemption awaiting its payment (points.cash)."""
         now = self.ledger.clock()
-        it = await self.item(s, item_id)
+        it = (await s.execute(ITEM_TO_REDEEM, {"item": item_id})).first()
+        if it is None:
+            raise NotFound("item not found", reason=reasons.ITEM_NOT_FOUND, resource=("item", f"items/{item_id}"),
+                           zh="商品不存在")
         if not self.offered(it, now):
             raise FailedPrecondition("item is not offered now", reason=reasons.ITEM_NOT_AVAILABLE,
                                      metadata={"item": f"items/{item_id}"}, zh="该商品当前不可兑换")
@@ -105,24 +123,25 @@ class Mall:
         state = pb.REDEMPTION_STATE_PENDING_SHIPMENT if it.kind == pb.ITEM_KIND_PHYSICAL else pb.REDEMPTION_STATE_COMPLETED
         if it.cash_price_fen:  # points + cash: held until the cash part is paid (points.cash)
             state = pb.REDEMPTION_STATE_PENDING_PAYMENT
-        # Lock order: the member's account, then the item, then rows referring to the item
-        # (their foreign-key checks take shared locks on it, which must come after our own lock).
+        # Lock order: the member's account, then rows of this member, then (take_stock, last) the item.
         await self.ledger.take(s, member_id, cost)  # locks the account row (or fails: no points)
-        taken = await s.execute(update(Item).where(Item.id == item_id, Item.stock >= quantity,
-                                                   Item.state == pb.ITEM_STATE_ACTIVE)
-                                .values(stock=Item.stock - quantity, redeemed_count=Item.redeemed_count + quantity))
-        if taken.rowcount != 1:
-            raise FailedPrecondition("out of stock", reason=reasons.OUT_OF_STOCK,
-                                     metadata={"item": f"items/{item_id}"}, zh="商品已兑完")
-        r = Redemption(member_id=member_id, item_id=item_id, item_display_name=it.display_name, item_kind=it.kind,
-                       quantity=quantity, points=cost, cash_fen=it.cash_price_fen * quantity, state=state,
-                       coupon_template=it.coupon_template if it.kind == pb.ITEM_KIND_COUPON else "",
-                       create_time=now, update_time=now, **(address or {}))
-        s.add(r)
-        await s.flush()
-        e = await self.ledger.entry(s, member_id, f"redeem:{r.id}", pb.ENTRY_KIND_SPEND, pb.ENTRY_SOURCE_REDEMPTION,
-                                    f"items/{item_id}", -cost, 0, now, f"兑换 {it.display_name} x{quantity}", fresh=True)
-        await self.ledger.consume_lots(s, e, cost)
+        values = dict(member_id=member_id, item_id=item_id, item_display_name=it.display_name, item_kind=it.kind,
+                      quantity=quantity, points=cost, cash_fen=it.cash_price_fen * quantity, state=state,
+                      coupon_template=it.coupon_template if it.kind == pb.ITEM_KIND_COUPON else "",
+                      create_time=now, update_time=now, carrier="", tracking_number="", failure_reason="",
+                      out_trade_no=None, pay_deadline_time=None, pay_time=None)
+        values.update({"recipient": "", "phone": "", "province": "", "city": "", "district": "", "detail": "",
+                       **(address or {})})
+        if state == pb.REDEMPTION_STATE_PENDING_PAYMENT and hold is not None:
+            values.update(hold())
+        conn = await s.connection()
+        r = Redemption(id=(await conn.execute(INSERT_REDEMPTION, values)).inserted_primary_key[0], **values)
+        entry_id = await self.ledger.append_entry(s, {
+            "member_id": member_id, "kind": pb.ENTRY_KIND_SPEND, "source": pb.ENTRY_SOURCE_REDEMPTION,
+            "source_ref": f"items/{item_id}", "available_delta": -cost, "pending_delta": 0,
+            "description": f"兑换 {it.display_name} x{quantity}"[:200], "operator": "", "idempotency_key": f"redeem:{r.id}",
+            "create_time": now})
+        await self.ledger.consume_lots_of(s, member_id, entry_id, cost)
         if it.per_member_limit:
             await insert_ignore(s, MemberItemCount.__table__, [{"item_id": item_id, "member_id": member_id,
                                                                 "quantity": 0}])
@@ -136,6 +155,13 @@ class Mall:
         if it.kind == pb.ITEM_KIND_COUPON and state != pb.REDEMPTION_STATE_PENDING_PAYMENT:
             await self.coupon_redeemed(s, r, now)
         return r
+
+    async def take_stock(self, s: AsyncSession, item_id: int, quantity: int) -> None:
+        """The hot-row conditional UPDATE of the item's stock, the last statement of a redemption."""
+        taken = await (await s.connection()).execute(TAKE_STOCK, {"item": item_id, "qty": quantity})
+        if taken.rowcount != 1:
+            raise FailedPrecondition("out of stock", reason=reasons.OUT_OF_STOCK,
+                                     metadata={"item": f"items/{item_id}"}, zh="商品已兑完")
 
     async def coupon_redeemed(self, s: AsyncSession, r: Redemption, now: datetime) -> None:
         """The orders service issues the coupon of a coupon redemption (event points.coupon_redeemed)."""

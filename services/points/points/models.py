@@ -179,7 +179,8 @@ class MemberItemCount(Base):
     """Units of an item a member holds (redeemed, not cancelled): the per-member limit."""
 
     __tablename__ = "member_item_counts"
-    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), primary_key=True)
+    # No foreign key: its check would share-lock the hot items row before the stock UPDATE (0005).
+    item_id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=False)
     member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     quantity: Mapped[int] = mapped_column(Integer, default=0)
 
@@ -188,7 +189,7 @@ class Redemption(Base):
     __tablename__ = "redemptions"
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
     member_id: Mapped[int] = mapped_column(BigInteger)
-    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
+    item_id: Mapped[int] = mapped_column(ID, index=True)  # no foreign key to the hot row (0005)
     item_display_name: Mapped[str] = mapped_column(String(64))
     item_kind: Mapped[int] = mapped_column(SmallInteger)
     quantity: Mapped[int] = mapped_column(Integer)

@@ -242,16 +242,19 @@ class PointsServicer(CashRpcs, pb_grpc.PointsServiceServicer):
         quantity = request.quantity or 1
         tier: dict[str, int | None] = {"id": TIER_UNKNOWN}  # looked up only for tier-restricted items
 
-        async def use_case(s):
-            r = await self.mall.redeem(s, member_id, item_id, quantity, address, tier["id"])
-            return redemption_pb(await self.cash.hold(s, r))  # points + cash: awaits its payment
+        async def use_case(s):  # points + cash: held (trade number, deadline) until its payment
+            return redemption_pb(await self.mall.redeem(s, member_id, item_id, quantity, address, tier["id"],
+                                                        hold=self.cash.hold))
+
+        async def take_stock(s):  # after the key: the hot item row is held only until the commit
+            await self.mall.take_stock(s, item_id, quantity)
 
         try:
-            return await self.idem.run(request, pb.Redemption, use_case)
+            return await self.idem.run(request, pb.Redemption, use_case, last=take_stock)
         except TierRequired:  # rolled back before any write; the members call happens outside a transaction
             m = await self.members.member(member_id)
             tier["id"] = int(m.tier.rsplit("/", 1)[1]) if m.tier else None
-            return await self.idem.run(request, pb.Redemption, use_case)
+            return await self.idem.run(request, pb.Redemption, use_case, last=take_stock)
 
     async def GetRedemption(self, request, context):
         member_id, rid = redemption_name(request.name)

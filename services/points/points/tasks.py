@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mall.points.v1 import points_service_pb2 as pb
+from mallkit.db import insert_ignore_statement
 from mallkit.errors import AlreadyExists, NotFound
 from mallkit.pagination import PageTokens
 from mallkit.queries import get_or_not_found, keyset_page
@@ -19,6 +20,16 @@ from .ledger import Ledger
 from .models import Task, TaskCompletion, TaskCounter
 
 TASK_SOURCES = {pb.TASK_KIND_INVITE_FRIEND: pb.ENTRY_SOURCE_INVITE}
+
+# Statements of a completion, built once (Core: no unit of work, cached compilation).
+_completions, _counters = TaskCompletion.__table__, TaskCounter.__table__
+TASK_OF_KIND = select(Task.id, Task.active, Task.frequency, Task.limit_per_period, Task.reward_points,
+                      Task.display_name).where(Task.kind == bindparam("kind"))
+COUNT_COMPLETION = (update(_counters)
+                    .where(_counters.c.task_id == bindparam("task"), _counters.c.member_id == bindparam("member"),
+                           _counters.c.period == bindparam("in_period"), _counters.c.count < bindparam("limit"))
+                    .values(count=_counters.c.count + 1))
+DROP_COMPLETION = delete(_completions).where(_completions.c.id == bindparam("completion"))
 
 
 @dataclass
@@ -73,32 +84,33 @@ class Tasks:
 
     async def complete_task(self, s: AsyncSession, member_id: int, kind: int, source_ref: str,
                             reward_override: int = 0) -> TaskResult:
-        """Reward a completion within the task's frequency and cap, once per (period, source_ref)."""
+        """Reward a completion within the task's frequency and cap, once per (period, source_ref).
+
+        Seven statements on the happy path, nothing re-read: the task; the completion row,
+        whose unique key answers ALREADY_REWARDED (insert-ignore); the period's counter
+        (conditional UPDATE, or its first row); then the ledger append, the account last."""
         now = self.ledger.clock()
-        t = (await s.execute(select(Task).where(Task.kind == kind))).scalar_one_or_none()
+        t = (await s.execute(TASK_OF_KIND, {"kind": kind})).first()
         if t is None or not t.active:
             return TaskResult(0, "NO_ACTIVE_TASK", t.id if t else None)
         period = self.period_of(t.frequency, now)
-        await self.ledger.lock(s, member_id, now)
-        done = await s.execute(select(TaskCompletion.id).where(
-            TaskCompletion.task_id == t.id, TaskCompletion.member_id == member_id, TaskCompletion.period == period,
-            TaskCompletion.source_ref == source_ref))
-        if done.first():
-            return TaskResult(0, "ALREADY_REWARDED", t.id)
-        counted = await s.execute(update(TaskCounter).where(
-            TaskCounter.task_id == t.id, TaskCounter.member_id == member_id, TaskCounter.period == period,
-            TaskCounter.count < t.limit_per_period).values(count=TaskCounter.count + 1))
-        if counted.rowcount != 1:
-            if await s.get(TaskCounter, (t.id, member_id, period)) is not None:
-                return TaskResult(0, "LIMIT_REACHED", t.id)
-            s.add(TaskCounter(task_id=t.id, member_id=member_id, period=period, count=1))
         points = reward_override or t.reward_points
-        c = TaskCompletion(task_id=t.id, member_id=member_id, period=period, source_ref=source_ref, points=points,
-                           create_time=now)
-        s.add(c)
-        await s.flush()
-        e = await self.ledger.entry(s, member_id, f"task:{c.id}", pb.ENTRY_KIND_EARN,
-                                    TASK_SOURCES.get(kind, pb.ENTRY_SOURCE_TASK), source_ref or f"tasks/{t.id}",
-                                    points, 0, now, t.display_name, fresh=True)
-        await self.ledger.credit(s, e, points, now)
+        conn = await s.connection()
+        ignore = conn.dialect.name
+        done = await conn.execute(insert_ignore_statement(ignore, _completions), {
+            "task_id": t.id, "member_id": member_id, "period": period, "source_ref": source_ref, "points": points,
+            "create_time": now})
+        if done.rowcount != 1:
+            return TaskResult(0, "ALREADY_REWARDED", t.id)
+        completion_id = done.inserted_primary_key[0]
+        key = {"task": t.id, "member": member_id, "in_period": period, "limit": t.limit_per_period}
+        if (await conn.execute(COUNT_COMPLETION, key)).rowcount != 1:
+            first = t.limit_per_period >= 1 and (await conn.execute(insert_ignore_statement(ignore, _counters), {
+                "task_id": t.id, "member_id": member_id, "period": period, "count": 1})).rowcount == 1
+            if not first:  # the period's cap is reached: the completion is not rewarded, nor kept
+                await conn.execute(DROP_COMPLETION, {"completion": completion_id})
+                return TaskResult(0, "LIMIT_REACHED", t.id)
+        await self.ledger.append_credit(s, member_id, f"task:{completion_id}", pb.ENTRY_KIND_EARN,
+                                        TASK_SOURCES.get(kind, pb.ENTRY_SOURCE_TASK), source_ref or f"tasks/{t.id}",
+                                        points, now, t.display_name)
         return TaskResult(points, "", t.id)

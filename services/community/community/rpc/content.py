@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mall.community.v1 import community_service_pb2 as pb
 from mallkit.auth import Principal, current_principal, principal
+from mallkit.csvbody import csv_body
 from mallkit.errors import InvalidArgument
 from mallkit.names import parse_id, parse_ids
 from mallkit.pagination import page_size
@@ -34,6 +35,11 @@ from ..messages import (
 from ..models import Post
 from ..sharing import PendingView
 from .base import RpcBase
+
+#: Columns of a post report's CSV: the post's line has the totals (depth: the deepest share, views:
+#: every view, direct_views: views through a share); a share's line counts the views up its chain.
+POST_REPORT_COLUMNS = ["post", "share", "sharer", "depth", "views", "unique_viewers", "shares", "members_gained",
+                       "direct_views", "chain_views", "chain_depth"]
 
 
 class ContentRpc(RpcBase):
@@ -245,11 +251,23 @@ class ContentRpc(RpcBase):
         return await self._run(request, pb.AddReactionResponse, use_case)
 
     async def GetPostReport(self, request, context):
-        group_id, post_id = parse_ids(request.name, "groups/{}/posts/{}/report", "name")
+        return await self._post_report(request.name)
+
+    async def ExportPostReport(self, request, context):
+        r = await self._post_report(request.name)
+        post = request.name.removesuffix("/report")
+        rows: list[list[object]] = [[post, "", "", r.max_share_depth, r.views, r.unique_viewers, r.shares,
+                                     r.members_gained, r.shared_views, "", ""]]
+        rows += [[post, x.share, x.sharer, x.depth, x.chain_views, x.unique_viewers, "", x.members_gained,
+                  x.direct_views, x.chain_views, x.chain_depth] for x in r.sharers]
+        return csv_body(POST_REPORT_COLUMNS, rows)
+
+    async def _post_report(self, name: str) -> pb.PostReport:
+        group_id, post_id = parse_ids(name, "groups/{}/posts/{}/report", "name")
         async with self.sessions() as s:
             p = await self.content.post(s, group_id, post_id)
             r = await self.sharing.post_report(s, p)
-        out = pb.PostReport(name=request.name, views=r["views"], unique_viewers=r["unique_viewers"],
+        out = pb.PostReport(name=name, views=r["views"], unique_viewers=r["unique_viewers"],
                             shares=r["shares"], max_share_depth=r["max_share_depth"],
                             members_gained=r["members_gained"], shared_views=r["shared_views"])
         for x in r["sharers"]:

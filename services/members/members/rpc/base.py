@@ -11,6 +11,7 @@ from mallkit.idempotency import Idempotency
 from ..autotags import AutoTags
 from ..behaviour import Behaviour
 from ..channels import Channels
+from ..funnels import Funnels
 from ..guides import Guides
 from ..identity import Identity
 from ..portrait import Portrait
@@ -32,6 +33,7 @@ class RpcBase:
     rfm: Rfm
     autotags: AutoTags
     view360: Member360
+    funnels: Funnels
     behaviour_max_age_days: int
     behaviour_clock_skew_seconds: int
     portrait: Portrait

@@ -10,7 +10,7 @@ from mallkit.names import parse_id, parse_ids
 from mallkit.validation import Validator
 
 from .base import ServicerBase, optional_address, require_request_id
-from .convert import flash_pb, group_deal_pb, group_pb
+from .convert import flash_pb, group_deal_pb, group_pb, order_pb
 
 
 class FlashSaleRpcs(ServicerBase):
@@ -44,13 +44,17 @@ class FlashSaleRpcs(ServicerBase):
         v.done()
         address_id = optional_address(request.address)
         require_request_id(request)
-        self.flash_sales.check_sold_out_cache(fid)  # in memory: no database at all
-        info = await self._read(lambda s: self.flash_sales.precheck(s, fid))  # one plain read, no lock
+        probe = self.flash_sales.admit(fid, request.quantity)  # in memory: no database at all
+        try:
+            async def run(s):
+                return order_pb(*await self.flash_sales.buy(s, fid, member_id, request.quantity, address_id))
 
-        async def run(s):
-            o = await self.flash_sales.buy(s, info, member_id, request.quantity, address_id)
-            return await self._order_pb(s, o.id)
-        return await self.idem.run(request, pb.Order, run, required=True)
+            async def take_stock(s):  # after the key: the hot row is held only until the commit
+                await self.flash_sales.take_stock(s, fid, request.quantity)
+            return await self.idem.run(request, pb.Order, run, required=True, last=take_stock)
+        finally:
+            if probe:
+                self.flash_sales.probed(fid)
 
 
 class GroupBuyRpcs(ServicerBase):
