@@ -98,6 +98,9 @@ know-data: protos ## Generate N members (default 1000000) with 5 purchase facts 
 bench-know: protos ## Know-the-member benchmark at N members (default 100000): RFM, auto-tags, preview, materialize
 	$(PY) bench/know_members.py --members $(or $(N),100000) --buffer-pool-mb $(or $(BUFFER_POOL_MB),6144)
 
+bench-targeting: protos ## Audience targeting benchmark: a coupon campaign to a segment (SEGMENT, default all) of N members (default 100000) vs a raw INSERT ... SELECT
+	$(PY) bench/audience_targeting.py --members $(or $(N),100000) --segment $(or $(SEGMENT),0)
+
 bench-funnel: protos ## Audience funnel benchmark at N members (default 100000): a 90-day funnel of all channels vs a bare GROUP BY
 	$(PY) bench/audience_funnel.py --members $(or $(N),100000)
 
@@ -141,4 +144,4 @@ clean: ## Remove generated code, caches and the venvs
 	rm -rf $(GEN) gen/k8s $(VENV) $(K8S_VENV) .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: run reset test test-sqlite fuzz fuzz-nightly migrate revision create-admin disable-staff bench profile know-data bench-know bench-funnel check-points dlq dlq-replay clean
+.PHONY: run reset test test-sqlite fuzz fuzz-nightly migrate revision create-admin disable-staff bench profile know-data bench-know bench-funnel bench-targeting check-points dlq dlq-replay clean

@@ -247,6 +247,14 @@ async def insert_ignore(session: AsyncSession, table, rows: list[dict]) -> int:
     return result.rowcount  # type: ignore[attr-defined]
 
 
+async def insert_ignore_select(session: AsyncSession, table, columns: list[str], select_) -> None:
+    """INSERT ... SELECT, skipping rows that hit a unique key (MySQL ``INSERT IGNORE``, SQLite ``OR IGNORE``)."""
+    from sqlalchemy import insert
+
+    prefix = "OR IGNORE" if session.get_bind().dialect.name == "sqlite" else "IGNORE"
+    await session.execute(insert(table).from_select(columns, select_).prefix_with(prefix))
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """The database cannot be reached or is out of connections (answer UNAVAILABLE)."""
     from sqlalchemy.exc import TimeoutError as PoolTimeout

@@ -22,6 +22,7 @@ from mallkit.errors import NotFound, Unavailable
 
 MEMBER_NOT_FOUND = "MEMBER_NOT_FOUND"
 MEMBERS_UNAVAILABLE = "MEMBERS_UNAVAILABLE"
+SEGMENT_SNAPSHOT_NOT_FOUND = "SEGMENT_SNAPSHOT_NOT_FOUND"
 
 
 class MembersClient:
@@ -126,6 +127,33 @@ class MembersClient:
         return await self.stub().SendReach(mpb.SendReachRequest(
             member=f"members/{member_id}", template_id=template_id, data=data, page=page, purpose=purpose,
             request_id=request_id))
+
+    async def segment_page(self, snapshot: str, page_size: int, page_token: str,
+                           deadline: float = 10.0) -> tuple[list[int], mpb.SegmentSnapshot, str]:
+        """One page of a segment snapshot ("segments/{s}/snapshots/{version|latest}"): (member ids in id
+        order, the snapshot, next page token). NOT_FOUND ``SEGMENT_SNAPSHOT_NOT_FOUND`` on field ``segment``."""
+        try:
+            page = await self.stub().ListSegmentMembers(mpb.ListSegmentMembersRequest(
+                parent=snapshot, page_size=page_size, page_token=page_token), timeout=deadline)
+        except grpc.aio.AioRpcError as err:
+            raise _segment_error(err, snapshot) from None
+        return [int(m.rsplit("/", 1)[1]) for m in page.members], page.snapshot, page.next_page_token
+
+    async def in_segment(self, segment: str, member_id: int, deadline: float = 5.0) -> bool:
+        """Whether the member is in the latest snapshot of ``segment`` ("segments/{s}")."""
+        try:
+            resp = await self.stub().CheckSegmentMembership(mpb.CheckSegmentMembershipRequest(
+                segment=segment, member=f"members/{member_id}"), timeout=deadline)
+        except grpc.aio.AioRpcError as err:
+            raise _segment_error(err, segment) from None
+        return resp.member_in_segment
+
+
+def _segment_error(err: grpc.aio.AioRpcError, snapshot: str) -> Exception:
+    if err.code() == grpc.StatusCode.NOT_FOUND:
+        return NotFound("segment snapshot not found", reason=SEGMENT_SNAPSHOT_NOT_FOUND,
+                        metadata={"field": "segment", "snapshot": snapshot}, zh="分群快照不存在")
+    return translate(err, 0)
 
 
 def translate(err: grpc.aio.AioRpcError, member_id: int) -> Exception:

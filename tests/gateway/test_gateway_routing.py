@@ -92,7 +92,8 @@ def test_unknown_paths_and_methods():
 def test_only_rpcs_with_an_http_rule_get_routes():
     names = {r.method.name for r in table()}
     assert "GetMember" in names and "LoginWithWechat" in names
-    internal = {"AddGrowth", "SendReach", "GetMemberIdentity", "CheckPrincipals", "ListSegmentMembers"}
+    internal = {"AddGrowth", "SendReach", "GetMemberIdentity", "CheckPrincipals", "ListSegmentMembers",
+                "CheckSegmentMembership"}
     assert not internal & names
     service = SERVICES["members"].descriptor()
     assert names == {m.name for m in service.methods} - internal

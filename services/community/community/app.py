@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -36,6 +36,7 @@ from .quick_replies import QuickReplies
 from .quizzes import Quizzes
 from .servicer import CommunityServicer
 from .sharing import PendingView, Sharing
+from .targeting import Targeting
 
 SERVICE_DIR = Path(__file__).resolve().parent.parent  # holds alembic.ini and migrations/
 TABLES = Tables(outbox=OutboxEvents, inbox=InboxEvents, idempotency=IdempotencyKeys)
@@ -55,6 +56,7 @@ class CommunityApp(ServiceApp):
     quick_replies: QuickReplies
     clock: Callable[[], datetime] = utcnow
     servicer: CommunityServicer | None = None
+    targeting: Targeting | None = None
 
     @property
     def outbox(self) -> Outbox:
@@ -71,7 +73,8 @@ def domain(settings: CommunitySettings, outbox: Outbox, pages: PageTokens) -> di
     """The sub-domain objects of the service, by name (also used by the demo seed)."""
     groups = Groups(pages, default_capacity=settings.default_capacity)
     activity = Activities(pages, outbox)
-    content = Content(groups, activity, pages, cache_seconds=settings.view_cache_seconds)
+    content = Content(groups, activity, pages, brand_timezone=settings.platform.brand_timezone,
+                      cache_seconds=settings.view_cache_seconds)
     return {
         "groups": groups,
         "memberships": Memberships(groups, outbox, pages),
@@ -91,6 +94,11 @@ def build(settings: CommunitySettings, engine: AsyncEngine | None = None, *, clo
     platform = Platform.create("community", settings, tables=TABLES, engine=engine)
     parts = domain(settings, platform.outbox, platform.tokens)
     app = CommunityApp(platform, clock=clock, **parts)
+    app.targeting = Targeting(sessions=platform.sessions, members=platform.members,
+                              brand_timezone=settings.platform.brand_timezone, daily_cap=settings.broadcast_daily_cap,
+                              page_size=settings.broadcast_page_size,
+                              lease=timedelta(seconds=settings.broadcast_lease_seconds),
+                              reach_concurrency=settings.broadcast_reach_concurrency)
     sharing: Sharing = parts["sharing"]
 
     async def write_views(rows: list[PendingView]) -> None:

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mall.community.v1 import community_service_pb2 as pb
 from mallkit.db import insert_ignore
-from mallkit.errors import NotFound
+from mallkit.errors import FailedPrecondition, NotFound
 from mallkit.pagination import PageTokens
 from mallkit.queries import get_or_not_found, keyset_page
 
@@ -18,6 +18,25 @@ from . import errors as reasons
 from .common import chunks
 from .groups import Groups
 from .models import Broadcast, BroadcastDay, Membership, Message
+
+
+async def deliver_in_app(s: AsyncSession, broadcast_id: int, round_no: int, day: date, member_ids: list[int],
+                         cap: int, now: datetime) -> list[int]:
+    """In-app messages to those of ``member_ids`` (distinct, sorted) under today's cap; returns them.
+
+    Set-wise: make sure a (member, day) counter row exists, lock the rows still under the cap,
+    bump those and insert their messages. Concurrent broadcasts serialize on the rows."""
+    await insert_ignore(s, BroadcastDay.__table__,
+                        [{"member_id": m, "day": day, "sent": 0, "last_broadcast_id": 0} for m in member_ids])
+    under = list((await s.execute(select(BroadcastDay.member_id).where(
+        BroadcastDay.day == day, BroadcastDay.member_id.in_(member_ids), BroadcastDay.sent < cap)
+        .order_by(BroadcastDay.member_id).with_for_update())).scalars())
+    if under:
+        await s.execute(update(BroadcastDay).where(BroadcastDay.day == day, BroadcastDay.member_id.in_(under))
+                        .values(sent=BroadcastDay.sent + 1, last_broadcast_id=broadcast_id))
+        await insert_ignore(s, Message.__table__, [
+            {"broadcast_id": broadcast_id, "round_no": round_no, "member_id": m, "deliver_time": now} for m in under])
+    return under
 
 
 class Broadcasts:
@@ -35,10 +54,9 @@ class Broadcasts:
                                member_ids: list[int], sender: str, now: datetime) -> Broadcast:
         """Deliver to each distinct target member at most ``daily_cap`` broadcasts per brand day.
 
-        Set-wise per chunk: make sure a (member, day) counter row exists, then
-        ``UPDATE ... SET sent = sent + 1, last_broadcast_id = :b WHERE sent < :cap``;
-        the rows this broadcast stamped are the members it reaches. Concurrent
-        broadcasts serialize on those rows, so the cap holds under any interleaving.
+        Set-wise per chunk (:func:`deliver_in_app`): the counter rows under the cap are
+        locked and bumped; concurrent broadcasts serialize on those rows, so the cap
+        holds under any interleaving.
         """
         for gid in group_ids:
             await self.groups.group(s, gid)
@@ -55,22 +73,19 @@ class Broadcasts:
         await s.flush()
         delivered = 0
         for chunk in chunks(sorted(int(m) for m in targets)):
-            await insert_ignore(s, BroadcastDay.__table__,
-                                [{"member_id": m, "day": day, "sent": 0, "last_broadcast_id": 0} for m in chunk])
-            await s.execute(
-                update(BroadcastDay)
-                .where(BroadcastDay.day == day, BroadcastDay.member_id.in_(chunk),
-                       BroadcastDay.sent < self.daily_cap)
-                .values(sent=BroadcastDay.sent + 1, last_broadcast_id=b.id))
-            reached = (await s.execute(select(BroadcastDay.member_id).where(
-                BroadcastDay.day == day, BroadcastDay.member_id.in_(chunk), BroadcastDay.last_broadcast_id == b.id))
-            ).scalars().all()
-            if reached:
-                await insert_ignore(s, Message.__table__, [
-                    {"broadcast_id": b.id, "member_id": m, "deliver_time": now} for m in sorted(reached)])
-            delivered += len(reached)
+            delivered += len(await deliver_in_app(s, b.id, 0, day, chunk, self.daily_cap, now))
         b.delivered_count = delivered
         b.capped_count = len(targets) - delivered
+        await s.flush()
+        return b
+
+    async def create_segment_broadcast(self, s: AsyncSession, *, fields: dict, sender: str, now: datetime) -> Broadcast:
+        """A broadcast to a segment, SCHEDULED: the job starts its rounds (``targeting.py``)."""
+        b = Broadcast(sender=sender, day=self.brand_day(now), target_groups="", target_members="", target_count=0,
+                      delivered_count=0, capped_count=0, opened_count=0, clicked_count=0, create_time=now,
+                      state=pb.BROADCAST_STATE_SCHEDULED, next_round_time=fields.get("send_time") or now, round_count=0,
+                      reach_sent_count=0, reach_skipped_count=0, **fields)
+        s.add(b)
         await s.flush()
         return b
 
@@ -78,6 +93,14 @@ class Broadcasts:
         return await get_or_not_found(s, Broadcast, broadcast_id, lambda: NotFound(
             "broadcast not found", reason=reasons.BROADCAST_NOT_FOUND,
             resource=("broadcast", f"broadcasts/{broadcast_id}"), zh="群发不存在"))
+
+    async def cancel(self, s: AsyncSession, b: Broadcast) -> None:
+        done = await s.execute(update(Broadcast).where(Broadcast.id == b.id, Broadcast.state == pb.BROADCAST_STATE_SCHEDULED)
+                               .values(state=pb.BROADCAST_STATE_CANCELLED, next_round_time=None))
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            raise FailedPrecondition("only a scheduled broadcast can be cancelled", reason=reasons.BROADCAST_NOT_SCHEDULED,
+                                     metadata={"broadcast": f"broadcasts/{b.id}"}, zh="该群发不是待发送状态")
+        await s.refresh(b)
 
     async def list_broadcasts(self, s: AsyncSession, size: int, token: str) -> tuple[list[Broadcast], str]:
         return await keyset_page(s, select(Broadcast), key=Broadcast.id.desc(), tokens=self.pages, page_size=size,

@@ -6,7 +6,8 @@ import secrets
 import time
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import select
@@ -51,6 +52,20 @@ def unchanging(p) -> bool:
 
 def new_code(length: int) -> str:
     return "".join(secrets.choice(_CODE_ALPHABET) for _ in range(length))
+
+
+def next_daily(first: datetime, after: datetime, tz: ZoneInfo, end: datetime | None = None) -> datetime | None:
+    """The next occurrence strictly after ``after`` of ``first``'s time of day in ``tz`` (e.g. 15:00
+    Asia/Shanghai every day), never before ``first``; None past ``end``."""
+    local_first, local_after = first.astimezone(tz), after.astimezone(tz)
+    day = local_after.date()
+    while True:
+        candidate = datetime.combine(day, local_first.time(), tzinfo=tz)
+        if candidate > local_after and candidate >= local_first:
+            break
+        day += timedelta(days=1)
+    out = candidate.astimezone(after.tzinfo)
+    return None if end is not None and out > end else out
 
 
 def ts(dt: datetime | None) -> Timestamp:

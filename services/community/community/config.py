@@ -20,6 +20,13 @@ class CommunitySettings(ServiceSettings):
     activity_window_days: int = Field(30, ge=1, le=366, description="Default window of 'active in community'")
     publish_interval_seconds: float = Field(5.0, gt=0, description="How often scheduled posts are published")
     close_interval_seconds: float = Field(30.0, gt=0, description="How often ended flash groups are closed")
+    broadcast_interval_seconds: float = Field(5.0, gt=0, description="How often due segment broadcast rounds are run")
+    broadcast_page_size: int = Field(500, ge=1, le=1000,
+                                     description="Members per page (and per transaction) of a segment broadcast round")
+    broadcast_lease_seconds: float = Field(120.0, gt=0,
+                                           description="Lease of a runner on a broadcast round, renewed every page")
+    broadcast_reach_concurrency: int = Field(16, ge=1, le=200,
+                                             description="Subscribe messages of a round sent through reach at once")
     view_batch_rows: int = Field(500, ge=1, le=5000, description="Views written in one multi-row INSERT at most")
     view_batch_delay_seconds: float = Field(
         0.005, ge=0, le=60, description="How long a batch of views waits to fill before it is written")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,7 +17,7 @@ from mallkit.queries import keyset_page
 
 from . import errors as reasons
 from .activity import ACT_POST, ACT_REACTION, ACT_REPLY, Activities
-from .common import Recent, insert_once, unchanging
+from .common import Recent, insert_once, next_daily, unchanging
 from .groups import Groups
 from .models import Post, Reaction, Reply
 
@@ -26,7 +27,9 @@ def quiz_options(p: Post) -> list[str]:
 
 
 class Content:
-    def __init__(self, groups: Groups, activity: Activities, pages: PageTokens, cache_seconds: float = 0.0):
+    def __init__(self, groups: Groups, activity: Activities, pages: PageTokens, *, brand_timezone: str,
+                 cache_seconds: float = 0.0):
+        self.tz = ZoneInfo(brand_timezone)
         self.groups = groups
         self.activity = activity
         self.pages = pages
@@ -79,7 +82,9 @@ class Content:
 
     async def publish_due(self, s: AsyncSession, now: datetime, limit: int = 100) -> list[int]:
         """Publish scheduled posts whose time has come. Each post is claimed by a conditional
-        UPDATE (state SCHEDULED -> PUBLISHED): with several replicas, exactly one wins."""
+        UPDATE (state SCHEDULED -> PUBLISHED): with several replicas, exactly one wins; the winner
+        of a daily post schedules its next copy in the same transaction (the next brand-local
+        occurrence of its time of day after now)."""
         due = (await s.execute(select(Post.id).where(Post.state == pb.POST_STATE_SCHEDULED, Post.publish_time <= now)
                                .order_by(Post.id).limit(limit))).scalars().all()
         won = []
@@ -89,7 +94,19 @@ class Content:
                 .values(state=pb.POST_STATE_PUBLISHED, published_time=now))
             if claimed.rowcount == 1:  # type: ignore[attr-defined]
                 won.append(post_id)
+                p = await s.get(Post, post_id)
+                if p is not None and p.daily:
+                    await self._schedule_next(s, p, now)
         return won
+
+    async def _schedule_next(self, s: AsyncSession, p: Post, now: datetime) -> None:
+        keep = {c.key: getattr(p, c.key) for c in Post.__table__.columns
+                if c.key not in ("id", "state", "publish_time", "published_time", "coupon_claimed", "create_time")}
+        nxt = next_daily(p.publish_time, max(now, p.publish_time), self.tz)
+        assert nxt is not None
+        s.add(Post(**keep, state=pb.POST_STATE_SCHEDULED, publish_time=nxt, published_time=None, coupon_claimed=0,
+                   create_time=now))
+        await s.flush()
 
     @staticmethod
     def require_published(p: Post) -> None:

@@ -37,6 +37,15 @@ class MembersDirectory:
         return {name: TierInfo(t.name, t.display_name, t.growth_threshold, frozenset(t.benefits.flags))
                 for name, t in (await self.members.tiers()).items()}
 
+    async def in_segment(self, segment: str, member_id: int) -> bool:
+        """Whether the member is in the latest snapshot of the segment key."""
+        return await self.members.in_segment(f"segments/{segment}", member_id)
+
+    async def snapshot(self, segment: str, version: int) -> tuple[int, int]:
+        """(version, member count) of a snapshot of the segment key (0: the latest); NOT_FOUND otherwise."""
+        _, snap, _ = await self.members.segment_page(f"segments/{segment}/snapshots/{version or 'latest'}", 1, "")
+        return snap.version, snap.member_count
+
     async def is_active_guide(self, staff_id: int) -> bool:
         """Whether the staff account exists, is not disabled and has the guide role (a group's owner)."""
         st = await self.members.staff(staff_id)

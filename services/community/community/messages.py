@@ -53,6 +53,7 @@ def group_pb(g: Group, now: datetime, *, joined: bool = False, show_code: bool =
     if g.type == pb.GROUP_TYPE_VIP:
         out.vip_rule.allowed_tiers.extend(f"tiers/{i}" for i in vip_tier_ids(g))
         out.vip_rule.min_growth_threshold = g.vip_min_threshold
+        out.vip_rule.segment = f"segments/{g.vip_segment}" if g.vip_segment else ""
     set_time(out.end_time, g.end_time)
     set_time(out.create_time, g.create_time)
     return out
@@ -87,6 +88,7 @@ def post_pb(p: Post, reveal_answer: bool = False) -> pb.Post:
             out.quiz.correct_option = p.quiz_correct
     set_time(out.publish_time, p.publish_time)
     set_time(out.create_time, p.create_time)
+    out.daily = p.daily
     return out
 
 
@@ -104,9 +106,15 @@ def broadcast_pb(b: Broadcast) -> pb.Broadcast:
         groups=[f"groups/{g}" for g in b.target_groups.split(",") if g],
         members=[f"members/{m}" for m in b.target_members.split(",") if m],
         target_count=b.target_count, delivered_count=b.delivered_count, capped_count=b.capped_count,
-        opened_count=b.opened_count, clicked_count=b.clicked_count, sender=b.sender,
+        opened_count=b.opened_count, clicked_count=b.clicked_count, sender=b.sender, state=b.state,
+        segment=f"segments/{b.segment}" if b.segment else "", segment_version=b.segment_version,
+        subscribe_message=b.subscribe_message, template_id=b.template_id, daily=b.daily, round_count=b.round_count,
+        reach_sent_count=b.reach_sent_count, reach_skipped_count=b.reach_skipped_count,
     )
     set_time(out.create_time, b.create_time)
+    set_time(out.send_time, b.send_time)
+    set_time(out.end_time, b.end_time)
+    set_time(out.next_round_time, b.next_round_time)
     return out
 
 

@@ -43,6 +43,7 @@ class Group(Base):
     end_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     vip_tiers: Mapped[str] = mapped_column(String(255), default="")  # comma-separated tier ids
     vip_min_threshold: Mapped[int] = mapped_column(BigInteger, default=0)
+    vip_segment: Mapped[str] = mapped_column(String(64), default="")  # segment key; "" = no segment rule
     stage: Mapped[str] = mapped_column(String(32), default="")
     region: Mapped[str] = mapped_column(String(32), default="")
     owner_staff_id: Mapped[int] = mapped_column(BigInteger)
@@ -111,6 +112,7 @@ class Post(Base):
     publish_time: Mapped[datetime] = mapped_column(UTCDateTime())
     published_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    daily: Mapped[bool] = mapped_column(Boolean, default=False)  # published again every day (a new post each)
     __table_args__ = (
         Index("ix_posts_state_publish_time", "state", "publish_time"),
         Index("ix_posts_group_id_id", "group_id", "id"),
@@ -238,6 +240,54 @@ class Broadcast(Base):
     opened_count: Mapped[int] = mapped_column(Integer, default=0)
     clicked_count: Mapped[int] = mapped_column(Integer, default=0)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    # --- segment broadcasts (delivered by the job in rounds: targeting.py) ---
+    state: Mapped[int] = mapped_column(SmallInteger, default=1)  # BroadcastState; 1 = SENT
+    segment: Mapped[str] = mapped_column(String(64), default="")  # the segment key
+    segment_version: Mapped[int] = mapped_column(Integer, default=0)  # 0: the latest at each round
+    subscribe_message: Mapped[bool] = mapped_column(Boolean, default=False)
+    template_id: Mapped[str] = mapped_column(String(64), default="")
+    send_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    daily: Mapped[bool] = mapped_column(Boolean, default=False)
+    end_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    next_round_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    round_count: Mapped[int] = mapped_column(Integer, default=0)
+    reach_sent_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    reach_skipped_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    __table_args__ = (Index("ix_broadcasts_state_next_round_time", "state", "next_round_time"),)
+
+
+class BroadcastRound(Base):
+    """One round of a segment broadcast (the only one, or one per day): a snapshot paged under a lease."""
+
+    __tablename__ = "broadcast_rounds"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    broadcast_id: Mapped[int] = mapped_column(BigInteger)
+    round_no: Mapped[int] = mapped_column(Integer)
+    due_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    day: Mapped[date] = mapped_column(Date)  # brand day of due_time (the in-app cap's day)
+    snapshot_version: Mapped[int] = mapped_column(Integer, default=0)  # resolved on the first page
+    cursor: Mapped[str] = mapped_column(String(512), default="")
+    paged: Mapped[bool] = mapped_column(Boolean, default=False)  # every page delivered in-app
+    done: Mapped[bool] = mapped_column(Boolean, default=False)  # and every subscribe message settled
+    lease_owner: Mapped[str] = mapped_column(String(36), default="")
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    target_count: Mapped[int] = mapped_column(Integer, default=0)
+    delivered_count: Mapped[int] = mapped_column(Integer, default=0)
+    capped_count: Mapped[int] = mapped_column(Integer, default=0)
+    reach_sent_count: Mapped[int] = mapped_column(Integer, default=0)
+    reach_skipped_count: Mapped[int] = mapped_column(Integer, default=0)
+    __table_args__ = (UniqueConstraint("broadcast_id", "round_no"), Index("ix_broadcast_rounds_done", "done"))
+
+
+class BroadcastDelivery(Base):
+    """A member of a round: the key that makes each (broadcast, round, member) happen once, with the
+    state of its subscribe message (0 none asked, 1 pending, 2 sent, 3 skipped by reach)."""
+
+    __tablename__ = "broadcast_deliveries"
+    round_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    reach_state: Mapped[int] = mapped_column(SmallInteger, default=0)
+    reach_outcome: Mapped[str] = mapped_column(String(32), default="")
 
 
 class BroadcastDay(Base):
@@ -256,12 +306,13 @@ class Message(Base):
     __tablename__ = "messages"
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
     broadcast_id: Mapped[int] = mapped_column(ForeignKey("broadcasts.id"))
+    round_no: Mapped[int] = mapped_column(Integer, default=0)  # 0: a broadcast delivered when created
     member_id: Mapped[int] = mapped_column(BigInteger)
     deliver_time: Mapped[datetime] = mapped_column(UTCDateTime())
     open_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     click_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     __table_args__ = (
-        UniqueConstraint("broadcast_id", "member_id"),
+        UniqueConstraint("broadcast_id", "round_no", "member_id"),
         Index("ix_messages_member_id_id", "member_id", "id"),
     )
 

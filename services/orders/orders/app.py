@@ -2,7 +2,7 @@
 
 Nothing is created at import time; tests build the app with their own
 settings (database, ports, WeChat Pay simulator) and call ``start``/``stop``.
-The sub-domains (``catalog``, ``cart``, ``addresses``, ``coupons``,
+The sub-domains (``catalog``, ``cart``, ``addresses``, ``coupons``, ``campaigns``,
 ``checkout``, ``lifecycle``, ``payment``, ``flash_sales``, ``group_buying``,
 ``bargains``, ``reviews``, ``journey``) are built here with their explicit dependencies. Background work of
 the process (the outbox relay to NATS, the consumers of ``events.py`` and the
@@ -25,6 +25,7 @@ from mallkit.wechatpay import WechatPay
 from . import events, jobs
 from .addresses import Addresses
 from .bargain import Bargains
+from .campaigns import CouponCampaigns
 from .cart import Cart
 from .catalog import Catalog
 from .checkout import Checkout
@@ -54,6 +55,7 @@ class OrdersApp(ServiceApp):
     cart: Cart
     addresses: Addresses
     coupons: Coupons
+    campaigns: CouponCampaigns
     checkout: Checkout
     lifecycle: Lifecycle
     payment: Payment
@@ -91,6 +93,9 @@ def build(settings: OrdersSettings, engine: AsyncEngine | None = None) -> Orders
     addresses = Addresses(pages=pages)
     cart = Cart(catalog=catalog, pages=pages)
     coupons = Coupons(catalog=catalog, pages=pages)
+    campaigns = CouponCampaigns(sessions=sessions, members=platform.members, coupons=coupons, pages=pages,
+                                page_size=settings.campaign_page_size,
+                                lease=timedelta(seconds=settings.campaign_lease_seconds))
     checkout = Checkout(addresses=addresses, coupons=coupons, cart=cart, members=members, pay_timeout=pay_timeout)
     flash_sales = FlashSales(catalog=catalog, addresses=addresses, pay_timeout=pay_timeout,
                              soldout_ttl=settings.flash_soldout_ttl_seconds)
@@ -104,10 +109,10 @@ def build(settings: OrdersSettings, engine: AsyncEngine | None = None) -> Orders
     payment = Payment(sessions=sessions, outbox=outbox, pay=pay, members=members, lifecycle=lifecycle,
                       group_buying=group_buying, journey=journey, care_after=timedelta(days=settings.care_after_days))
     servicer = OrdersServicer(sessions=sessions, idem=platform.idempotency, catalog=catalog, cart=cart,
-                              addresses=addresses, coupons=coupons, checkout=checkout, lifecycle=lifecycle,
+                              addresses=addresses, coupons=coupons, campaigns=campaigns, checkout=checkout, lifecycle=lifecycle,
                               payment=payment, flash_sales=flash_sales, group_buying=group_buying,
                               bargains=bargains, reviews=reviews, members=members)
-    app = OrdersApp(platform, pay, members, catalog, cart, addresses, coupons, checkout, lifecycle, payment,
+    app = OrdersApp(platform, pay, members, catalog, cart, addresses, coupons, campaigns, checkout, lifecycle, payment,
                     flash_sales, group_buying, journey, bargains, reviews, servicer)
     platform.serve(app, domain=DOMAIN, handlers=events.HANDLERS, jobs=jobs.schedule(app),
                    servicers=[Servicer(pb.DESCRIPTOR.services_by_name["OrdersService"],

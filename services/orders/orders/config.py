@@ -44,6 +44,10 @@ class OrdersSettings(ServiceSettings):
     care_after_days: float = Field(3, description="Care message this many days after payment")
     jobs_enabled: bool = Field(True, description="Run the scheduled jobs in this process")
     jobs_interval_seconds: float = Field(5.0, description="Interval of the scheduled jobs")
+    campaign_page_size: int = Field(1000, ge=1, le=1000,
+                                    description="Members per page (and per transaction) of a coupon campaign")
+    campaign_lease_seconds: float = Field(120.0, gt=0,
+                                          description="Lease of a runner on a coupon campaign, renewed every page")
     reach_template_ids: dict[str, str] = Field(
         default_factory=lambda: {"payment_success": "tmpl-pay-ok", "care": "tmpl-care", "window_closed": "tmpl-window",
                                  "repurchase": "tmpl-repurchase", "pay_reminder": "tmpl-pay-reminder"},

@@ -63,6 +63,11 @@ async def run_journey(app: OrdersApp, now: datetime | None = None) -> int:
     return await app.journey.send_due(now or utcnow())
 
 
+async def run_campaigns(app: OrdersApp, now: datetime | None = None) -> int:
+    """Coupon campaigns with a free lease, each to its end (one page per transaction); returns pages issued."""
+    return await app.campaigns.run_due(now or utcnow())
+
+
 async def run_once(app: OrdersApp, now: datetime | None = None) -> None:
     await remind_unpaid(app, now)
     await cancel_overdue(app, now)
@@ -78,4 +83,5 @@ def schedule(app: OrdersApp) -> list[Job]:
     """The service's scheduled jobs, run by the platform's host (``ORDERS_JOBS_ENABLED``)."""
     if not app.settings.jobs_enabled:
         return []
-    return [Job("orders", app.settings.jobs_interval_seconds, lambda: run_once(app))]
+    return [Job("orders", app.settings.jobs_interval_seconds, lambda: run_once(app)),
+            Job("orders_campaigns", app.settings.jobs_interval_seconds, lambda: run_campaigns(app))]

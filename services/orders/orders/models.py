@@ -19,6 +19,9 @@ PENDING_PAYMENT, PAID, SHIPPED, COMPLETED, CANCELLED, REFUND_REQUESTED, REFUNDED
     pb.ORDER_STATE_PENDING_PAYMENT, pb.ORDER_STATE_PAID, pb.ORDER_STATE_SHIPPED, pb.ORDER_STATE_COMPLETED,
     pb.ORDER_STATE_CANCELLED, pb.ORDER_STATE_REFUND_REQUESTED, pb.ORDER_STATE_REFUNDED)
 COUPON_AVAILABLE, COUPON_USED = pb.COUPON_STATE_AVAILABLE, pb.COUPON_STATE_USED
+CAMPAIGN_RUNNING, CAMPAIGN_COMPLETED = pb.COUPON_CAMPAIGN_STATE_RUNNING, pb.COUPON_CAMPAIGN_STATE_COMPLETED
+# Outcomes of a campaign recipient (internal: no proto enum).
+RECIPIENT_ISSUED, RECIPIENT_LIMIT_REACHED, RECIPIENT_EXHAUSTED = 1, 2, 3
 GROUP_OPEN, GROUP_FULL, GROUP_FAILED = pb.GROUP_STATE_OPEN, pb.GROUP_STATE_FULL, pb.GROUP_STATE_FAILED
 BARGAIN_ACTIVE, BARGAIN_BOUGHT = pb.BARGAIN_STATE_ACTIVE, pb.BARGAIN_STATE_BOUGHT
 REVIEW_PENDING, REVIEW_APPROVED, REVIEW_REJECTED = (pb.REVIEW_STATE_PENDING, pb.REVIEW_STATE_APPROVED,
@@ -147,6 +150,40 @@ class Coupon(Base):
     issue_time: Mapped[datetime] = mapped_column(UTCDateTime())
     expire_time: Mapped[datetime] = mapped_column(UTCDateTime())
     __table_args__ = (Index("ix_coupons_member_id_id", "member_id", "id"),)
+
+
+class CouponCampaign(Base):
+    """A coupon template issued to a members' segment snapshot, page by page (``campaigns.py``).
+
+    ``cursor`` is the members' page token of the next snapshot page ("" before the first page);
+    it advances in the same transaction as the page's coupons, under the lease of ``lease_owner``.
+    """
+
+    __tablename__ = "coupon_campaigns"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    template_id: Mapped[int] = mapped_column(ForeignKey("coupon_templates.id"))
+    segment: Mapped[str] = mapped_column(String(64))  # the segment key
+    segment_version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[int] = mapped_column(SmallInteger)
+    member_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    issued_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    skipped_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    pages_done: Mapped[int] = mapped_column(Integer, default=0)
+    cursor: Mapped[str] = mapped_column(String(512), default="")
+    lease_owner: Mapped[str] = mapped_column(String(36), default="")
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    complete_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    __table_args__ = (Index("ix_coupon_campaigns_state", "state"),)
+
+
+class CouponCampaignRecipient(Base):
+    """One member of a campaign: the unique key that makes each member get one coupon at most."""
+
+    __tablename__ = "coupon_campaign_recipients"
+    campaign_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    outcome: Mapped[int] = mapped_column(SmallInteger)
 
 
 class Order(Base):

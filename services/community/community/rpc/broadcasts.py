@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from mall.community.v1 import community_service_pb2 as pb
 from mallkit.auth import member_scope, principal
 from mallkit.errors import InvalidArgument
@@ -11,14 +13,22 @@ from mallkit.validation import Validator
 
 from ..messages import (
     KEYWORD,
+    MAX_AHEAD,
     PAGE_PATH,
     URL,
     broadcast_pb,
     category_pb,
     message_pb,
     quick_reply_pb,
+    to_dt,
+    valid_time,
 )
 from .base import RpcBase
+
+
+def _is_set(msg, name: str) -> bool:
+    field = msg.DESCRIPTOR.fields_by_name[name]
+    return msg.HasField(name) if field.message_type is not None else bool(getattr(msg, name))
 
 
 class BroadcastsRpc(RpcBase):
@@ -29,7 +39,12 @@ class BroadcastsRpc(RpcBase):
         v.text("broadcast.text", b.text, max_len=1000, min_len=1)
         v.check(len(b.groups) <= 50, "broadcast.groups", "at most 50 groups")
         v.check(len(b.members) <= 1000, "broadcast.members", "at most 1000 members")
-        v.check(bool(b.groups) or bool(b.members), "broadcast.groups", "name target groups or members")
+        if b.segment:
+            v.check(not b.groups and not b.members, "broadcast.segment", "a segment broadcast names no groups or members")
+            return await self._segment_broadcast(request, v)
+        v.check(bool(b.groups) or bool(b.members), "broadcast.groups", "name target groups, members or a segment")
+        for name in ("subscribe_message", "template_id", "send_time", "daily", "end_time", "segment_version"):
+            v.check(not _is_set(b, name), f"broadcast.{name}", "only segment broadcasts are scheduled or sent by reach")
         v.done()
         if b.post:
             parse_ids(b.post, "groups/{}/posts/{}", "broadcast.post")
@@ -43,6 +58,46 @@ class BroadcastsRpc(RpcBase):
             return broadcast_pb(row)
 
         return await self._run(request, pb.Broadcast, use_case, required=True)
+
+    async def _segment_broadcast(self, request, v: Validator):
+        b, now = request.broadcast, self.clock()
+        v.check(not b.subscribe_message or bool(b.template_id), "broadcast.template_id",
+                "is required with subscribe_message")
+        v.check(bool(b.subscribe_message) or not b.template_id, "broadcast.template_id", "only with subscribe_message")
+        send_time = end_time = None
+        if b.HasField("send_time") and valid_time(v, "broadcast.send_time", b.send_time):
+            send_time = to_dt(b.send_time)
+            v.check(now - timedelta(minutes=5) <= send_time <= now + MAX_AHEAD, "broadcast.send_time",
+                    "must be now or in the future (within a year)")
+        v.check(not b.daily or send_time is not None, "broadcast.send_time", "is required for a daily broadcast")
+        if b.HasField("end_time") and valid_time(v, "broadcast.end_time", b.end_time):
+            end_time = to_dt(b.end_time)
+            v.check(b.daily, "broadcast.end_time", "only daily broadcasts have an end time")
+            v.check(send_time is None or end_time > send_time, "broadcast.end_time", "must be after send_time")
+        v.done()
+        if b.post:
+            parse_ids(b.post, "groups/{}/posts/{}", "broadcast.post")
+        segment = b.segment.removeprefix("segments/")
+        await self.directory.snapshot(segment, b.segment_version)  # NOT_FOUND on field segment before anything is written
+        fields = {"title": b.title, "text": b.text, "post": b.post, "segment": segment,
+                  "segment_version": b.segment_version, "subscribe_message": b.subscribe_message,
+                  "template_id": b.template_id, "send_time": send_time, "daily": b.daily, "end_time": end_time}
+        sender = principal().subject
+
+        async def use_case(s):
+            return broadcast_pb(await self.broadcasts.create_segment_broadcast(s, fields=fields, sender=sender, now=now))
+
+        return await self._run(request, pb.Broadcast, use_case, required=True)
+
+    async def CancelBroadcast(self, request, context):
+        broadcast_id = parse_id(request.name, "broadcasts", "name")
+
+        async def use_case(s):
+            b = await self.broadcasts.broadcast(s, broadcast_id)
+            await self.broadcasts.cancel(s, b)
+            return broadcast_pb(b)
+
+        return await self._run(request, pb.Broadcast, use_case)
 
     async def GetBroadcast(self, request, context):
         broadcast_id = parse_id(request.name, "broadcasts", "name")

@@ -87,6 +87,11 @@ class ContentRpc(RpcBase):
                 if member:
                     v.check(when <= now, "post.publish_time", "members cannot schedule posts")
                 fields["publish_time"] = max(when, now) if when > now else None
+        if p.daily:
+            v.check(not member, "post.daily", "members cannot schedule posts")
+            v.check(fields.get("publish_time") is not None, "post.publish_time",
+                    "a daily post needs a publish_time in the future (its time of day)")
+            fields["daily"] = True
         v.done()
         return fields
 

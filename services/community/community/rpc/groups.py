@@ -32,7 +32,13 @@ from .base import RpcBase
 
 class GroupsRpc(RpcBase):
 
+    async def _segment_check(self, g: Group, member_id: int) -> bool:
+        """A VIP group restricted to a segment admits the members of its latest snapshot only."""
+        return not g.vip_segment or await self.directory.in_segment(g.vip_segment, member_id)
+
     async def _vip_check(self, g: Group, member_id: int) -> tuple[bool, list, str]:
+        if g.vip_segment and not g.vip_tiers and g.vip_min_threshold <= 0:
+            return True, [], ""  # the segment alone decides
         tier = await self.directory.tier_of(member_id)
         tiers = await self.directory.tiers()
         ok, required = vip_verdict(g, tier, tiers)
@@ -44,7 +50,7 @@ class GroupsRpc(RpcBase):
         if g.join_policy != pb.JOIN_POLICY_OPEN or self.groups.group_state(g, now) != pb.GROUP_STATE_OPEN:
             return False
         if g.type == pb.GROUP_TYPE_VIP:
-            return (await self._vip_check(g, member_id))[0]
+            return (await self._vip_check(g, member_id))[0] and await self._segment_check(g, member_id)
         return True
 
     async def CreateGroup(self, request, context):
@@ -82,10 +88,13 @@ class GroupsRpc(RpcBase):
         fields = {
             "display_name": g.display_name, "description": g.description, "type": g.type, "category": g.category,
             "end_time": end_time, "vip_tiers": ",".join(str(t) for t in dict.fromkeys(tiers)),
-            "vip_min_threshold": g.vip_rule.min_growth_threshold, "stage": g.stage, "region": g.region,
+            "vip_min_threshold": g.vip_rule.min_growth_threshold,
+            "vip_segment": g.vip_rule.segment.removeprefix("segments/"), "stage": g.stage, "region": g.region,
             "owner_staff_id": owner, "capacity": g.capacity, "join_policy": g.join_policy or pb.JOIN_POLICY_OPEN,
         }
 
+        if fields["vip_segment"]:
+            await self.directory.snapshot(fields["vip_segment"], 0)  # NOT_FOUND unless it has a snapshot
         async def use_case(s):
             return group_pb(await self.groups.create_group(s, fields, now), now, show_code=True)
 
@@ -142,6 +151,11 @@ class GroupsRpc(RpcBase):
         async with admitted(self.sessions), self.sessions() as s:  # the platform's admission covers the read too
             g = await self.groups.group(s, group_id)
             already = await self.groups.is_member(s, group_id, member_id)
+        if g.type == pb.GROUP_TYPE_VIP and not already and not await self._segment_check(g, member_id):
+            raise FailedPrecondition(
+                "this VIP group admits only members of its segment", reason=reasons.NOT_IN_SEGMENT,
+                metadata={"group": f"groups/{group_id}", "segment": f"segments/{g.vip_segment}"},
+                zh="该群仅限指定会员加入")
         if g.type == pb.GROUP_TYPE_VIP and not already:
             ok, required, tier = await self._vip_check(g, member_id)
             if not ok:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 
 from google.protobuf import empty_pb2
+from sqlalchemy import select
 
 from mall.members.v1 import members_service_pb2 as pb
 from mallkit.errors import InvalidArgument
+from mallkit.names import parse_id
 from mallkit.pagination import page_size
 from mallkit.validation import Validator
 
 from ..messages import segment_pb, snapshot_pb, update_paths
+from ..models import SegmentSnapshotMember
 from ..rules import SEGMENT_KEY, rule_of
 from .base import RpcBase
 
@@ -113,3 +116,13 @@ class SegmentsRpc(RpcBase):
             ids, token = await self.segments.snapshot_members(s, snap, size, request.page_token)
         return pb.ListSegmentMembersResponse(members=[f"members/{i}" for i in ids], snapshot=snapshot_pb(m.group(1), snap),
                                              next_page_token=token)
+
+    async def CheckSegmentMembership(self, request, context):
+        key = segment_key(request.segment, "segment")
+        member_id = parse_id(request.member, "members", "member")
+        async with self.sessions() as s:
+            snap = await self.segments.snapshot(s, key, "latest")
+            sm = SegmentSnapshotMember
+            found = (await s.execute(select(sm.member_id).where(sm.snapshot_id == snap.id, sm.member_id == member_id))
+                     ).scalar_one_or_none()
+        return pb.CheckSegmentMembershipResponse(member_in_segment=found is not None, snapshot=snapshot_pb(key, snap))

@@ -17,6 +17,7 @@ from mallkit.idempotency import Idempotency
 
 from ..addresses import Addresses
 from ..bargain import Bargains
+from ..campaigns import CouponCampaigns
 from ..cart import Cart
 from ..catalog import Catalog
 from ..checkout import Checkout
@@ -38,7 +39,7 @@ from .promotions import FlashSaleRpcs, GroupBuyRpcs
 class OrdersServicer(CatalogRpcs, CartRpcs, CouponRpcs, OrderRpcs, FlashSaleRpcs, GroupBuyRpcs, BargainRpcs,
                      ReviewRpcs, pb_grpc.OrdersServiceServicer):
     def __init__(self, *, sessions: async_sessionmaker[AsyncSession], idem: Idempotency, catalog: Catalog, cart: Cart,
-                 addresses: Addresses, coupons: Coupons, checkout: Checkout, lifecycle: Lifecycle, payment: Payment,
+                 addresses: Addresses, coupons: Coupons, campaigns: CouponCampaigns, checkout: Checkout, lifecycle: Lifecycle, payment: Payment,
                  flash_sales: FlashSales, group_buying: GroupBuying, bargains: Bargains, reviews: Reviews,
                  members: MemberReads):
         self.sessions = sessions
@@ -47,6 +48,7 @@ class OrdersServicer(CatalogRpcs, CartRpcs, CouponRpcs, OrderRpcs, FlashSaleRpcs
         self.cart = cart
         self.addresses = addresses
         self.coupons = coupons
+        self.campaigns = campaigns
         self.checkout = checkout
         self.lifecycle = lifecycle
         self.payment = payment

@@ -11,6 +11,7 @@ from mallkit.names import parse_id
 
 from ..addresses import Addresses
 from ..bargain import Bargains
+from ..campaigns import CouponCampaigns
 from ..cart import Cart
 from ..catalog import Catalog
 from ..checkout import Checkout
@@ -30,6 +31,7 @@ class ServicerBase:
     cart: Cart
     addresses: Addresses
     coupons: Coupons
+    campaigns: CouponCampaigns
     checkout: Checkout
     lifecycle: Lifecycle
     payment: Payment

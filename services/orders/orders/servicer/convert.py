@@ -14,6 +14,7 @@ from ..models import (
     BargainHelp,
     Category,
     Coupon,
+    CouponCampaign,
     CouponTemplate,
     FlashSale,
     GroupBuy,
@@ -60,6 +61,16 @@ def template_pb(t: CouponTemplate) -> pb.CouponTemplate:
         percent=t.percent, threshold_fen=t.threshold_fen, category=f"categories/{t.category_id}" if t.category_id else "",
         valid_days=t.valid_days, per_member_limit=t.per_member_limit, total_quantity=t.total_quantity,
         issued_count=t.issued_count, claimable=t.claimable, welcome=t.welcome)
+
+
+def campaign_pb(c: CouponCampaign) -> pb.CouponCampaign:
+    out = pb.CouponCampaign(
+        name=f"couponCampaigns/{c.id}", coupon_template=f"couponTemplates/{c.template_id}", segment=f"segments/{c.segment}",
+        segment_version=c.segment_version, state=c.state, member_count=c.member_count, issued_count=c.issued_count,
+        skipped_count=c.skipped_count, pages_done=c.pages_done)
+    _ts(out.create_time, c.create_time)
+    _ts(out.complete_time, c.complete_time)
+    return out
 
 
 def coupon_pb(c: Coupon) -> pb.Coupon:

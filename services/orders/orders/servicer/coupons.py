@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from mall.orders.v1 import orders_service_pb2 as pb
 from mallkit.auth import member_scope
+from mallkit.db import utcnow
 from mallkit.names import parse_id
 from mallkit.pagination import page_size
 from mallkit.validation import Validator
 
 from .base import ServicerBase
-from .convert import coupon_pb, template_pb
+from .convert import campaign_pb, coupon_pb, template_pb
 
 
 class CouponRpcs(ServicerBase):
@@ -79,3 +80,23 @@ class CouponRpcs(ServicerBase):
         size = page_size(request.page_size)
         rows, token = await self._read(lambda s: self.coupons.list_of(s, member_id, size, request.page_token))
         return pb.ListCouponsResponse(coupons=[coupon_pb(c) for c in rows], next_page_token=token)
+
+    async def CreateCouponCampaign(self, request, context):
+        c = request.coupon_campaign
+        tid = parse_id(c.coupon_template, "couponTemplates", "coupon_campaign.coupon_template")
+        segment = c.segment.removeprefix("segments/")
+        version, count = await self.campaigns.resolve(segment, c.segment_version)
+        now = utcnow()
+
+        async def run(s):
+            return campaign_pb(await self.campaigns.create(s, tid, segment, version, count, now))
+        return await self.idem.run(request, pb.CouponCampaign, run)
+
+    async def GetCouponCampaign(self, request, context):
+        cid = parse_id(request.name, "couponCampaigns", "name")
+        return campaign_pb(await self._read(lambda s: self.campaigns.campaign(s, cid)))
+
+    async def ListCouponCampaigns(self, request, context):
+        size = page_size(request.page_size)
+        rows, token = await self._read(lambda s: self.campaigns.list_campaigns(s, size, request.page_token))
+        return pb.ListCouponCampaignsResponse(coupon_campaigns=[campaign_pb(c) for c in rows], next_page_token=token)
