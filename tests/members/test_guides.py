@@ -335,6 +335,12 @@ async def test_guide_routes_over_http_refuse_members(members, gateway):
     assert r.status_code == 200 and r.json()["state"] == "GUIDE_TASK_ITEM_STATE_DONE", r.text
     report = (await gateway.get(f"/v1/{task}/report", headers=admin)).json()
     assert report["task"]["completedCount"] == 1 and report["reachedMemberCount"] == 1
+    export = await gateway.get(f"/v1/{task}/report:export", params={"outcomeDays": 30}, headers=admin)
+    assert export.status_code == 200 and export.headers["content-type"].startswith("text/csv"), export.text
+    lines = export.text.splitlines()
+    assert lines[0].startswith("level,key,items,completed,done")
+    assert lines[1].split(",")[:5] == ["task", task, "1", "1", "1"] and lines[1].split(",")[8:10] == ["30", "1"]
+    assert any(line.startswith(f"guide,staff/{shop.g1},1,1,") for line in lines[2:]), export.text
     r = await gateway.post("/v1/guideTasks", json={"displayName": "x", "snapshot": "segments/nope!", "script": "s",
                                                    "dueTime": due}, headers=admin)
     assert r.status_code == 400 and "guide_task.snapshot" in r.text
@@ -344,7 +350,7 @@ async def test_guide_routes_over_http_refuse_members(members, gateway):
              ("GET", f"/v1/members/{mid}/guideAssignments", None), ("GET", f"/v1/staff/{shop.g1}/members", None),
              ("POST", "/v1/guideTasks", {"displayName": "x"}), ("GET", f"/v1/{task}", None),
              ("GET", f"/v1/{task}/items", None), ("POST", f"/v1/{items[0]['name']}:complete", {}),
-             ("GET", f"/v1/{task}/report", None)]
+             ("GET", f"/v1/{task}/report", None), ("GET", f"/v1/{task}/report:export", None)]
     for method, path, body in calls:
         r = await gateway.request(method, path, json=body, headers=member)
         assert r.status_code == 403, (path, r.text)

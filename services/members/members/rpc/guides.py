@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from mall.members.v1 import members_service_pb2 as pb
 from mallkit.auth import principal
+from mallkit.csvbody import csv_body
 from mallkit.db import utcnow
 from mallkit.errors import InvalidArgument
 from mallkit.names import parse_id, parse_ids
@@ -64,6 +65,15 @@ def completion_pb(c: Completion) -> pb.GuideTaskCompletion:
     return pb.GuideTaskCompletion(key=c.key, item_count=c.items, completed_count=c.completed, done_count=c.done,
                                   unreachable_count=c.unreachable, declined_count=c.declined,
                                   completion_rate=c.completed / c.items if c.items else 0.0)
+
+
+GUIDE_TASK_COLUMNS = ["level", "key", "items", "completed", "done", "unreachable", "declined", "completion_rate",
+                      "outcome_days", "reached_members", "reached_buyers", "rest_members", "rest_buyers"]
+
+
+def _completion_row(c: pb.GuideTaskCompletion) -> list:
+    return [c.item_count, c.completed_count, c.done_count, c.unreachable_count, c.declined_count,
+            round(c.completion_rate, 4)]
 
 
 def report_pb(name: str, days: int, r: Report) -> pb.GuideTaskReport:
@@ -197,6 +207,18 @@ class GuidesRpc(RpcBase):
         return await self.idem.run(request, pb.GuideTaskItem, use_case)
 
     async def GetGuideTaskReport(self, request, context):
+        return await self._report(request)
+
+    async def ExportGuideTaskReport(self, request, context):
+        r = await self._report(request)
+        outcome = [r.outcome_days, r.reached_member_count, r.reached_buyer_count, r.rest_member_count,
+                   r.rest_buyer_count]
+        rows = [["task", r.name.removesuffix("/report"), *_completion_row(r.task), *outcome]]
+        rows += [["guide", c.key, *_completion_row(c), *[""] * len(outcome)] for c in r.guides]
+        rows += [["store", c.key, *_completion_row(c), *[""] * len(outcome)] for c in r.stores]
+        return csv_body(GUIDE_TASK_COLUMNS, rows)
+
+    async def _report(self, request) -> pb.GuideTaskReport:
         if not request.name.endswith("/report"):
             raise InvalidArgument.field("name", "must look like guideTasks/{id}/report")
         task_id = parse_id(request.name.removesuffix("/report"), "guideTasks", "name")
