@@ -35,7 +35,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import grpc
 from opentelemetry import context, propagate, trace
@@ -117,6 +117,9 @@ def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> tr
     return trace.get_tracer_provider()
 
 
+_T = TypeVar("_T")
+
+
 class Sampling(NamedTuple):
     """What an edge (the gateway, a service's gRPC server) decided before any instrumentation ran."""
 
@@ -153,7 +156,7 @@ def presample(carrier: Mapping[str, str], name: str, kind: SpanKind,
     return Sampling(False, context=trace.set_span_in_context(span, parent))
 
 
-def _run_with(behavior, response_streaming: bool, enter: Callable[[], object], leave: Callable[[object], None]):
+def _run_with(behavior, response_streaming: bool, enter: Callable[[], _T], leave: Callable[[_T], None]):
     """An RPC behaviour that runs ``behavior`` between ``enter()`` and ``leave(token)``."""
     if response_streaming:
         async def stream(request, servicer_context):
@@ -205,7 +208,7 @@ class SampledServerInterceptor(grpc.aio.ServerInterceptor):
             trace_id = decision.preset
             return _wrap_rpc_behavior(handler, lambda behavior, _req, streaming: _run_with(
                 behavior, streaming, lambda: preset_trace_id.set(trace_id), preset_trace_id.reset))
-        unsampled = decision.context
+        unsampled = decision.context or context.get_current()
         return _wrap_rpc_behavior(await continuation(handler_call_details), lambda behavior, _req, streaming: _run_with(
             behavior, streaming, lambda: context.attach(unsampled), context.detach))
 
