@@ -7,6 +7,7 @@ import time
 import uuid
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import Tracer, TracerProvider
 from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
 from opentelemetry.trace import SpanKind
@@ -15,18 +16,28 @@ from mall.members.v1 import members_service_pb2 as pb
 from mallkit.telemetry import PresetIdGenerator, presample
 
 
+class Started(list):
+    """Spans the SDK starts in this process (recorded or not): (name, trace id of the parent, task)."""
+
+    def of_trace(self, trace_id: str) -> list[str]:
+        return [name for name, parent, _ in self if parent == trace_id]
+
+    def in_this_task(self) -> list[str]:
+        return [name for name, _, task in self if task is asyncio.current_task()]
+
+
 @pytest.fixture
 def started(monkeypatch):
-    """Every span the SDK starts in this process (recorded or not), by name."""
-    names: list[str] = []
+    seen = Started()
     original = Tracer.start_span
 
-    def spy(self, name, *args, **kwargs):
-        names.append(name)
-        return original(self, name, *args, **kwargs)
+    def spy(self, name, context=None, *args, **kwargs):
+        parent = trace.get_current_span(context).get_span_context()
+        seen.append((name, format(parent.trace_id, "032x") if parent.is_valid else "", asyncio.current_task()))
+        return original(self, name, context, *args, **kwargs)
 
     monkeypatch.setattr(Tracer, "start_span", spy)
-    return names
+    return seen
 
 
 def traceparent(trace_id: str, sampled: bool) -> tuple[str, str]:
@@ -46,11 +57,10 @@ async def finished(spans, trace_id: str, want: int, deadline: float = 10.0) -> l
 async def test_unsampled_call_starts_no_span_in_the_service(members, spans, started):
     _, md = await members.login()
     trace_id = uuid.uuid4().hex
-    started.clear()
     me = await members.stub.GetMember(pb.GetMemberRequest(name="members/me"),
                                       metadata=(*md, traceparent(trace_id, sampled=False)))
     assert me.name.startswith("members/")
-    assert started == []  # no server span, no SQL span: not even started and dropped
+    assert started.of_trace(trace_id) == []  # no server span, no SQL span: not even started and dropped
     assert await finished(spans, trace_id, want=1, deadline=0.2) == []
 
 
@@ -69,11 +79,11 @@ async def test_sampled_call_yields_server_and_sql_spans_under_the_callers_trace(
 async def test_unsampled_http_request_starts_no_span_anywhere(gateway, members, started):
     """Gateway, its outgoing gRPC call, the members server and its SQL: nothing started."""
     session = (await gateway.post("/v1/members:loginWithWechat", json={"code": f"u{uuid.uuid4().hex[:10]}#1"})).json()
-    started.clear()
+    trace_id = uuid.uuid4().hex
     r = await gateway.get("/v1/members/me", headers={"authorization": f"Bearer {session['accessToken']}",
-                                                      "traceparent": f"00-{uuid.uuid4().hex}-{'3' * 16}-00"})
+                                                      "traceparent": f"00-{trace_id}-{'3' * 16}-00"})
     assert r.status_code == 200
-    assert started == []
+    assert started.of_trace(trace_id) == []
 
 
 async def test_sql_outside_a_recording_span_starts_no_span(members, started):
@@ -81,7 +91,7 @@ async def test_sql_outside_a_recording_span_starts_no_span(members, started):
 
     async with members.engine.connect() as conn:
         assert (await conn.execute(text("SELECT 1"))).scalar() == 1
-    assert started == []
+    assert started.in_this_task() == []
 
 
 def test_presample_follows_the_parent_flag_and_the_ratio_for_roots():
@@ -94,8 +104,6 @@ def test_presample_follows_the_parent_flag_and_the_ratio_for_roots():
     assert presample(sampled, "m", SpanKind.SERVER, never) == (True, None, None)  # a sampled parent wins
     skip = presample(unsampled, "m", SpanKind.SERVER, always)
     assert not skip.traced
-    from opentelemetry import trace
-
     span = trace.get_current_span(skip.context).get_span_context()
     assert format(span.trace_id, "032x") == trace_id and not span.trace_flags.sampled
 
