@@ -203,9 +203,9 @@ class Run:
         self.env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
         return self
 
-    def start_members(self, member_ids) -> None:
+    def start_members(self, member_ids, guide_ids=()) -> None:
         """members on SQLite, answering the principal checks of another service."""
-        self.procs["members"] = start_members(self.env, self.tmp, member_ids)
+        self.procs["members"] = start_members(self.env, self.tmp, member_ids, guide_ids=guide_ids)
 
     async def start(self, gateway: bool = True) -> None:
         if "members" in self.procs:
@@ -360,7 +360,7 @@ async def points_grant(args) -> dict:
 
 async def content_view(args) -> dict:
     async with Run("content_view", "community") as run:
-        run.start_members([1])
+        run.start_members([1], guide_ids=(3,))  # the group's owner staff/3 is a guide
         await run.start()
         staff = {"Authorization": f"Bearer {run.token(STAFF, 'staff/1', frozenset({'admin'}))}"}
         member = {"Authorization": f"Bearer {run.token(MEMBER, 'members/1')}"}

@@ -1,7 +1,8 @@
 """The grpc.aio server bootstrap shared by every service.
 
 :class:`ServiceHost` builds the server with, in order, the OpenTelemetry
-interceptor and :class:`PlatformInterceptor` (authentication and the access
+interceptor behind its sampling gate (:class:`mallkit.telemetry.SampledServerInterceptor`:
+an unsampled call skips it) and :class:`PlatformInterceptor` (authentication and the access
 policy of the proto, then the account behind a member/staff token must exist
 and be active (``principals``, :mod:`mallkit.principals`), context variables,
 typed errors -> google.rpc.Status, metrics); registers the gRPC health service, whose readiness follows the

@@ -9,7 +9,11 @@ Configured from the standard ``OTEL_*`` variables:
 
 Instrumentation is explicit: the gRPC server and client interceptors, the
 SQLAlchemy engine of each service and the gateway's ASGI app. Health checks are
-not traced.
+not traced. It costs only when sampled: the gateway and each service's gRPC server
+ask the sampler first (:func:`presample`) and run an unsampled request without
+the instrumentation, under a non-recording span of its trace (the sampled flag
+off travels on in ``traceparent``); the SQL listener and the unary client
+interceptor do nothing but propagate inside a span that is not recording.
 
 No secret reaches a log line (:func:`install_redaction`, installed by
 :func:`setup_logging`): every record, whichever handler writes it, has tokens,
@@ -25,19 +29,25 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import NamedTuple, TypeVar
 
-from opentelemetry import trace
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+import grpc
+from opentelemetry import context, propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.instrumentation.grpc import _aio_client, aio_client_interceptors, aio_server_interceptor
 from opentelemetry.instrumentation.grpc import filters as grpc_filters
+from opentelemetry.instrumentation.grpc._server import _wrap_rpc_behavior
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from prometheus_client import Counter, Histogram
 
 _HEALTH = grpc_filters.negate(grpc_filters.service_prefix("grpc."))
@@ -107,19 +117,144 @@ def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> tr
     return trace.get_tracer_provider()
 
 
-def grpc_server_interceptor():
-    """Server-side span per RPC (health and reflection excluded)."""
-    return aio_server_interceptor(filter_=_HEALTH)
+_T = TypeVar("_T")
+
+
+class Sampling(NamedTuple):
+    """What an edge (the gateway, a service's gRPC server) decided before any instrumentation ran."""
+
+    traced: bool  #: go through the instrumentation (sampled, or the decision is the instrumentation's)
+    preset: int | None = None  #: traced as a new root: the trace id the root span gets (PresetIdGenerator)
+    context: Context | None = None  #: not traced: the context to run under (a non-recording span of the trace)
+
+
+def presample(carrier: Mapping[str, str], name: str, kind: SpanKind,
+              provider: trace.TracerProvider | None = None) -> Sampling | None:
+    """Ask the provider's sampler, the way the SDK would for this request, before any span exists.
+
+    ``carrier`` holds the incoming ``traceparent``/``tracestate`` (or nothing): a parent-based
+    sampler follows the parent's sampled flag; with no parent the edge draws the trace id and
+    asks the sampler (a ratio sampler decides by the id; :class:`PresetIdGenerator` gives the
+    root span that same id, so the instrumentation's sampler answers the same again).
+    ``None``: no SDK (``OTEL_SDK_DISABLED=true``), nothing would be recorded: run uninstrumented."""
+    provider = provider or trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider) or getattr(provider, "_disabled", False):
+        return None
+    parent = propagate.extract(carrier) if carrier else None
+    parent_span = trace.get_current_span(parent).get_span_context() if parent is not None else None
+    if parent_span is not None and parent_span.is_valid:
+        trace_id = parent_span.trace_id
+    elif isinstance(provider.id_generator, PresetIdGenerator):
+        trace_id, parent = provider.id_generator.generate_trace_id(), None
+    else:  # another id generator: the root's id is unknown here, let the instrumentation decide
+        return Sampling(True)
+    if provider.sampler.should_sample(parent, trace_id, name, kind).decision.is_sampled():
+        return Sampling(True, preset=trace_id if parent is None else None)
+    span = NonRecordingSpan(SpanContext(trace_id, random.getrandbits(64) or 1, is_remote=False,
+                                        trace_flags=TraceFlags(TraceFlags.DEFAULT),
+                                        trace_state=parent_span.trace_state if parent_span else None))
+    return Sampling(False, context=trace.set_span_in_context(span, parent))
+
+
+def _run_with(behavior, response_streaming: bool, enter: Callable[[], _T], leave: Callable[[_T], None]):
+    """An RPC behaviour that runs ``behavior`` between ``enter()`` and ``leave(token)``."""
+    if response_streaming:
+        async def stream(request, servicer_context):
+            token = enter()
+            try:
+                async for response in behavior(request, servicer_context):
+                    yield response
+            finally:
+                leave(token)
+
+        return stream
+
+    async def unary(request, servicer_context):
+        token = enter()
+        try:
+            return await behavior(request, servicer_context)
+        finally:
+            leave(token)
+
+    return unary
+
+
+class SampledServerInterceptor(grpc.aio.ServerInterceptor):
+    """OpenTelemetry's gRPC server interceptor for the sampled calls only (health and reflection never).
+
+    The OTel interceptor costs every call a span, attributes and a wrapped servicer context even
+    when nothing is recorded. This gate reads the incoming ``traceparent`` from the call's metadata
+    and asks the sampler first (:func:`presample`). Sampled: the call goes through the OTel
+    interceptor as before (server span, SQL spans under it, one trace from HTTP to SQL). Not
+    sampled: the handler runs directly with a non-recording span of that trace as the current
+    context, so logs keep the trace id and outgoing calls carry ``traceparent`` with the sampled
+    flag off. Without the SDK every call runs directly."""
+
+    def __init__(self) -> None:
+        self.traced = aio_server_interceptor(filter_=_HEALTH)
+
+    async def intercept_service(self, continuation, handler_call_details):
+        if not _HEALTH(handler_call_details):
+            return await continuation(handler_call_details)
+        carrier = {k: v for k, v in handler_call_details.invocation_metadata or ()
+                   if k in ("traceparent", "tracestate") and isinstance(v, str)}
+        decision = presample(carrier, handler_call_details.method, SpanKind.SERVER)
+        if decision is None:
+            return await continuation(handler_call_details)
+        if decision.traced:
+            handler = await self.traced.intercept_service(continuation, handler_call_details)
+            if decision.preset is None:
+                return handler
+            trace_id = decision.preset
+            return _wrap_rpc_behavior(handler, lambda behavior, _req, streaming: _run_with(
+                behavior, streaming, lambda: preset_trace_id.set(trace_id), preset_trace_id.reset))
+        unsampled = decision.context or context.get_current()
+        return _wrap_rpc_behavior(await continuation(handler_call_details), lambda behavior, _req, streaming: _run_with(
+            behavior, streaming, lambda: context.attach(unsampled), context.detach))
+
+
+def grpc_server_interceptor() -> grpc.aio.ServerInterceptor:
+    """Server-side span per sampled RPC (health and reflection excluded): :class:`SampledServerInterceptor`."""
+    return SampledServerInterceptor()
+
+
+def _unsampled_trace() -> bool:
+    """The current span belongs to a trace that is not sampled (not merely: no trace at all)."""
+    span = trace.get_current_span()
+    return not span.is_recording() and span.get_span_context().is_valid
+
+
+class _SampledUnaryClient(_aio_client.UnaryUnaryAioClientInterceptor):
+    """OTel's unary client interceptor, except inside an unsampled trace: there it only propagates
+    the trace context (``traceparent`` with the flag off) and skips the span, its attributes and
+    the awaits of the call's code and details."""
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        if _unsampled_trace() and not self.tracing_skipped(client_call_details):
+            return await continuation(self.propagate_trace_in_details(client_call_details), request)
+        return await super().intercept_unary_unary(continuation, client_call_details, request)
 
 
 def grpc_client_interceptors():
-    """Client-side span per outgoing RPC, carrying W3C trace context."""
-    return aio_client_interceptors(filter_=_HEALTH)
+    """Client-side span per outgoing RPC, carrying W3C trace context (unary calls in an unsampled
+    trace: the context only, no span)."""
+    interceptors = aio_client_interceptors(filter_=_HEALTH)
+    first = interceptors[0]
+    return [_SampledUnaryClient(first._tracer, filter_=_HEALTH), *interceptors[1:]]
 
 
 def instrument_engine(engine) -> None:
-    """Trace every SQL statement of an async SQLAlchemy engine."""
+    """Trace every SQL statement of an async SQLAlchemy engine that runs inside a recording span.
+
+    OTel's listener starts a span per statement (and works out its attributes) even when the
+    statement runs in an unsampled trace or outside any; this one returns at once there."""
     from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+
+    class SampledEngineTracer(EngineTracer):
+        def _before_cur_exec(self, conn, cursor, statement, params, context, executemany):
+            if not trace.get_current_span().is_recording():
+                return statement, params
+            return super()._before_cur_exec(conn, cursor, statement, params, context, executemany)
 
     if getattr(engine.sync_engine, "_mall_traced", False):
         return
@@ -129,7 +264,7 @@ def instrument_engine(engine) -> None:
     usage = metrics.get_meter("mallkit.sqlalchemy").create_up_down_counter(
         "db.client.connections.usage", unit="connections", description="Connections in use or idle"
     )
-    EngineTracer(tracer, engine.sync_engine, connections_usage=usage)
+    SampledEngineTracer(tracer, engine.sync_engine, connections_usage=usage)
     engine.sync_engine._mall_traced = True
 
 
