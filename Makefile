@@ -84,7 +84,7 @@ disable-staff: protos ## Disable a staff account (its tokens stop working within
 	$(PY) -m members disable-staff --username "$(USERNAME)"
 
 # bench/ also holds what the benchmarks share (not benchmarks themselves).
-BENCHES = $(filter-out bench/harness.py bench/loadgen.py bench/probe.py bench/profile_paths.py,$(wildcard bench/*.py))
+BENCHES = $(filter-out bench/harness.py bench/loadgen.py bench/probe.py bench/profile_paths.py bench/grpc_echo.py,$(wildcard bench/*.py))
 
 bench: protos ## Run every benchmark in bench/ (figures and ratios against a baseline measured in the same run)
 	@set -e; for f in $(BENCHES); do echo "== $$f"; $(PY) $$f; done

@@ -101,7 +101,7 @@ async def main() -> None:
         admin = None
         url = f"sqlite+aiosqlite:///{tmp / 'members.db'}"
         backend = "SQLite"
-    grpc_port, http_port, wechat_port = free_port(), free_port(), free_port()
+    grpc_port, http_port, wechat_port, echo_port = free_port(), free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "MALL_ENV": "development",
@@ -125,6 +125,7 @@ async def main() -> None:
         subprocess.Popen([py, "-m", "fakes.wechat", "--port", str(wechat_port)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL),
         subprocess.Popen([py, "-m", "members"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL),
         subprocess.Popen([py, "-m", "gateway"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL),
+        subprocess.Popen([py, str(ROOT / "bench" / "grpc_echo.py"), str(echo_port)], cwd=ROOT),
     ]
     try:
         await wait_http(f"http://127.0.0.1:{wechat_port}/cgi-bin/token")
@@ -152,10 +153,20 @@ async def main() -> None:
             await http.run("GET", "/v1/members/me", 200, headers)
             raw = await raw_driver_read(url, member_id, args.requests, args.concurrency)
             raw_row = raw.print("raw driver PK read (aiomysql, baseline)") if raw else None
+            echo_channel = grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}")
+            await asyncio.wait_for(echo_channel.channel_ready(), 30)
+            echo = grpc_unary(echo_channel, "/mall.members.v1.MembersService/GetMember",
+                              pb.GetMemberRequest(name="members/me"), pb.Member)
+            await drive_calls(echo, 200, args.concurrency)
+            bare = (await drive_calls(echo, args.requests, args.concurrency)).print(
+                "bare grpc.aio unary (no interceptor, no database)")
+            await echo_channel.close()
             base = (await drive_calls(via_grpc, args.requests, args.concurrency)).print("gRPC GetMember")
             gw = (await http.run("GET", "/v1/members/me", args.requests, headers)).print("HTTP GET /v1/members/me (gateway)")
             if raw_row:
                 print(f"  ratio gRPC/raw driver: throughput x{base['rate'] / raw_row['rate']:.2f} (goal >= 0.35)")
+            print(f"  ratio gRPC GetMember/bare grpc.aio call: throughput x{base['rate'] / bare['rate']:.2f} "
+                  "(what the service adds to the transport: interceptors, SQL, the member message)")
             print(f"  ratio gateway/gRPC: throughput x{gw['rate'] / base['rate']:.2f} (goal >= 0.6), "
                   f"p50 x{gw['p50'] / base['p50']:.2f}, p99 x{gw['p99'] / base['p99']:.2f}")
             await channel.close()
