@@ -18,6 +18,7 @@ from mall.orders.v1 import orders_events_pb2 as opb
 from mallkit import events
 from mallkit.db import create_engine, run_transaction, session_factory
 from mallkit.testing import MYSQL_ADMIN_URL, NatsServer
+from tests.fixtures import until
 
 METADATA = MetaData()
 OUTBOX, INBOX = events.define_tables(METADATA)
@@ -105,19 +106,6 @@ async def effects(sessions) -> dict[str, int]:
     async with sessions() as s:
         rows = (await s.execute(select(EFFECTS.c.order_name, func.count()).group_by(EFFECTS.c.order_name))).all()
     return {name: n for name, n in rows}
-
-
-async def until(predicate, seconds: float, what: str):
-    """Poll ``predicate`` (async) until true or the deadline passes."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {seconds:.0f}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def test_each_event_is_applied_once_and_published_only_after_the_ack(db, nats_server):

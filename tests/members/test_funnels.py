@@ -5,7 +5,6 @@ once, also when the event is delivered twice; the CSV exports match the JSON; st
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import uuid
@@ -22,7 +21,7 @@ from members import funnels as funnels_module
 from members import identity as identity_module
 from tests.community.helpers import join, make_group, new_member_id
 from tests.community.test_content import post as create_post
-from tests.fixtures import deliver, gateway_client
+from tests.fixtures import deliver, gateway_client, until
 
 
 @pytest.fixture(scope="module")
@@ -30,19 +29,6 @@ async def mall(members, orders, community):
     """The real gateway in front of members, orders and community (over ASGI)."""
     async with gateway_client(members=members.addr, orders=orders.addr, community=community.addr) as client:
         yield client
-
-
-async def until(predicate, seconds: float, what: str):
-    """Poll ``predicate`` (async) until it returns something true or the deadline passes."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {seconds:.0f}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def bearer(token: str) -> dict[str, str]:
