@@ -41,7 +41,7 @@ from mallkit.settings import PlatformSettings
 from mallkit.testing import MYSQL_ADMIN_URL, mysql_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import free_port, start_members, wait_http, wait_port  # noqa: E402
+from harness import TRACING_MODES, free_port, start_members, tracing_env, wait_http, wait_port  # noqa: E402
 from loadgen import HttpLoad, drive_calls  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,6 +108,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--tracing", choices=TRACING_MODES, default="production", help="production: 1 in 10 sampled (k8s)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mall-bench-"))
@@ -135,6 +136,7 @@ async def main() -> None:
         "GATEWAY_SERVICES": "community",
         "GATEWAY_RATE_PER_IP": "0",
         "GATEWAY_RATE_PER_MEMBER": "0",
+        **tracing_env(args.tracing),
     }
     # members answers whether members/1 and staff/1 exist (every service checks a token's account)
     # and whether staff/3, the group's owner, is an active guide
@@ -198,7 +200,7 @@ async def main() -> None:
 
         ack = os.environ.get("COMMUNITY_VIEW_ACK", "commit")
         print(f"community content views, {args.requests} records x {args.concurrency} concurrent, "
-              f"database: {backend}, load generator: bench/loadgen.py, COMMUNITY_VIEW_ACK={ack}")
+              f"database: {backend}, tracing: {args.tracing}, load generator: bench/loadgen.py, COMMUNITY_VIEW_ACK={ack}")
         await drive_calls(driver_calls(100), 100, args.concurrency)  # warm up every path
         await drive_calls(grpc_calls(100), 100, args.concurrency)
         await load.run_raw(gateway_requests(100))

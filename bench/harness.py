@@ -11,6 +11,24 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import httpx
 
+#: ``--tracing`` of every benchmark. ``production`` (the default) is what k8s/base sets: a parent-based
+#: ratio sampler recording one request in ten (spans built, nothing exported here); ``on``: every
+#: request sampled; ``off``: no SDK at all (``OTEL_SDK_DISABLED``). Without one of these the SDK's own
+#: default applies (``parentbased_always_on``: every request traced), which is not how the mall runs.
+TRACING_MODES = ("production", "on", "off")
+
+
+def tracing_env(mode: str = "production") -> dict[str, str]:
+    """The environment of the services for the tracing ``mode`` (:data:`TRACING_MODES`)."""
+    if mode == "off":
+        return {"OTEL_SDK_DISABLED": "true"}
+    if mode == "on":
+        return {"OTEL_SDK_DISABLED": "false", "OTEL_TRACES_SAMPLER": "parentbased_always_on"}
+    if mode == "production":
+        return {"OTEL_SDK_DISABLED": "false", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "0.1"}
+    raise ValueError(f"tracing mode {mode!r} is not one of {TRACING_MODES}")
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -16,7 +16,7 @@ Prints requests/s, p50 and p99 of each and the ratios (goals: gateway >= 0.6x gR
 gRPC >= 0.35x raw driver). Bounded: a fixed count per path, all on 127.0.0.1.
 
     make bench            # or: .venv/bin/python bench/members_me.py --requests 3000 --concurrency 16
-    # --tracing off|on: OTEL_SDK_DISABLED in the services (off) or every request sampled (on)
+    # --tracing production|on|off: one request in ten sampled (k8s/base), every one, or no SDK (bench/harness.py)
     # --workers N: GATEWAY_WORKERS and MEMBERS_WORKERS
 """
 
@@ -40,20 +40,10 @@ from mall.members.v1 import members_service_pb2 as pb
 from mallkit.testing import MYSQL_ADMIN_URL, mysql_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import free_port, wait_http  # noqa: E402
+from harness import TRACING_MODES, free_port, tracing_env, wait_http  # noqa: E402
 from loadgen import HttpLoad, Result, drive_calls, grpc_unary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def tracing_env(mode: str) -> dict[str, str]:
-    """``off``: no instrumentation work at all; ``on``: every request sampled (spans built, not exported);
-    ``default``: whatever the environment says."""
-    if mode == "off":
-        return {"OTEL_SDK_DISABLED": "true"}
-    if mode == "on":
-        return {"OTEL_SDK_DISABLED": "false", "OTEL_TRACES_SAMPLER": "parentbased_always_on"}
-    return {}
 
 
 async def raw_driver_read(url: str, member_id: int, requests: int, concurrency: int) -> Result | None:
@@ -85,7 +75,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--tracing", choices=("default", "off", "on"), default="default")
+    parser.add_argument("--tracing", choices=TRACING_MODES, default="production")
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
 

@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import probe  # noqa: E402
-from harness import drive, free_port, start_members, wait_http, wait_port  # noqa: E402
+from harness import TRACING_MODES, drive, free_port, start_members, tracing_env, wait_http, wait_port  # noqa: E402
 from loadgen import HttpLoad, drive_calls  # noqa: E402
 
 from mall.orders.v1 import orders_service_pb2 as pb  # noqa: E402
@@ -50,6 +50,7 @@ async def main() -> None:
     parser.add_argument("--attempts", type=int, default=1000)
     parser.add_argument("--stock", type=int, default=250)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--tracing", choices=TRACING_MODES, default="production", help="production: 1 in 10 sampled (k8s)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mall-bench-"))
@@ -70,6 +71,7 @@ async def main() -> None:
         "MALL_ORDERS_ADDR": f"127.0.0.1:{grpc_port}", "ORDERS_PORT": str(grpc_port), "ORDERS_DATABASE_URL": url,
         "ORDERS_RELAY_ENABLED": "false", "MALL_NATS_URL": "nats://127.0.0.1:1", "ORDERS_JOBS_ENABLED": "false", "GATEWAY_PORT": str(http_port),
         "GATEWAY_SERVICES": "orders", "GATEWAY_RATE_PER_IP": "0", "GATEWAY_RATE_PER_MEMBER": "0",
+        **tracing_env(args.tracing),
     }
     py = sys.executable
     # members answers whether each buyer and staff/1 exist (every service checks a token's account)
@@ -104,7 +106,7 @@ async def main() -> None:
                 sales.append(r.json()["name"])
         members = iter(range(10_000_000, 20_000_000))
         print(f"orders flash sale, {args.attempts} attempts for {args.stock} units x {args.concurrency} concurrent, "
-              f"database: {backend}, load generator: bench/loadgen.py (asyncio HTTP/1.1 keep-alive; gRPC aio)")
+              f"database: {backend}, tracing: {args.tracing}, load generator: bench/loadgen.py (asyncio HTTP/1.1 keep-alive; gRPC aio)")
 
         def member_token() -> str:
             return f"Bearer {codec.issue(Principal(MEMBER, f'members/{next(members)}'))[0]}"

@@ -49,7 +49,7 @@ from mallkit.testing import MYSQL_ADMIN_URL, mysql_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import probe  # noqa: E402
-from harness import free_port, start_members, wait_port  # noqa: E402
+from harness import TRACING_MODES, free_port, start_members, tracing_env, wait_port  # noqa: E402
 from loadgen import drive_calls  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,6 +130,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1000, help="grants and redemptions per path")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--tracing", choices=TRACING_MODES, default="production", help="production: 1 in 10 sampled (k8s)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mall-bench-"))
@@ -145,7 +146,8 @@ async def main() -> None:
     port = free_port()
     env = {**os.environ, "MALL_ENV": "development", "MALL_LOG_LEVEL": "WARNING", "MALL_LOG_FORMAT": "text",
            "POINTS_PORT": str(port), "POINTS_DATABASE_URL": url, "POINTS_RELAY_ENABLED": "false", "MALL_NATS_URL": "nats://127.0.0.1:1",
-           "POINTS_DB_POOL_SIZE": "16", "POINTS_EXPIRY_JOB_SECONDS": "3600", "POINTS_REACH_JOB_SECONDS": "3600"}
+           "POINTS_DB_POOL_SIZE": "16", "POINTS_EXPIRY_JOB_SECONDS": "3600", "POINTS_REACH_JOB_SECONDS": "3600",
+           **tracing_env(args.tracing)}
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     py = sys.executable
     # members answers whether each member and staff/1 exist (every service checks a token's account)
@@ -197,7 +199,7 @@ async def main() -> None:
                 else:
                     yield lambda member=member: raw.redeem(member, item_id, 1)
 
-        print(f"points: {n} grants and {n} redemptions per path, {conc} concurrent workers, database: {backend}",
+        print(f"points: {n} grants and {n} redemptions per path, {conc} concurrent workers, database: {backend}, tracing: {args.tracing}",
               flush=True)
         # Warm-up on members of their own (not counted).
         await drive_calls(list(grants(900_000, True)), 0, conc)

@@ -41,7 +41,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import free_port, start_members, wait_http, wait_port  # noqa: E402
+from harness import free_port, start_members, tracing_env, wait_http, wait_port  # noqa: E402
 from loadgen import HttpLoad, Result, drive_calls, grpc_unary  # noqa: E402
 
 from mallkit.auth import MEMBER, SERVICE, STAFF, Principal, TokenCodec  # noqa: E402
@@ -198,7 +198,7 @@ class Run:
             f"MALL_{svc}_ADDR": f"127.0.0.1:{self.grpc_port}", f"{svc}_PORT": str(self.grpc_port),
             f"{svc}_DATABASE_URL": url, f"{svc}_RELAY_ENABLED": "false", f"{svc}_JOBS_ENABLED": "false",
             "MALL_NATS_URL": "nats://127.0.0.1:1", "GATEWAY_PORT": str(self.http_port), "GATEWAY_SERVICES": self.service,
-            "GATEWAY_RATE_PER_IP": "0", "GATEWAY_RATE_PER_MEMBER": "0",
+            "GATEWAY_RATE_PER_IP": "0", "GATEWAY_RATE_PER_MEMBER": "0", **tracing_env("production"),
         }
         self.env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
         return self
