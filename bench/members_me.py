@@ -7,7 +7,9 @@ concurrent workers and the same number of requests:
 
 1. the raw driver (aiomysql, a pool as wide as the concurrency): the primary-key
    ``SELECT`` of that member's row (the floor: what the stack's driver does bare);
-2. bare gRPC ``GetMember(name="members/me")`` straight to the members service;
+2. bare gRPC ``GetMember(name="members/me")`` straight to the members service, which answers
+   from its member cache (``mallkit.readcache``, invalidations on the bench's own nats-server)
+   after the first read; ``--member-cache-seconds 0`` reads the database on every call;
 3. HTTP ``GET /v1/members/me`` through the gateway.
 
 The load generator is ``bench/loadgen.py`` (asyncio streams, HTTP/1.1 keep-alive;
@@ -37,7 +39,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from mall.members.v1 import members_service_pb2 as pb
-from mallkit.testing import MYSQL_ADMIN_URL, mysql_available
+from mallkit.testing import MYSQL_ADMIN_URL, NatsServer, mysql_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import TRACING_MODES, free_port, tracing_env, wait_http  # noqa: E402
@@ -77,6 +79,8 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--tracing", choices=TRACING_MODES, default="production")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--member-cache-seconds", type=float, default=10.0,
+                        help="MEMBERS_MEMBER_CACHE_SECONDS (0: every GetMember reads the database)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mall-bench-"))
@@ -91,6 +95,8 @@ async def main() -> None:
         admin = None
         url = f"sqlite+aiosqlite:///{tmp / 'members.db'}"
         backend = "SQLite"
+    nats = NatsServer(tmp / "nats")  # the member cache's invalidations (mallkit.readcache) travel on it
+    await nats.start()
     grpc_port, http_port, wechat_port, echo_port = free_port(), free_port(), free_port(), free_port()
     env = {
         **os.environ,
@@ -100,7 +106,8 @@ async def main() -> None:
         "MEMBERS_PORT": str(grpc_port),
         "MEMBERS_DATABASE_URL": url,
         "MEMBERS_WECHAT_BASE_URL": f"http://127.0.0.1:{wechat_port}",
-        "MEMBERS_RELAY_ENABLED": "false", "MALL_NATS_URL": "nats://127.0.0.1:1",
+        "MEMBERS_RELAY_ENABLED": "false", "MALL_NATS_URL": nats.url,
+        "MEMBERS_MEMBER_CACHE_SECONDS": str(args.member_cache_seconds),
         "GATEWAY_PORT": str(http_port),
         "GATEWAY_SERVICES": "members",
         "GATEWAY_RATE_PER_IP": "0",
@@ -138,7 +145,7 @@ async def main() -> None:
                                   metadata=(("authorization", f"Bearer {token}"),))
 
             print(f"members GetMember, {args.requests} requests x {args.concurrency} concurrent, database: {backend}, "
-                  f"tracing: {args.tracing}, workers: {args.workers}; load generator: bench/loadgen.py (asyncio)")
+                  f"tracing: {args.tracing}, workers: {args.workers}, member cache: {args.member_cache_seconds:g} s; load generator: bench/loadgen.py (asyncio)")
             await drive_calls(via_grpc, 200, args.concurrency)  # warm up both paths
             await http.run("GET", "/v1/members/me", 200, headers)
             raw = await raw_driver_read(url, member_id, args.requests, args.concurrency)
@@ -168,6 +175,7 @@ async def main() -> None:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        await nats.stop()
         if admin is not None:
             async with admin.begin() as conn:
                 await conn.execute(text(f"DROP DATABASE IF EXISTS `{db_name}`"))

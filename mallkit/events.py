@@ -242,6 +242,12 @@ class EventBus:
         self._connected = asyncio.Event()
         self._lock = asyncio.Lock()
         self._ensured: set[str] = set()
+        self._watchers: list[tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]] = []
+
+    def watch(self, down: Callable[[], Awaitable[None]], up: Callable[[], Awaitable[None]]) -> None:
+        """Call ``down()`` when the connection drops and ``up()`` once it is back (subscriptions
+        re-sent), e.g. a cache that must not serve while it can miss invalidations."""
+        self._watchers.append((down, up))
 
     async def wait_connected(self, stop: asyncio.Event | None = None) -> bool:
         """Connect (retrying with backoff) until connected or ``stop`` is set."""
@@ -280,9 +286,13 @@ class EventBus:
     async def _disconnected(self) -> None:
         if self.nc is not None and not (self.nc.is_closed or self.nc.is_draining):
             log.warning("NATS disconnected; reconnecting")
+        for down, _up in self._watchers:
+            await down()
 
     async def _reconnected(self) -> None:
         log.info("NATS reconnected")
+        for _down, up in self._watchers:
+            await up()
 
     @property
     def connected(self) -> bool:

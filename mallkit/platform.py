@@ -27,7 +27,7 @@ from typing import Any
 
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
-from sqlalchemy import Table
+from sqlalchemy import Column, Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mallkit.auth import TokenCodec
@@ -41,6 +41,7 @@ from mallkit.members import MembersClient
 from mallkit.output import filter_outputs
 from mallkit.pagination import PageTokens
 from mallkit.principals import Lookup, PrincipalCheck
+from mallkit.readcache import CacheBroadcast, ReadCache, track_writes
 from mallkit.server import ServiceHost
 
 
@@ -86,6 +87,7 @@ class Platform:
     subscriptions: list[Subscription] = field(init=False, default_factory=list)
     host: ServiceHost | None = field(init=False, default=None)
     writers: list[BatchWriter] = field(init=False, default_factory=list)
+    broadcasts: list[CacheBroadcast] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         s, p = self.settings, self.settings.platform
@@ -127,6 +129,16 @@ class Platform:
             max_backoff=self.settings.outbox_max_backoff_seconds))
         return sub
 
+    def read_cache(self, name: str, *, keys: Iterable[Column], ttl: float, max_size: int = 100_000) -> ReadCache:
+        """A :class:`mallkit.readcache.ReadCache` of rows of the tables of ``keys`` (their key
+        columns), invalidated by this engine's committed writes on every replica of the service
+        (core NATS); it serves while its broadcast runs (a background task of :meth:`serve`)."""
+        cache = ReadCache(name, ttl=ttl, max_size=max_size)
+        broadcast = CacheBroadcast(self.bus, self.service, cache)
+        track_writes(self.engine, keys, broadcast.invalidated)
+        self.broadcasts.append(broadcast)
+        return cache
+
     def serve(self, app: Any, *, domain: str, servicers: Iterable[Servicer],
               handlers: Mapping[str, tuple[type[Message], Callable]] | None = None, jobs: Iterable[Job] = (),
               background: bool = True, principal_lookup: Lookup | None = None) -> ServiceHost:
@@ -145,6 +157,7 @@ class Platform:
             if s.relay_enabled:
                 tasks.append(lambda stop: self.relay.run(stop, poll))
             tasks += [c.run for c in self.consumers]
+            tasks += [b.run for b in self.broadcasts]
             tasks += [periodic(j.name, j.interval, j.run) for j in jobs]
         host = ServiceHost(
             service=self.service, domain=domain, codec=self.codec, descriptors=[s.descriptor for s in servicers],

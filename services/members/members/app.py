@@ -28,7 +28,7 @@ from .errors import DOMAIN
 from .funnels import Funnels
 from .guides import Guides
 from .identity import Identity
-from .models import BehaviourInbox, IdempotencyKeys, InboxEvents, OutboxEvents
+from .models import BehaviourInbox, IdempotencyKeys, InboxEvents, Member, MemberAttribute, OutboxEvents
 from .portrait import Portrait
 from .purchases import Purchases
 from .reach import Reach
@@ -113,7 +113,11 @@ def build(settings: MembersSettings, engine: AsyncEngine | None = None) -> Membe
                           timeout=settings.wechat_timeout_seconds)
     parts = domain(settings, platform.outbox, platform.tokens, wechat, platform.sessions, platform.peers)
     app = MembersApp(platform, wechat, **parts)
+    # GetMember (every page) from memory; any committed write of these rows drops them on every replica
+    member_cache = platform.read_cache("member", keys=[Member.__table__.c.id, MemberAttribute.__table__.c.member_id],
+                                       ttl=settings.member_cache_seconds)
     servicer = MembersServicer(**{k: v for k, v in parts.items() if k != "purchases"}, sessions=platform.sessions,
+                               member_cache=member_cache,
                                idempotency=platform.idempotency, codec=platform.codec, wechat=wechat,
                                behaviour_max_age_days=settings.behaviour_max_age_days,
                                behaviour_clock_skew_seconds=settings.behaviour_clock_skew_seconds)

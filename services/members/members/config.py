@@ -22,6 +22,9 @@ class MembersSettings(ServiceSettings):
     wechat_secret: SecretStr = Field(SecretStr(DEV_WECHAT_SECRET), description="Mini-program app secret",
                                      json_schema_extra=DEV_ONLY)
     wechat_timeout_seconds: float = Field(5.0, description="Timeout of calls to WeChat")
+    member_cache_seconds: float = Field(10.0, ge=0, le=60, description=(
+        "How long a replica may answer GetMember from memory (0: never). Committed writes drop the "
+        "member on every replica at once (core NATS); this bounds staleness should a broadcast be lost"))
     reach_daily_cap: int = Field(3, description="Subscribe messages a member gets per brand day at most")
     behaviour_max_age_days: int = Field(7, ge=1, description="Client behaviour events older than this are refused")
     behaviour_clock_skew_seconds: int = Field(

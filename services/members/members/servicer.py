@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from mall.members.v1 import members_service_pb2_grpc as pb_grpc
 from mallkit.auth import TokenCodec
 from mallkit.idempotency import Idempotency
+from mallkit.readcache import ReadCache
 
 from .autotags import AutoTags
 from .behaviour import Behaviour
@@ -67,6 +68,7 @@ class MembersServicer(MembersRpc, ChannelsRpc, FunnelsRpc, TiersRpc, TagsRpc, St
         view360: Member360,
         funnels: Funnels,
         guides: Guides,
+        member_cache: ReadCache | None = None,
         behaviour_max_age_days: int = 7,
         behaviour_clock_skew_seconds: int = 300,
     ):
@@ -88,5 +90,6 @@ class MembersServicer(MembersRpc, ChannelsRpc, FunnelsRpc, TiersRpc, TagsRpc, St
         self.view360 = view360
         self.funnels = funnels
         self.guides = guides
+        self.member_cache = member_cache if member_cache is not None else ReadCache("member", ttl=0)  # off: none given
         self.behaviour_max_age_days = behaviour_max_age_days
         self.behaviour_clock_skew_seconds = behaviour_clock_skew_seconds

@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mallkit.auth import TokenCodec
 from mallkit.idempotency import Idempotency
+from mallkit.readcache import ReadCache
 
 from ..autotags import AutoTags
 from ..behaviour import Behaviour
@@ -26,6 +27,7 @@ from ..wechat import WechatClient
 
 
 class RpcBase:
+    member_cache: ReadCache
     identity: Identity
     behaviour: Behaviour
     segments: Segments

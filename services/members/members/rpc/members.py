@@ -48,6 +48,9 @@ class MembersRpc(RpcBase):
 
     async def GetMember(self, request, context):
         member_id = member_scope(request.name)
+        return await self.member_cache.get(member_id, lambda: self._member_view(member_id))
+
+    async def _member_view(self, member_id: int) -> pb.Member:
         return member_pb(*await read(self.sessions, lambda s: self.portrait.member_view(s, member_id)))
 
     async def GetMemberIdentity(self, request, context):
