@@ -147,7 +147,7 @@ def written_keys(statement: Any, tables: dict[str, Column], params: list[dict]) 
         return None
     if not isinstance(statement, dml.UpdateBase) or not isinstance(getattr(statement, "table", None), Table):
         return None
-    table = statement.table
+    table: Any = statement.table
     key = tables.get(table.name)
     if key is None:
         return None
@@ -165,7 +165,7 @@ def written_keys(statement: Any, tables: dict[str, Column], params: list[dict]) 
                 return table.name, ALL
             found.add(v)
         return table.name, found
-    where = statement.whereclause
+    where = getattr(statement, "whereclause", None)
     if where is None:
         return table.name, ALL
     conjuncts = list(where.clauses) if (isinstance(where, elements.BooleanClauseList)
@@ -191,7 +191,7 @@ def track_writes(engine: AsyncEngine, tables: Iterable[Column], invalidated: Cal
         if have == ALL or keys == ALL:
             info[slot] = ALL
         else:
-            info[slot] = (have or set()) | keys
+            info[slot] = (have or set()) | keys  # type: ignore[operator]
 
     @event.listens_for(sync, "before_execute")
     def _seen(conn, statement, multiparams, params, execution_options):
