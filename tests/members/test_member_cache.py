@@ -21,26 +21,29 @@ async def _on(cache) -> bool:
 async def test_a_write_on_one_replica_is_read_on_the_other(members, fake_wechat):
     import grpc
 
-    first = members.app.platform.broadcasts[0].cache
-    await until(lambda: _on(first), 30, "the first replica's member cache on")
-    replica = build(members_settings(members.url, fake_wechat.url))  # its own engine, cache and NATS connection
-    await replica.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{replica.port}")
+    # Two replicas of their own (engine, cache, NATS connection) whose entries outlive every wait
+    # below: only the broadcast can make a replica see the other's write in time.
+    settings = members_settings(members.url, fake_wechat.url, member_cache_seconds=60)
+    replicas = [build(settings), build(settings)]
+    for r in replicas:
+        await r.start()
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{r.port}") for r in replicas]
     try:
-        second = replica.platform.broadcasts[0].cache
-        await until(lambda: _on(second), 30, "the second replica's member cache on")
-        other = pb_grpc.MembersServiceStub(channel)
+        first, second = (r.platform.broadcasts[0].cache for r in replicas)
+        for cache in (first, second):
+            await until(lambda cache=cache: _on(cache), 30, "the replica's member cache on")
+        one, other = (pb_grpc.MembersServiceStub(c) for c in channels)
         login, md = await members.login()
         me = pb.GetMemberRequest(name="members/me")
         member_id = int(login.member.name.split("/")[1])
-        assert (await members.stub.GetMember(me, metadata=md)).nickname == (await other.GetMember(me, metadata=md)).nickname
+        assert (await one.GetMember(me, metadata=md)).nickname == (await other.GetMember(me, metadata=md)).nickname
         assert member_id in first._entries and member_id in second._entries  # both answer from memory now
 
         # An ORM update through the first replica: there at once, on the second after the broadcast.
-        await members.stub.UpdateMember(pb.UpdateMemberRequest(
+        await one.UpdateMember(pb.UpdateMemberRequest(
             member=pb.Member(name="members/me", nickname="缓存之后"), update_mask=field_mask_pb2.FieldMask(paths=["nickname"])),
             metadata=md)
-        assert (await members.stub.GetMember(me, metadata=md)).nickname == "缓存之后"
+        assert (await one.GetMember(me, metadata=md)).nickname == "缓存之后"
 
         async def second_sees(field, value):
             return getattr(await other.GetMember(me, metadata=md), field) == value
@@ -48,15 +51,17 @@ async def test_a_write_on_one_replica_is_read_on_the_other(members, fake_wechat)
         await until(lambda: second_sees("nickname", "缓存之后"), 30, "the second replica to drop the member")
 
         # A Core UPDATE through the second replica's sessions (the way growth and tiers write).
-        async with replica.sessions() as s:
+        async with replicas[1].sessions() as s:
             await s.execute(sa.update(Member).where(Member.id == member_id).values(growth_value=4321))
             await s.commit()
         assert (await other.GetMember(me, metadata=md)).growth_value == 4321
 
         async def first_sees():
-            return (await members.stub.GetMember(me, metadata=md)).growth_value == 4321
+            return (await one.GetMember(me, metadata=md)).growth_value == 4321
 
         await until(first_sees, 30, "the first replica to drop the member")
     finally:
-        await channel.close()
-        await replica.stop(grace=0)
+        for c in channels:
+            await c.close()
+        for r in replicas:
+            await r.stop(grace=0)
