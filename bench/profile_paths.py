@@ -46,7 +46,7 @@ from loadgen import HttpLoad, Result, drive_calls, grpc_unary  # noqa: E402
 
 from mallkit.auth import MEMBER, SERVICE, STAFF, Principal, TokenCodec  # noqa: E402
 from mallkit.settings import DEV_TOKEN_SECRET  # noqa: E402
-from mallkit.testing import MYSQL_ADMIN_URL, mysql_available  # noqa: E402
+from mallkit.testing import MYSQL_ADMIN_URL, NatsServer, mysql_available  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -190,6 +190,8 @@ class Run:
             await conn.execute(text(f"CREATE DATABASE `{self.db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"))
         await admin.dispose()
         port = self.wire.start()
+        self.nats = NatsServer(self.tmp / "nats")  # read caches serve only while their invalidations can arrive
+        await self.nats.start()
         u = make_url(MYSQL_ADMIN_URL)
         url = str(u.set(host="127.0.0.1", port=port, database=self.db).render_as_string(hide_password=False))
         svc = self.service.upper()
@@ -197,7 +199,7 @@ class Run:
             **os.environ, "MALL_ENV": "development", "MALL_LOG_LEVEL": "WARNING", "MALL_TOKEN_SECRET": DEV_TOKEN_SECRET,
             f"MALL_{svc}_ADDR": f"127.0.0.1:{self.grpc_port}", f"{svc}_PORT": str(self.grpc_port),
             f"{svc}_DATABASE_URL": url, f"{svc}_RELAY_ENABLED": "false", f"{svc}_JOBS_ENABLED": "false",
-            "MALL_NATS_URL": "nats://127.0.0.1:1", "GATEWAY_PORT": str(self.http_port), "GATEWAY_SERVICES": self.service,
+            "MALL_NATS_URL": self.nats.url, "GATEWAY_PORT": str(self.http_port), "GATEWAY_SERVICES": self.service,
             "GATEWAY_RATE_PER_IP": "0", "GATEWAY_RATE_PER_MEMBER": "0", **tracing_env("production"),
         }
         self.env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
@@ -255,6 +257,7 @@ class Run:
             except subprocess.TimeoutExpired:
                 p.kill()
         self.wire.close()
+        await self.nats.stop()
         admin = create_async_engine(MYSQL_ADMIN_URL)
         async with admin.begin() as conn:
             await conn.execute(text(f"DROP DATABASE IF EXISTS `{self.db}`"))
