@@ -129,7 +129,7 @@ class Platform:
             max_backoff=self.settings.outbox_max_backoff_seconds))
         return sub
 
-    def read_cache(self, name: str, *, keys: Iterable[Column], ttl: float, max_size: int = 100_000) -> ReadCache:
+    def read_cache(self, name: str, *, keys: Iterable[Column | tuple[Column, str]], ttl: float, max_size: int = 100_000) -> ReadCache:
         """A :class:`mallkit.readcache.ReadCache` of rows of the tables of ``keys`` (their key
         columns), invalidated by this engine's committed writes on every replica of the service
         (core NATS); it serves while its broadcast runs (a background task of :meth:`serve`)."""

@@ -62,6 +62,7 @@ class ReadCache:
         self.enabled = False
         self._entries: TTLCache = TTLCache(maxsize=max_size, ttl=ttl) if ttl > 0 else TTLCache(maxsize=1, ttl=1)
         self._generations: dict[Hashable, int] = {}
+        self._aliases: dict[Hashable, set[Hashable]] = {}  # ("sku", 7) -> the cached keys it is part of
         self._epoch = 0
         self._hit = CACHE_LOOKUPS.labels(name, "hit")
         self._miss = CACHE_LOOKUPS.labels(name, "miss")
@@ -84,20 +85,37 @@ class ReadCache:
             self._entries[key] = value
         return value
 
+    def alias(self, part: tuple, key: Hashable) -> None:
+        """Record that the cached value of ``key`` holds ``part`` (a row of another table, as
+        ``(tag, id)``: ``("sku", 7)`` of product 3), so invalidating ``part`` drops ``key``."""
+        self._aliases.setdefault(part, set()).add(key)
+
     def invalidate(self, keys: Iterable[Hashable] | str) -> None:
-        """Drop ``keys`` (or every key: :data:`ALL`); a read of them in flight stores nothing."""
+        """Drop ``keys`` (or every key: :data:`ALL`); a read of them in flight stores nothing.
+        A ``(tag, id)`` key drops the keys it is an alias of; one this replica knows nothing of
+        may be part of a read in flight, so every read in flight stores nothing."""
         if keys == ALL:
             self.clear()
             return
         for key in keys:  # type: ignore[union-attr]
+            if isinstance(key, tuple):
+                owners = self._aliases.pop(key, None)
+                if owners is None:
+                    self._epoch += 1
+                    continue
+                for owner in owners:
+                    self._entries.pop(owner, None)
+                    self._generations[owner] = self._generations.get(owner, 0) + 1
+                continue
             self._entries.pop(key, None)
             self._generations[key] = self._generations.get(key, 0) + 1
-        if len(self._generations) > _MAX_GENERATIONS:
+        if len(self._generations) > _MAX_GENERATIONS or len(self._aliases) > _MAX_GENERATIONS:
             self.clear()
 
     def clear(self) -> None:
         self._entries.clear()
         self._generations.clear()
+        self._aliases.clear()
         self._epoch += 1
 
     def enable(self) -> None:
@@ -179,10 +197,14 @@ def written_keys(statement: Any, tables: dict[str, Column], params: list[dict]) 
     return table.name, ALL
 
 
-def track_writes(engine: AsyncEngine, tables: Iterable[Column], invalidated: Callable[[set | str], None]) -> None:
+def track_writes(engine: AsyncEngine, tables: Iterable[Column | tuple[Column, str]],
+                 invalidated: Callable[[set | str], None]) -> None:
     """Call ``invalidated(keys)`` after each committed transaction of ``engine`` that wrote rows
-    of the tables of ``tables`` (their key columns: ``members.id``, ``member_attributes.member_id``)."""
-    by_table = {c.table.name: c for c in tables}
+    of the tables of ``tables`` (their key columns: ``members.id``, ``member_attributes.member_id``;
+    ``(skus.id, "sku")``: that table's keys as ``("sku", id)``, for :meth:`ReadCache.alias`)."""
+    columns = [t if isinstance(t, tuple) else (t, None) for t in tables]
+    by_table = {c.table.name: c for c, _tag in columns}
+    tags = {c.table.name: tag for c, tag in columns if tag}
     sync = engine.sync_engine
     pending, committed = "mallkit.readcache.pending", "mallkit.readcache.committed"
 
@@ -196,9 +218,14 @@ def track_writes(engine: AsyncEngine, tables: Iterable[Column], invalidated: Cal
     @event.listens_for(sync, "before_execute")
     def _seen(conn, statement, multiparams, params, execution_options):
         rows = list(multiparams) if multiparams else ([params] if params else [])
+        if isinstance(statement, dml.Insert) and getattr(statement.table, "name", None) in tags:
+            merge(conn.info, pending, ALL)  # a new row of a part (a SKU of a cached product): whose, unknown
+            return
         found = written_keys(statement, by_table, [r for r in rows if isinstance(r, dict)])
         if found is not None:
-            merge(conn.info, pending, found[1])
+            table, keys = found
+            tag = tags.get(table)
+            merge(conn.info, pending, {(tag, k) for k in keys} if tag and keys != ALL else keys)
 
     @event.listens_for(sync, "commit")
     def _commit(conn):
@@ -237,7 +264,8 @@ class CacheBroadcast:
         nc = self.bus.nc
         if nc is None or not nc.is_connected:
             return  # the cache is off here then; peers that lost us are off too or hear from the TTL
-        payload = (ALL if keys == ALL else ",".join(str(k) for k in keys)).encode()
+        payload = (ALL if keys == ALL else ",".join(
+            f"{k[0]}:{k[1]}" if isinstance(k, tuple) else str(k) for k in keys)).encode()
         try:
             task = asyncio.get_running_loop().create_task(nc.publish(self.subject, payload))
         except RuntimeError:  # no loop (a connection returned by the garbage collector)
@@ -253,7 +281,8 @@ class CacheBroadcast:
             CACHE_INVALIDATIONS.labels(self.cache.name, "all").inc()
             return
         try:
-            keys = [self.key(k) for k in data.split(",") if k]
+            keys = [(k.split(":", 1)[0], self.key(k.split(":", 1)[1])) if ":" in k else self.key(k)
+                    for k in data.split(",") if k]
         except ValueError:
             log.warning("cache %s: unreadable invalidation %r; clearing", self.cache.name, data[:80])
             self.cache.clear()

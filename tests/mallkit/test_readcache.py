@@ -224,3 +224,41 @@ async def test_off_while_nats_is_down(cache_db, tmp_root):
 
 async def _eq(awaitable, expected):
     return (await awaitable) == expected
+
+
+async def test_a_part_drops_the_values_holding_it_and_travels_between_replicas():
+    cache = ReadCache("parts", ttl=30)
+    cache.enable()
+    assert await cache.get(3, _value("product 3")) == "product 3"
+    cache.alias(("sku", 7), 3)
+    cache.invalidate([("sku", 8)])  # a part nobody here holds: stored values stay
+    assert await cache.get(3, _value("never")) == "product 3"
+    cache.invalidate([("sku", 7)])
+    assert await cache.get(3, _value("product 3 again")) == "product 3 again"
+
+    # a part unknown here may belong to a read in flight: that read stores nothing
+    release = asyncio.Event()
+
+    async def slow():
+        await release.wait()
+        return "stale"
+
+    read = asyncio.ensure_future(cache.get(4, slow))
+    await asyncio.sleep(0)
+    cache.invalidate([("sku", 9)])
+    release.set()
+    assert await read == "stale"
+    assert await cache.get(4, _value("fresh")) == "fresh"
+
+    # the broadcast carries parts as tag:id
+    class Bus:
+        namespace, nc = "mall", None
+
+    peer = CacheBroadcast(Bus(), "orders", cache)
+    cache.alias(("sku", 11), 4)
+
+    class Msg:
+        data = b"sku:11"
+
+    await peer._on_message(Msg())
+    assert await cache.get(4, _value("after the peer's write")) == "after the peer's write"

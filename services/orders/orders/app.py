@@ -37,7 +37,7 @@ from .group_buy import GroupBuying
 from .journey import Journey
 from .lifecycle import Lifecycle
 from .members_client import MemberReads
-from .models import IdempotencyKeys, InboxEvents, OutboxEvents
+from .models import IdempotencyKeys, InboxEvents, OutboxEvents, Product, Sku
 from .payment import Payment
 from .reviews import Reviews
 from .servicer import OrdersServicer
@@ -89,7 +89,9 @@ def build(settings: OrdersSettings, engine: AsyncEngine | None = None) -> Orders
     # --- sub-domains ---
     pay_timeout = timedelta(seconds=settings.pay_timeout_seconds)
     members = MemberReads(platform.members)
-    catalog = Catalog(pages=pages)
+    # GetProduct for members (every product page) from memory; product and SKU writes drop it everywhere
+    catalog = Catalog(pages=pages, product_cache=platform.read_cache(
+        "product", keys=[Product.__table__.c.id, (Sku.__table__.c.id, "sku")], ttl=settings.catalog_cache_seconds))
     addresses = Addresses(pages=pages)
     cart = Cart(catalog=catalog, pages=pages)
     coupons = Coupons(catalog=catalog, pages=pages)

@@ -10,6 +10,7 @@ from mallkit.db import is_duplicate_key, utcnow
 from mallkit.errors import AlreadyExists, NotFound
 from mallkit.pagination import PageTokens
 from mallkit.queries import get_or_not_found, keyset_page
+from mallkit.readcache import ReadCache
 
 from . import errors as reasons
 from .models import ACTIVE, Category, Product, Sku
@@ -27,8 +28,10 @@ async def flush_unique(s: AsyncSession, field: str) -> None:
 
 
 class Catalog:
-    def __init__(self, *, pages: PageTokens):
+    def __init__(self, *, pages: PageTokens, product_cache: ReadCache | None = None):
         self.pages = pages
+        #: the members' view of a product (GetProduct), by product id; its SKUs as aliases ("sku", id)
+        self.product_cache = product_cache if product_cache is not None else ReadCache("product", ttl=0)
 
     async def category(self, s: AsyncSession, category_id: int, field: str = "category") -> Category:
         return await get_or_not_found(s, Category, category_id, lambda: NotFound(

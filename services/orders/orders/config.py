@@ -37,6 +37,10 @@ class OrdersSettings(ServiceSettings):
     # --- orders ---
     pay_timeout_seconds: int = Field(1800, description="Unpaid orders are cancelled after this")
     pay_reminder_seconds: int = Field(900, description="Unpaid orders get a reminder after this")
+    catalog_cache_seconds: float = Field(10.0, ge=0, le=60, description=(
+        "How long a replica may answer a member's GetProduct from memory (0: never). Committed product and "
+        "SKU writes (stock included) drop it on every replica at once (core NATS); this bounds staleness "
+        "should a broadcast be lost"))
     flash_soldout_ttl_seconds: float = Field(
         1.0, ge=0.05, le=10.0,
         description="A flash sale seen sold out is refused from memory for this long, then one attempt looks again")

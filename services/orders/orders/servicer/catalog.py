@@ -58,7 +58,14 @@ class CatalogRpcs(ServicerBase):
 
     async def GetProduct(self, request, context):
         pid = parse_id(request.name, "products", "name")
-        row, skus = await self._read(lambda s: self.catalog.product(s, pid, active_only=not self._is_staff()))
+        if self._is_staff():  # every status, never from the cache
+            return product_pb(*await self._read(lambda s: self.catalog.product(s, pid)))
+        return await self.catalog.product_cache.get(pid, lambda: self._product_view(pid))
+
+    async def _product_view(self, pid: int) -> pb.Product:
+        row, skus = await self._read(lambda s: self.catalog.product(s, pid, active_only=True))
+        for k in skus:  # a write of one of its SKUs (stock, price) drops the product
+            self.catalog.product_cache.alias(("sku", k.id), pid)
         return product_pb(row, skus)
 
     async def ListProducts(self, request, context):
