@@ -27,6 +27,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route as HttpRoute
@@ -101,6 +102,49 @@ class EdgeMiddleware:
             method = scope.get("method", "")
             method = method if method in _METHODS else "OTHER"
             self.metrics.observe(method, route, status, time.perf_counter() - start)
+
+
+class ApiFirst:
+    """Innermost middleware: a request for any path but the app's fixed ones goes straight to
+    the API endpoint, without Starlette's ExceptionMiddleware (and the ``Request`` it builds),
+    Router and Route: the catch-all route would take it anyway, and the endpoint answers its
+    own errors (JSON 404/405 included). Fixed paths, a ``root_path`` and lifespan events go
+    through the router as before."""
+
+    def __init__(self, app: ASGIApp, api: ASGIApp, fixed: frozenset[str]):
+        self.app = app
+        self.api = api
+        self.fixed = fixed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in self.fixed and not scope.get("root_path"):
+            await self.api(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+class _Gateway(Starlette):
+    """Starlette, except that an API request (see :class:`ApiFirst`) skips the outermost
+    ServerErrorMiddleware (a wrapper around every ``send``): EdgeMiddleware, inside it, already
+    answers any error before the response starts with a JSON 500, and after that both only
+    re-raise to the server."""
+
+    edge: ASGIApp | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        # ServerErrorMiddleware(SampledTracing(EdgeMiddleware(...))): the tracing gate inside it
+        self.edge = stack.app if isinstance(stack, ServerErrorMiddleware) else stack
+        return stack
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.middleware_stack is None:
+            self.middleware_stack = self.build_middleware_stack()
+        if scope["type"] == "http" and scope["path"] not in _FIXED and not scope.get("root_path"):
+            scope["app"] = self
+            await self.edge(scope, receive, send)
+            return
+        await self.middleware_stack(scope, receive, send)
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
@@ -180,7 +224,7 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
             log.info("gateway stopped: upstream channels closed")
 
     untraced = "|".join(re.escape(p) for p in UNTRACED)
-    app = Starlette(
+    app = _Gateway(
         routes=[
             HttpRoute("/healthz", healthz, methods=["GET"]),
             HttpRoute("/metrics", prometheus, methods=["GET"]),
@@ -197,6 +241,7 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
                 exclude_spans=["receive", "send"],
             ),
             Middleware(EdgeMiddleware, metrics=metrics),
+            Middleware(ApiFirst, api=api, fixed=frozenset(_FIXED)),
         ],
         lifespan=lifespan,
     )

@@ -26,8 +26,10 @@ bad field by its proto path, such as ``member.gender`` or ``tags[2]``.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 
@@ -524,10 +526,143 @@ def _drop_input_only(desc: Descriptor, data: object) -> None:
             _drop_input_only(child, item)
 
 
+class _Fallback(Exception):
+    """A value the fast printer does not handle itself (an enum number with no name)."""
+
+
+#: Messages json_format prints in a form of their own; ``MessageToDict`` prints them for us.
+_WKT_FILES = {"google/protobuf/wrappers.proto"}
+#: ...except these, which it prints with their ``ToJsonString``.
+_AS_STRING = {"google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask"}
+
+
+def _as_string(msg: Message) -> str:
+    return msg.ToJsonString()
+
+
+@functools.cache
+def _printer(desc: Descriptor):
+    """A function printing a message of ``desc`` exactly as
+    ``json_format.MessageToDict(msg, always_print_fields_with_no_presence=True)`` does, in a
+    fraction of its time: the per-field decisions it takes on every call (type, name, the
+    default of every unset field) are taken here once. Keys in the same order: the set fields
+    (``ListFields``, by number), then the unset fields without presence, in declaration order."""
+    fallback = functools.partial(json_format.MessageToDict, always_print_fields_with_no_presence=True)
+    if desc.full_name in _AS_STRING:
+        return _as_string
+    if desc.full_name in SPECIAL_JSON or desc.file.name in _WKT_FILES or _enum_json_options():
+        return fallback
+    if any(f.type == _FD.TYPE_FLOAT for f in desc.fields):  # ToShortestFloat: let json_format do it
+        return fallback
+    convert = {f: _value_printer(f) for f in desc.fields}
+    names = {f: f.json_name for f in desc.fields}
+    empty = fallback(GetMessageClass(desc)())  # the JSON of every unset field without presence
+    unset = []  # (json name, factory of a fresh empty list/dict or None, default JSON)
+    for f in desc.fields:
+        if f.has_presence:
+            continue
+        if is_map(f):
+            unset.append((f.json_name, dict, None))
+        elif is_repeated(f):
+            unset.append((f.json_name, list, None))
+        else:
+            unset.append((f.json_name, None, empty[f.json_name]))
+
+    def to_json(msg: Message) -> dict:
+        js = {}
+        for f, value in msg.ListFields():
+            name = names.get(f)
+            if name is None:  # an extension
+                raise _Fallback
+            js[name] = convert[f](value)
+        for name, make, default in unset:
+            if name not in js:
+                js[name] = make() if make else default
+        return js
+
+    return to_json
+
+
+@functools.cache
+def _enum_json_options() -> bool:
+    """The JSON-name option of enum values is known to this process (json_format would honour it)."""
+    from google.protobuf import descriptor_pool
+
+    try:
+        descriptor_pool.Default().FindExtensionByName("pb.enumvalue.json")
+    except KeyError:
+        return False
+    return True
+
+
+def _value_printer(f: FieldDescriptor):
+    """The JSON of one value of ``f`` (a whole list for a repeated field, an object for a map)."""
+    if is_map(f):
+        key_field = f.message_type.fields_by_name["key"]
+        item = _scalar_printer(f.message_type.fields_by_name["value"])
+        if key_field.type == _FD.TYPE_BOOL:
+            return lambda value: {("true" if k else "false"): item(value[k]) for k in value}
+        return lambda value: {str(k): item(value[k]) for k in value}
+    item = _scalar_printer(f)
+    if is_repeated(f):
+        return lambda value: [item(v) for v in value]
+    return item
+
+
+def _scalar_printer(f: FieldDescriptor):
+    t = f.type
+    if t == _FD.TYPE_MESSAGE or t == _FD.TYPE_GROUP:
+        child = f.message_type
+        return lambda value: _printer(child)(value)
+    if t == _FD.TYPE_ENUM:
+        if f.enum_type.full_name == "google.protobuf.NullValue":
+            return lambda value: None
+        names = {v.number: v.name for v in f.enum_type.values}
+
+        def enum(value: int) -> str:
+            name = names.get(value)
+            if name is None:  # an open enum's unknown number, or an error: json_format's answer
+                raise _Fallback
+            return name
+
+        return enum
+    if t == _FD.TYPE_BYTES:
+        return lambda value: base64.b64encode(value).decode("utf-8")
+    if t == _FD.TYPE_STRING:
+        return str
+    if t == _FD.TYPE_BOOL:
+        return bool
+    if t in INT64_TYPES or t in UINT64_TYPES:
+        return str
+    if t == _FD.TYPE_DOUBLE:
+        return _double
+    return _identity  # 32-bit integers
+
+
+def _identity(value: object) -> object:
+    return value
+
+
+def _double(value: float) -> object:
+    if math.isinf(value):
+        return "-Infinity" if value < 0 else "Infinity"
+    if math.isnan(value):
+        return "NaN"
+    return value
+
+
+def message_json(msg: Message) -> dict:
+    """``json_format.MessageToDict(msg, always_print_fields_with_no_presence=True)``, faster."""
+    try:
+        return _printer(msg.DESCRIPTOR)(msg)
+    except _Fallback:
+        return json_format.MessageToDict(msg, always_print_fields_with_no_presence=True)
+
+
 def response_json(route: Route, msg: Message) -> object:
     """The proto3 JSON of a response: lowerCamelCase, int64 as strings, defaults included
     (except INPUT_ONLY fields, which are never output)."""
-    data = json_format.MessageToDict(msg, always_print_fields_with_no_presence=True)
+    data = message_json(msg)
     if _reaches_input_only(msg.DESCRIPTOR):
         _drop_input_only(msg.DESCRIPTOR, data)
     if route.response_body:

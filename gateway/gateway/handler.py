@@ -8,7 +8,8 @@ In order, each step answering early with a JSON error:
 4. per-caller rate limit (429);
 5. body read within ``max_body_bytes`` (413) and binding (400);
 6. the RPC, with ``authorization``, ``x-request-id`` and ``x-forwarded-for``
-   forwarded (trace context is added by the OpenTelemetry interceptor).
+   forwarded, and the trace context (:class:`gateway.upstream.Upstreams`: the OpenTelemetry
+   interceptor for a sampled request, ``traceparent`` added directly for the others).
 
 An RPC answering ``google.api.HttpBody`` (a CSV export) is answered with its ``data`` as the
 body and its ``content_type``, not as JSON.
@@ -22,9 +23,10 @@ signing in again.
 from __future__ import annotations
 
 import logging
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 import grpc
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -62,6 +64,17 @@ def client_ip(scope: Scope) -> str:
     return client[0] if client else "unknown"
 
 
+def first_headers(scope: Scope) -> dict[str, str]:
+    """The request's headers by (lowercase, as ASGI servers send them) name, the first value of a
+    repeated one: what ``starlette.datastructures.Headers.get`` answers, in one pass."""
+    out: dict[str, str] = {}
+    for key, value in scope["headers"]:
+        name = key.decode("latin-1")
+        if name not in out:
+            out[name] = value.decode("latin-1")
+    return out
+
+
 class ApiEndpoint:
     """ASGI endpoint of every route derived from the protos."""
 
@@ -86,42 +99,42 @@ class ApiEndpoint:
         self.caller_limits = caller_limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
         try:
-            response = await self.handle(request)
+            response = await self.handle(scope, receive)
         except MallError as err:
             response = error_response(err)
         await response(scope, receive, send)
 
-    async def handle(self, request: Request) -> Response:
-        scope = request.scope
+    async def handle(self, scope: Scope, receive: Receive) -> Response:
         ip = client_ip(scope)
         wait = self.ip_limits.take(ip)
         if wait:
             raise RateLimitedError(f"ip:{ip}", "requests per client IP", wait)
 
-        http_method = self._effective_method(request)
+        headers = first_headers(scope)
+        http_method = self._effective_method(scope["method"], headers)
         route, path_values = self._match(http_method, scope)
         scope[ROUTE_KEY] = route.template.text
 
-        principal, authorization = self._authenticate(request, route)
+        principal, authorization = self._authenticate(headers.get("authorization"), route)
         authorize(route.policy, principal)
         if principal is not None:
             wait = self.caller_limits.take(principal.subject)
             if wait:
                 raise RateLimitedError(principal.subject, "requests per signed-in caller", wait)
 
-        body = await self._read_body(request) if route.body else b""
+        body = await self._read_body(Request(scope, receive), headers) if route.body else b""
         if route.raw is not None:
-            message = binding.bind_raw(route, request.headers, body)
+            message = binding.bind_raw(route, Headers(scope=scope), body)
         else:
+            query = scope.get("query_string", b"")
             message = binding.bind_request(
                 route,
                 http_method,
                 path_values,
-                request.query_params.multi_items(),
+                parse_qsl(query.decode("latin-1"), keep_blank_values=True) if query else (),
                 body,
-                request.headers.get("idempotency-key", "").strip() or None,
+                headers.get("idempotency-key", "").strip() or None,
             )
 
         metadata = [("x-forwarded-for", ip)]
@@ -142,9 +155,8 @@ class ApiEndpoint:
         return JSONResponse(binding.response_json(route, reply))
 
     @staticmethod
-    def _effective_method(request: Request) -> str:
-        method = request.method
-        override = request.headers.get("x-http-method-override", "").strip().upper()
+    def _effective_method(method: str, headers: dict[str, str]) -> str:
+        override = headers.get("x-http-method-override", "").strip().upper()
         if method == "POST" and override and override != "POST":
             if override != "PATCH":
                 raise InvalidFieldError.one("X-HTTP-Method-Override", "only PATCH may override POST")
@@ -182,9 +194,10 @@ class ApiEndpoint:
             raise RouteNotFoundError(f"no route for {http_method} {scope['path']}")
         return found
 
-    def _authenticate(self, request: Request, route: Route) -> tuple[Principal | None, str | None]:
-        """The verified caller and the header to forward (None, None without a token)."""
-        header = request.headers.get("authorization")
+    def _authenticate(self, header: str | None, route: Route) -> tuple[Principal | None, str | None]:
+        """The verified caller and the header to forward (None, None without a token).
+
+        ``header``: the request's ``Authorization`` (its first one), or None."""
         if header is None:
             return None, None
         try:
@@ -199,9 +212,9 @@ class ApiEndpoint:
                 return None, None
             raise
 
-    async def _read_body(self, request: Request) -> bytes:
+    async def _read_body(self, request: Request, headers: dict[str, str]) -> bytes:
         limit = self.max_body_bytes
-        declared = request.headers.get("content-length")
+        declared = headers.get("content-length")
         if declared is not None:
             if not (declared.isascii() and declared.isdigit()):
                 raise InvalidFieldError.one("Content-Length", "must be an integer")

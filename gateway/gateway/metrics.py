@@ -37,9 +37,18 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        #: (method, route, code) -> the counter and histogram children of those labels. Bounded like
+        #: the series: methods, route templates (or "unmatched") and status codes are finite.
+        self._children: dict[tuple[str, str, int], tuple] = {}
+
     def observe(self, method: str, route: str, code: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(code)).inc()
-        self.duration.labels(method, route, str(code)).observe(seconds)
+        key = (method, route, code)
+        children = self._children.get(key)
+        if children is None:
+            labels = (method, route, str(code))
+            children = self._children[key] = (self.requests.labels(*labels), self.duration.labels(*labels))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

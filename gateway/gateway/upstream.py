@@ -1,10 +1,18 @@
 """gRPC channels to the services, generic unary calls and health checks.
 
-One ``grpc.aio`` channel per service, opened in the app's lifespan. Calls go
-through the OpenTelemetry client interceptor (so W3C trace context travels in
-the metadata), carry the configured deadline, and are retried by gRPC itself
-on UNAVAILABLE only (the service config below), which is safe for every
-method: the call never reached a handler.
+Two ``grpc.aio`` channels per service, opened in the app's lifespan, with the same target
+and options (so gRPC's global subchannel pool gives both the same connections):
+
+* the *traced* one has the OpenTelemetry client interceptor: a call made inside a recording
+  span (a sampled request) gets its client span, and W3C trace context travels in the
+  metadata (one trace from HTTP to SQL);
+* the *plain* one has no interceptor: every other call (the unsampled requests, most of
+  them; health checks) skips grpc.aio's interceptor machinery (a task and wrappers per call)
+  and carries the trace context itself (``traceparent`` with the sampled flag off, from the
+  current non-recording span), so the services still know the request is not sampled.
+
+Calls carry the configured deadline and are retried by gRPC itself on UNAVAILABLE only (the
+service config below), which is safe for every method: the call never reached a handler.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from collections.abc import Sequence
 import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import propagate, trace
 
 from gateway.config import GatewaySettings
 from gateway.routing import Route
@@ -62,8 +71,10 @@ class Upstreams:
         """``services``: registry name -> full gRPC service name."""
         self.settings = settings
         self.services = services
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        self._callables: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}  # plain: no interceptor
+        self._traced: dict[str, grpc.aio.Channel] = {}  # the OpenTelemetry client interceptor
+        #: RPC path -> (plain, traced) multicallables
+        self._callables: dict[str, tuple[grpc.aio.UnaryUnaryMultiCallable, grpc.aio.UnaryUnaryMultiCallable]] = {}
 
     async def start(self) -> None:
         for name, full_name in self.services.items():
@@ -73,33 +84,45 @@ class Upstreams:
                 ("grpc.service_config", service_config(full_name)),
                 *_KEEPALIVE,
             ]
-            self._channels[name] = grpc.aio.insecure_channel(
-                channel_target(self.settings.upstream_addr(name)),
-                options=options,
-                interceptors=grpc_client_interceptors(),
+            target = channel_target(self.settings.upstream_addr(name))
+            self._channels[name] = grpc.aio.insecure_channel(target, options=options)
+            self._traced[name] = grpc.aio.insecure_channel(
+                target, options=options, interceptors=grpc_client_interceptors()
             )
 
     async def close(self, grace: float | None = None) -> None:
-        channels, self._channels = self._channels, {}
+        channels = [*self._channels.values(), *self._traced.values()]
+        self._channels, self._traced = {}, {}
         self._callables.clear()
-        await asyncio.gather(*(c.close(grace) for c in channels.values()))
+        await asyncio.gather(*(c.close(grace) for c in channels))
 
-    def _callable(self, route: Route) -> grpc.aio.UnaryUnaryMultiCallable:
+    def _callables_of(self, route: Route) -> tuple[grpc.aio.UnaryUnaryMultiCallable, grpc.aio.UnaryUnaryMultiCallable]:
         path = route.rpc_path
-        call = self._callables.get(path)
-        if call is None:
-            call = self._channels[route.service].unary_unary(
-                path,
-                request_serializer=route.request_class.SerializeToString,
-                response_deserializer=route.response_class.FromString,
+        pair = self._callables.get(path)
+        if pair is None:
+            pair = tuple(
+                channels[route.service].unary_unary(
+                    path,
+                    request_serializer=route.request_class.SerializeToString,
+                    response_deserializer=route.response_class.FromString,
+                )
+                for channels in (self._channels, self._traced)
             )
-            self._callables[path] = call
-        return call
+            self._callables[path] = pair
+        return pair
 
     async def call(self, route: Route, request: Message, metadata: Sequence[tuple[str, str]]) -> Message:
-        """Call the route's RPC; raises grpc.aio.AioRpcError on failure."""
-        return await self._callable(route)(
-            request, metadata=tuple(metadata), timeout=self.settings.call_timeout_seconds
+        """Call the route's RPC; raises grpc.aio.AioRpcError on failure.
+
+        Inside a recording span: through the interceptor (a client span). Otherwise on the
+        plain channel, with the current trace context (if any) added to the metadata here."""
+        plain, traced = self._callables_of(route)
+        if trace.get_current_span().is_recording():
+            return await traced(request, metadata=tuple(metadata), timeout=self.settings.call_timeout_seconds)
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)  # traceparent (sampled flag off) of the current trace; nothing outside one
+        return await plain(
+            request, metadata=(*metadata, *carrier.items()), timeout=self.settings.call_timeout_seconds
         )
 
     async def health(self) -> dict[str, str]:
