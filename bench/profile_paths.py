@@ -41,7 +41,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import free_port, start_members, tracing_env, wait_http, wait_port  # noqa: E402
+from harness import TRACING_MODES, free_port, start_members, tracing_env, wait_http, wait_port  # noqa: E402
 from loadgen import HttpLoad, Result, drive_calls, grpc_unary  # noqa: E402
 
 from mallkit.auth import MEMBER, SERVICE, STAFF, Principal, TokenCodec  # noqa: E402
@@ -49,6 +49,7 @@ from mallkit.settings import DEV_TOKEN_SECRET  # noqa: E402
 from mallkit.testing import MYSQL_ADMIN_URL, NatsServer, mysql_available  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+TRACING = "production"  #: --tracing (bench/harness.py)
 PY = sys.executable
 CLK = os.sysconf("SC_CLK_TCK")
 COMMANDS = {0x01: "QUIT", 0x02: "INIT_DB", 0x0E: "PING", 0x16: "STMT_PREPARE", 0x17: "STMT_EXECUTE",
@@ -200,7 +201,7 @@ class Run:
             f"MALL_{svc}_ADDR": f"127.0.0.1:{self.grpc_port}", f"{svc}_PORT": str(self.grpc_port),
             f"{svc}_DATABASE_URL": url, f"{svc}_RELAY_ENABLED": "false", f"{svc}_JOBS_ENABLED": "false",
             "MALL_NATS_URL": self.nats.url, "GATEWAY_PORT": str(self.http_port), "GATEWAY_SERVICES": self.service,
-            "GATEWAY_RATE_PER_IP": "0", "GATEWAY_RATE_PER_MEMBER": "0", **tracing_env("production"),
+            "GATEWAY_RATE_PER_IP": "0", "GATEWAY_RATE_PER_MEMBER": "0", **tracing_env(TRACING),
         }
         self.env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
         return self
@@ -393,7 +394,10 @@ async def main() -> tuple[list[dict], str | None]:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated: " + ", ".join(PATHS))
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--tracing", choices=TRACING_MODES, default="production", help="production: 1 in 10 sampled (k8s)")
     args = parser.parse_args()
+    global TRACING
+    TRACING = args.tracing
     if not await mysql_available():
         print("profile: no MariaDB on 127.0.0.1:3306 (statements are counted on its wire); nothing profiled")
         return [], None
