@@ -47,7 +47,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from prometheus_client import Counter, Histogram
 
 _HEALTH = grpc_filters.negate(grpc_filters.service_prefix("grpc."))
@@ -202,6 +202,10 @@ class SampledServerInterceptor(grpc.aio.ServerInterceptor):
         if decision is None:
             return await continuation(handler_call_details)
         if decision.traced:
+            if carrier or decision.preset is not None:  # the sampler decided here: a span of our own
+                handler = await continuation(handler_call_details)
+                if handler is not None and handler.unary_unary is not None:
+                    return _server_span(handler, handler_call_details.method, carrier, decision.preset)
             handler = await self.traced.intercept_service(continuation, handler_call_details)
             if decision.preset is None:
                 return handler
@@ -211,6 +215,57 @@ class SampledServerInterceptor(grpc.aio.ServerInterceptor):
         unsampled = decision.context or context.get_current()
         return _wrap_rpc_behavior(await continuation(handler_call_details), lambda behavior, _req, streaming: _run_with(
             behavior, streaming, lambda: context.attach(unsampled), context.detach))
+
+
+#: Server errors by the OpenTelemetry conventions for gRPC server spans (the others are the caller's).
+_SERVER_ERRORS = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED,
+                            grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS})
+
+
+_SERVER_TRACER = trace.get_tracer("mallkit.grpc")  # a proxy until the provider is installed
+
+
+def _server_span(handler, method: str, carrier: dict, preset: int | None):
+    """The unary handler of a sampled call, run inside one SERVER span named like OpenTelemetry's
+    (``package.Service/Method``, the ``rpc.*`` attributes and ``rpc.grpc.status_code``), a child
+    of the caller's span (``carrier``) or a root with the ``preset`` trace id. It does what the
+    instrumentation's interceptor does for a unary call, without its wrapped servicer context and
+    per-call attribute work (most of what a sampled call cost, docs/performance.md)."""
+    name = method.lstrip("/")
+    service, _, rpc = name.rpartition("/")
+    attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}
+    inner = handler.unary_unary
+    tracer = _SERVER_TRACER
+
+    async def behaviour(request, servicer_context):
+        parent = propagate.extract(carrier) if carrier else Context()
+        token = preset_trace_id.set(preset)
+        try:
+            span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+        finally:
+            preset_trace_id.reset(token)
+        attached = context.attach(trace.set_span_in_context(span, parent))
+        code = grpc.StatusCode.CANCELLED  # unless it returns or raises
+        try:
+            response = await inner(request, servicer_context)
+            code = servicer_context.code() or grpc.StatusCode.OK
+            return response
+        except Exception as exc:
+            code = servicer_context.code() or grpc.StatusCode.UNKNOWN
+            if not isinstance(exc, grpc.aio.AbortError):
+                span.record_exception(exc)
+            raise
+        finally:
+            if not isinstance(code, grpc.StatusCode):  # set_code() with an int
+                code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code in _SERVER_ERRORS:
+                span.set_status(Status(StatusCode.ERROR, code.name))
+            context.detach(attached)
+            span.end()
+
+    return grpc.unary_unary_rpc_method_handler(
+        behaviour, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
 
 
 def grpc_server_interceptor() -> grpc.aio.ServerInterceptor:

@@ -223,7 +223,6 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
             await upstreams.close(grace=1.0)
             log.info("gateway stopped: upstream channels closed")
 
-    untraced = "|".join(re.escape(p) for p in UNTRACED)
     app = _Gateway(
         routes=[
             HttpRoute("/healthz", healthz, methods=["GET"]),
@@ -234,12 +233,7 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
         ],
         exception_handlers={HTTPException: _http_exception},
         middleware=[
-            Middleware(
-                SampledTracing,  # OpenTelemetryMiddleware for the sampled requests (gateway.tracing)
-                excluded_urls=rf"^[a-z]+://[^/]*({untraced})$",
-                default_span_details=span_details,
-                exclude_spans=["receive", "send"],
-            ),
+            Middleware(SampledTracing, span_details=span_details, untraced=UNTRACED),  # gateway.tracing
             Middleware(EdgeMiddleware, metrics=metrics),
             Middleware(ApiFirst, api=api, fixed=frozenset(_FIXED)),
         ],

@@ -1,4 +1,4 @@
-"""Tracing budgeted at the edge: the ASGI instrumentation only for requests that are sampled.
+"""Tracing budgeted at the edge: a span only for requests that are sampled.
 
 OpenTelemetry's ASGI middleware costs the gateway CPU on every request (span, attributes,
 wrapped ``receive``/``send``, metrics) even when the span is not recorded. :class:`SampledTracing`
@@ -9,7 +9,8 @@ asks the provider's sampler first, the way the SDK would for this request
 * none: the gateway draws the trace id and asks the sampler (a ratio sampler decides by the
   id; :class:`mallkit.telemetry.PresetIdGenerator` gives the root span that same id).
 
-Sampled: the request goes through the instrumentation, unchanged (one trace from HTTP to SQL).
+Sampled: one SERVER span of the gateway's own (:class:`SampledTracing`; one trace from HTTP
+to SQL, the upstream call a CLIENT span under it, ``gateway.upstream``).
 Not sampled: it skips it, with a non-recording span of that trace as the current context, so
 logs carry the trace id and the upstream calls propagate ``traceparent`` with the flag off
 (parent-based samplers in the services then record nothing either). Without the SDK
@@ -18,24 +19,37 @@ logs carry the trace id and the upstream calls propagate ``traceparent`` with th
 
 from __future__ import annotations
 
-from opentelemetry import context
-from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-from opentelemetry.trace import SpanKind
+from collections.abc import Callable, Iterable
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mallkit.telemetry import presample, preset_trace_id
 
 
 class SampledTracing:
-    """``OpenTelemetryMiddleware`` (same arguments) for the sampled requests only."""
+    """One SERVER span per sampled HTTP request (none for ``untraced`` paths, none unsampled).
 
-    def __init__(self, app: ASGIApp, **otel_options) -> None:
+    The span is what OpenTelemetry's ASGI instrumentation made of it here (its name and
+    ``http.route`` from ``span_details(scope)``, ``http.request.method``, ``url.path``,
+    ``http.response.status_code``, an error status from 500 on), without its wrapped
+    ``receive``/``send``, its per-request metrics and attribute extraction: most of what a
+    sampled request cost the gateway (docs/performance.md). A request arriving with a sampled
+    ``traceparent`` continues that trace; a new root gets the trace id the sampler was asked
+    about (:class:`mallkit.telemetry.PresetIdGenerator`)."""
+
+    def __init__(self, app: ASGIApp, span_details: Callable[[Scope], tuple[str, dict]],
+                 untraced: Iterable[str] = ()) -> None:
         self.app = app
-        self.traced = OpenTelemetryMiddleware(app, **otel_options)
+        self.span_details = span_details
+        self.untraced = frozenset(untraced)
+        self.tracer = trace.get_tracer("gateway.http")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.traced(scope, receive, send)
+        if scope["type"] != "http" or scope["path"] in self.untraced:
+            await self.app(scope, receive, send)
             return
         carrier = {}
         for k, v in scope["headers"]:
@@ -45,14 +59,41 @@ class SampledTracing:
         if decision is None:
             await self.app(scope, receive, send)  # no SDK: nothing would be recorded
         elif decision.traced:
-            token = preset_trace_id.set(decision.preset)
-            try:
-                await self.traced(scope, receive, send)
-            finally:
-                preset_trace_id.reset(token)
+            await self._traced(scope, receive, send, carrier, decision.preset)
         else:
             ctx_token = context.attach(decision.context)
             try:
                 await self.app(scope, receive, send)
             finally:
                 context.detach(ctx_token)
+
+    async def _traced(self, scope: Scope, receive: Receive, send: Send, carrier: dict, preset: int | None) -> None:
+        name, attributes = self.span_details(scope)
+        attributes = {**attributes, "http.request.method": scope.get("method", ""), "url.path": scope["path"],
+                      "url.scheme": scope.get("scheme", "http")}
+        parent = propagate.extract(carrier) if carrier else Context()
+        token = preset_trace_id.set(preset)
+        try:
+            span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+        finally:
+            preset_trace_id.reset(token)
+        status = 500
+
+        async def send_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        attached = context.attach(trace.set_span_in_context(span, parent))
+        try:
+            await self.app(scope, receive, send_status)
+        except Exception as exc:
+            span.record_exception(exc)
+            raise
+        finally:
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            context.detach(attached)
+            span.end()

@@ -1,15 +1,10 @@
 """gRPC channels to the services, generic unary calls and health checks.
 
-Two ``grpc.aio`` channels per service, opened in the app's lifespan, with the same target
-and options (so gRPC's global subchannel pool gives both the same connections):
-
-* the *traced* one has the OpenTelemetry client interceptor: a call made inside a recording
-  span (a sampled request) gets its client span, and W3C trace context travels in the
-  metadata (one trace from HTTP to SQL);
-* the *plain* one has no interceptor: every other call (the unsampled requests, most of
-  them; health checks) skips grpc.aio's interceptor machinery (a task and wrappers per call)
-  and carries the trace context itself (``traceparent`` with the sampled flag off, from the
-  current non-recording span), so the services still know the request is not sampled.
+One ``grpc.aio`` channel per service, opened in the app's lifespan, without interceptors
+(grpc.aio's interceptor machinery costs a task and wrappers per call): every call carries the
+current trace context in its metadata (``traceparent``, the sampled flag off for an unsampled
+request, so the services record nothing either), and a call inside a recording span (a sampled
+request) gets a CLIENT span of its own (:meth:`Upstreams.call`): one trace from HTTP to SQL.
 
 Calls carry the configured deadline and are retried by gRPC itself on UNAVAILABLE only (the
 service config below), which is safe for every method: the call never reached a handler.
@@ -26,12 +21,13 @@ import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
 
 from gateway.config import GatewaySettings
 from gateway.routing import Route
 from mallkit.clients import LOAD_BALANCING, LOAD_BALANCING_OPTIONS, channel_target
-from mallkit.telemetry import grpc_client_interceptors
 
+_TRACER = trace.get_tracer("gateway.upstream")
 log = logging.getLogger(__name__)
 
 _KEEPALIVE = [
@@ -71,10 +67,8 @@ class Upstreams:
         """``services``: registry name -> full gRPC service name."""
         self.settings = settings
         self.services = services
-        self._channels: dict[str, grpc.aio.Channel] = {}  # plain: no interceptor
-        self._traced: dict[str, grpc.aio.Channel] = {}  # the OpenTelemetry client interceptor
-        #: RPC path -> (plain, traced) multicallables
-        self._callables: dict[str, tuple[grpc.aio.UnaryUnaryMultiCallable, grpc.aio.UnaryUnaryMultiCallable]] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._callables: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
 
     async def start(self) -> None:
         for name, full_name in self.services.items():
@@ -84,46 +78,51 @@ class Upstreams:
                 ("grpc.service_config", service_config(full_name)),
                 *_KEEPALIVE,
             ]
-            target = channel_target(self.settings.upstream_addr(name))
-            self._channels[name] = grpc.aio.insecure_channel(target, options=options)
-            self._traced[name] = grpc.aio.insecure_channel(
-                target, options=options, interceptors=grpc_client_interceptors()
-            )
+            self._channels[name] = grpc.aio.insecure_channel(channel_target(self.settings.upstream_addr(name)),
+                                                             options=options)
 
     async def close(self, grace: float | None = None) -> None:
-        channels = [*self._channels.values(), *self._traced.values()]
-        self._channels, self._traced = {}, {}
+        channels, self._channels = self._channels, {}
         self._callables.clear()
-        await asyncio.gather(*(c.close(grace) for c in channels))
+        await asyncio.gather(*(c.close(grace) for c in channels.values()))
 
-    def _callables_of(self, route: Route) -> tuple[grpc.aio.UnaryUnaryMultiCallable, grpc.aio.UnaryUnaryMultiCallable]:
+    def _callable(self, route: Route) -> grpc.aio.UnaryUnaryMultiCallable:
         path = route.rpc_path
-        pair = self._callables.get(path)
-        if pair is None:
-            pair = tuple(
-                channels[route.service].unary_unary(
-                    path,
-                    request_serializer=route.request_class.SerializeToString,
-                    response_deserializer=route.response_class.FromString,
-                )
-                for channels in (self._channels, self._traced)
+        call = self._callables.get(path)
+        if call is None:
+            call = self._channels[route.service].unary_unary(
+                path,
+                request_serializer=route.request_class.SerializeToString,
+                response_deserializer=route.response_class.FromString,
             )
-            self._callables[path] = pair
-        return pair
+            self._callables[path] = call
+        return call
 
     async def call(self, route: Route, request: Message, metadata: Sequence[tuple[str, str]]) -> Message:
         """Call the route's RPC; raises grpc.aio.AioRpcError on failure.
 
-        Inside a recording span: through the interceptor (a client span). Otherwise on the
-        plain channel, with the current trace context (if any) added to the metadata here."""
-        plain, traced = self._callables_of(route)
-        if trace.get_current_span().is_recording():
-            return await traced(request, metadata=tuple(metadata), timeout=self.settings.call_timeout_seconds)
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)  # traceparent (sampled flag off) of the current trace; nothing outside one
-        return await plain(
-            request, metadata=(*metadata, *carrier.items()), timeout=self.settings.call_timeout_seconds
-        )
+        The current trace context (if any) travels in the metadata (``traceparent``). Inside a
+        recording span (a sampled request) the call gets a CLIENT span of its own, named and
+        described as OpenTelemetry's client interceptor would (``rpc.*``, ``rpc.grpc.status_code``)."""
+        call = self._callable(route)
+        timeout = self.settings.call_timeout_seconds
+        if not trace.get_current_span().is_recording():
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)  # traceparent (sampled flag off) of the current trace; nothing outside one
+            return await call(request, metadata=(*metadata, *carrier.items()), timeout=timeout)
+        name = route.rpc_path.lstrip("/")
+        service, _, method = name.rpartition("/")
+        with _TRACER.start_as_current_span(name, kind=SpanKind.CLIENT, attributes={
+                "rpc.system": "grpc", "rpc.service": service, "rpc.method": method}) as span:
+            carrier = {}
+            propagate.inject(carrier)
+            try:
+                reply = await call(request, metadata=(*metadata, *carrier.items()), timeout=timeout)
+            except grpc.aio.AioRpcError as err:
+                span.set_attribute("rpc.grpc.status_code", err.code().value[0])
+                raise
+            span.set_attribute("rpc.grpc.status_code", 0)
+            return reply
 
     async def health(self) -> dict[str, str]:
         """Name -> "SERVING", another health status, or the gRPC error code of the check."""
