@@ -43,6 +43,24 @@ async def mysql_available(url: str = MYSQL_ADMIN_URL) -> bool:
 
 
 @contextlib.asynccontextmanager
+async def empty_database(prefix: str, backend: str, tmp_dir: Path) -> AsyncIterator[str]:
+    """The URL of a fresh empty database (MariaDB ``backend``, else a SQLite file); dropped afterwards."""
+    name = f"mall_test_{prefix}_{uuid.uuid4().hex[:8]}"
+    if backend != "mariadb":
+        yield f"sqlite+aiosqlite:///{tmp_dir / (name + '.db')}"
+        return
+    admin = create_async_engine(MYSQL_ADMIN_URL)
+    async with admin.begin() as conn:
+        await conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"))
+    try:
+        yield str(make_url(MYSQL_ADMIN_URL).set(database=name))
+    finally:
+        async with admin.begin() as conn:
+            await conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        await admin.dispose()
+
+
+@contextlib.asynccontextmanager
 async def service_database(service: str, backend: str, tmp_dir: Path, service_dir: Path) -> AsyncIterator[tuple[str, AsyncEngine]]:
     """A migrated database of one service: ``(url, engine)``; dropped afterwards."""
     name = f"mall_test_{service}_{uuid.uuid4().hex[:8]}"

@@ -17,7 +17,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, s
 from mall.orders.v1 import orders_events_pb2 as opb
 from mallkit import events
 from mallkit.db import create_engine, run_transaction, session_factory
-from mallkit.testing import MYSQL_ADMIN_URL, NatsServer
+from mallkit.testing import NatsServer, empty_database
 from tests.fixtures import until
 
 METADATA = MetaData()
@@ -36,27 +36,12 @@ async def nats_server(tmp_path):
 
 @pytest.fixture
 async def db(backend, tmp_path):
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    name = f"mall_test_events_{uuid.uuid4().hex[:8]}"
-    if backend == "mariadb":
-        admin = create_async_engine(MYSQL_ADMIN_URL)
-        async with admin.begin() as conn:
-            await conn.execute(text(f"CREATE DATABASE `{name}`"))
-        url = str(make_url(MYSQL_ADMIN_URL).set(database=name))
-    else:
-        url = f"sqlite+aiosqlite:///{tmp_path / (name + '.db')}"
-    engine = create_engine(url, pool_size=10)
-    async with engine.begin() as conn:
-        await conn.run_sync(METADATA.create_all)
-    yield session_factory(engine)
-    await engine.dispose()
-    if backend == "mariadb":
-        async with admin.begin() as conn:
-            await conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
-        await admin.dispose()
+    async with empty_database("events", backend, tmp_path) as url:
+        engine = create_engine(url, pool_size=10)
+        async with engine.begin() as conn:
+            await conn.run_sync(METADATA.create_all)
+        yield session_factory(engine)
+        await engine.dispose()
 
 
 async def record(s, event, p: opb.OrderPaidEvent) -> None:

@@ -8,13 +8,12 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from mallkit.events import EventBus
 from mallkit.readcache import ALL, CacheBroadcast, ReadCache, track_writes, written_keys
-from mallkit.testing import MYSQL_ADMIN_URL, NatsServer
+from mallkit.testing import NatsServer, empty_database
 from tests.fixtures import until
 
 
@@ -138,24 +137,13 @@ async def _true(v):
 @pytest.fixture
 async def cache_db(backend, tmp_root):
     """A database of its own with the two tables (MariaDB, else a SQLite file)."""
-    name = f"mall_test_readcache_{uuid.uuid4().hex[:8]}"
-    if backend == "mariadb":
-        admin = create_async_engine(MYSQL_ADMIN_URL)
-        async with admin.begin() as conn:
-            await conn.execute(sa.text(f"CREATE DATABASE `{name}`"))
-        url = str(make_url(MYSQL_ADMIN_URL).set(database=name))
-    else:
-        url = f"sqlite+aiosqlite:///{tmp_root / (name + '.db')}"
-    engine = create_async_engine(url)
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
-        await conn.execute(sa.insert(r), [{"id": i, "name": f"n{i}"} for i in (1, 2, 3)])
-    await engine.dispose()
-    yield url
-    if backend == "mariadb":
-        async with admin.begin() as conn:
-            await conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
-        await admin.dispose()
+    async with empty_database("readcache", backend, tmp_root) as url:
+        engine = create_async_engine(url)
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+            await conn.execute(sa.insert(r), [{"id": i, "name": f"n{i}"} for i in (1, 2, 3)])
+        await engine.dispose()
+        yield url
 
 
 async def test_two_replicas_stay_coherent(cache_db, nats):
