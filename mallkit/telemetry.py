@@ -184,8 +184,10 @@ class SampledServerInterceptor(grpc.aio.ServerInterceptor):
 
     The OTel interceptor costs every call a span, attributes and a wrapped servicer context even
     when nothing is recorded. This gate reads the incoming ``traceparent`` from the call's metadata
-    and asks the sampler first (:func:`presample`). Sampled: the call goes through the OTel
-    interceptor as before (server span, SQL spans under it, one trace from HTTP to SQL). Not
+    and asks the sampler first (:func:`presample`). Sampled: a unary call runs in a server span
+    of our own (:func:`_server_span`: OTel's name, kind and ``rpc.*`` attributes, without its
+    wrapped servicer context), with the SQL spans under it (one trace from HTTP to SQL); a
+    streaming call goes through the OTel interceptor. Not
     sampled: the handler runs directly with a non-recording span of that trace as the current
     context, so logs keep the trace id and outgoing calls carry ``traceparent`` with the sampled
     flag off. Without the SDK every call runs directly."""
