@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from opentelemetry import context, propagate, trace
+from opentelemetry import context, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -59,7 +59,7 @@ class SampledTracing:
         if decision is None:
             await self.app(scope, receive, send)  # no SDK: nothing would be recorded
         elif decision.traced:
-            await self._traced(scope, receive, send, carrier, decision.preset)
+            await self._traced(scope, receive, send, decision.context, decision.preset)
         else:
             ctx_token = context.attach(decision.context)
             try:
@@ -67,11 +67,12 @@ class SampledTracing:
             finally:
                 context.detach(ctx_token)
 
-    async def _traced(self, scope: Scope, receive: Receive, send: Send, carrier: dict, preset: int | None) -> None:
+    async def _traced(self, scope: Scope, receive: Receive, send: Send, parent: Context | None,
+                      preset: int | None) -> None:
         name, attributes = self.span_details(scope)
         attributes = {**attributes, "http.request.method": scope.get("method", ""), "url.path": scope["path"],
                       "url.scheme": scope.get("scheme", "http")}
-        parent = propagate.extract(carrier) if carrier else Context()
+        parent = parent if parent is not None else Context()  # the incoming traceparent, extracted once
         token = preset_trace_id.set(preset)
         try:
             span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)

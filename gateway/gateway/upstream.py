@@ -21,7 +21,7 @@ import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway.config import GatewaySettings
 from gateway.routing import Route
@@ -69,6 +69,7 @@ class Upstreams:
         self.services = services
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._callables: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
+        self._spans: dict[str, tuple[str, dict[str, str]]] = {}
 
     async def start(self) -> None:
         for name, full_name in self.services.items():
@@ -98,6 +99,15 @@ class Upstreams:
             self._callables[path] = call
         return call
 
+    def _span_of(self, path: str) -> tuple[str, dict[str, str]]:
+        """The CLIENT span's name and ``rpc.*`` attributes of an RPC path, worked out once."""
+        found = self._spans.get(path)
+        if found is None:
+            name = path.lstrip("/")
+            service, _, method = name.rpartition("/")
+            found = self._spans[path] = (name, {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method})
+        return found
+
     async def call(self, route: Route, request: Message, metadata: Sequence[tuple[str, str]]) -> Message:
         """Call the route's RPC; raises grpc.aio.AioRpcError on failure.
 
@@ -110,19 +120,25 @@ class Upstreams:
             carrier: dict[str, str] = {}
             propagate.inject(carrier)  # traceparent (sampled flag off) of the current trace; nothing outside one
             return await call(request, metadata=(*metadata, *carrier.items()), timeout=timeout)
-        name = route.rpc_path.lstrip("/")
-        service, _, method = name.rpartition("/")
-        with _TRACER.start_as_current_span(name, kind=SpanKind.CLIENT, attributes={
-                "rpc.system": "grpc", "rpc.service": service, "rpc.method": method}) as span:
-            carrier = {}
-            propagate.inject(carrier)
-            try:
-                reply = await call(request, metadata=(*metadata, *carrier.items()), timeout=timeout)
-            except grpc.aio.AioRpcError as err:
-                span.set_attribute("rpc.grpc.status_code", err.code().value[0])
-                raise
-            span.set_attribute("rpc.grpc.status_code", 0)
+        name, attributes = self._span_of(route.rpc_path)
+        # start_span, not start_as_current_span: nothing runs under the CLIENT span here but the call,
+        # whose metadata carries it; no context to attach and restore, no context-manager layers.
+        span = _TRACER.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+        carrier = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        code = grpc.StatusCode.UNKNOWN  # unless the call answers or fails with a status (cancelled: UNKNOWN)
+        try:
+            reply = await call(request, metadata=(*metadata, *carrier.items()), timeout=timeout)
+            code = grpc.StatusCode.OK
             return reply
+        except grpc.aio.AioRpcError as err:
+            code = err.code()
+            raise
+        finally:
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code is not grpc.StatusCode.OK:  # as OpenTelemetry's client interceptor: any other code
+                span.set_status(Status(StatusCode.ERROR, code.name))
+            span.end()
 
     async def health(self) -> dict[str, str]:
         """Name -> "SERVING", another health status, or the gRPC error code of the check."""

@@ -6,7 +6,7 @@ import asyncio
 import re
 
 import httpx
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway.ratelimit import TokenBuckets
 from tests.gateway.conftest import MEMBER_42, Principal, bearer, error_of, gateway_settings, running_gateway
@@ -54,6 +54,21 @@ async def test_incoming_trace_continues_into_the_upstream_call(gw, upstream, mem
         if format(s.context.trace_id, "032x") == TRACE_ID and s.name.endswith("MembersService/GetMember")
     ]
     assert {s.kind for s in rpc_spans} == {SpanKind.CLIENT, SpanKind.SERVER}
+
+
+async def test_the_client_span_is_the_upstreams_parent_and_records_its_status(gw, upstream, admin_auth, spans):
+    for name, code, status in (("members/7", 0, StatusCode.UNSET), ("members/404", 5, StatusCode.ERROR)):
+        spans.clear()
+        r = await gw.get(f"/v1/{name}", headers={**admin_auth, "traceparent": INCOMING})
+        assert r.status_code == (200 if code == 0 else 404)
+        finished = {s.kind: s for s in spans.get_finished_spans() if s.name.endswith("MembersService/GetMember")}
+        client, server = finished[SpanKind.CLIENT], [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER
+                                                     and s.name == "GET /v1/{name=members/*}"][0]
+        assert client.parent.span_id == server.context.span_id
+        received = upstream.servicer.last("GetMember").metadata["traceparent"]
+        assert received.split("-")[2] == format(client.context.span_id, "016x")  # the call carries the CLIENT span
+        assert (client.attributes["rpc.grpc.status_code"], client.status.status_code) == (code, status)
+        assert client.attributes["rpc.service"] == "mall.members.v1.MembersService"
 
 
 async def test_health_and_metrics_are_not_traced(gw, spans):

@@ -101,7 +101,10 @@ def test_presample_follows_the_parent_flag_and_the_ratio_for_roots():
     sampled = {"traceparent": f"00-{trace_id}-{'4' * 16}-01"}
     unsampled = {"traceparent": f"00-{trace_id}-{'4' * 16}-00"}
 
-    assert presample(sampled, "m", SpanKind.SERVER, never) == (True, None, None)  # a sampled parent wins
+    followed = presample(sampled, "m", SpanKind.SERVER, never)  # a sampled parent wins
+    assert followed.traced and followed.preset is None
+    parent = trace.get_current_span(followed.context).get_span_context()  # extracted once, the span's parent
+    assert (format(parent.trace_id, "032x"), parent.span_id, parent.is_remote) == (trace_id, int("4" * 16, 16), True)
     skip = presample(unsampled, "m", SpanKind.SERVER, always)
     assert not skip.traced
     span = trace.get_current_span(skip.context).get_span_context()
