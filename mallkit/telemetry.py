@@ -442,7 +442,7 @@ class JsonFormatter(logging.Formatter):
         if ctx.is_valid:
             out["trace_id"] = format(ctx.trace_id, "032x")
             out["span_id"] = format(ctx.span_id, "016x")
-        for key in ("method", "code", "event_id", "event_type", "peer"):
+        for key in ("method", "code", "event_id", "event_type", "peer", "route", "status", "duration_ms", "request_id"):
             if hasattr(record, key):
                 out[key] = getattr(record, key)
         if record.exc_info:

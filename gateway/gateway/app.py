@@ -47,6 +47,7 @@ from mallkit.auth import TokenCodec
 from mallkit.errors import MallError
 
 log = logging.getLogger(__name__)
+_access = logging.getLogger("gateway.access")
 
 UNTRACED = ("/healthz", "/metrics")
 _FIXED = {"/healthz", "/metrics", "/openapi.json", "/docs"}
@@ -62,11 +63,13 @@ def _traceparent() -> str | None:
 
 
 class EdgeMiddleware:
-    """Request id, ``traceparent`` on responses, metrics, and a JSON 500 of last resort."""
+    """Request id, ``traceparent`` on responses, metrics, the access log (``GATEWAY_ACCESS_LOG``)
+    and a JSON 500 of last resort."""
 
-    def __init__(self, app: ASGIApp, metrics: GatewayMetrics):
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics, access_log: bool = False):
         self.app = app
         self.metrics = metrics
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -101,7 +104,11 @@ class EdgeMiddleware:
             route = scope.get(ROUTE_KEY) or (path if path in _FIXED else UNMATCHED)
             method = scope.get("method", "")
             method = method if method in _METHODS else "OTHER"
-            self.metrics.observe(method, route, status, time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            self.metrics.observe(method, route, status, elapsed)
+            if self.access_log:  # the route's template, never the raw path (ids, query strings)
+                _access.info("%s %s %d", method, route, status, extra={
+                    "route": route, "status": status, "duration_ms": round(elapsed * 1000, 3), "request_id": request_id})
 
 
 class ApiFirst:
@@ -234,7 +241,7 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
         exception_handlers={HTTPException: _http_exception},
         middleware=[
             Middleware(SampledTracing, span_details=span_details, untraced=UNTRACED),  # gateway.tracing
-            Middleware(EdgeMiddleware, metrics=metrics),
+            Middleware(EdgeMiddleware, metrics=metrics, access_log=settings.access_log),
             Middleware(ApiFirst, api=api, fixed=frozenset(_FIXED)),
         ],
         lifespan=lifespan,

@@ -67,6 +67,9 @@ class GatewaySettings(BaseSettings):
         description="Proxies trusted to set X-Forwarded-For (uvicorn's forwarded_allow_ips)",
     )
     grace_seconds: int = Field(10, ge=0, description="Time given to requests in flight on SIGTERM")
+    access_log: bool = Field(
+        False, description="One JSON log line per request (method, route, status, duration, request id; about "
+        "60 us of gateway CPU each); off: the metrics count every request and failed upstream calls are logged")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes sharing the HTTP port")
     platform: PlatformSettings = Field(default_factory=PlatformSettings)
 

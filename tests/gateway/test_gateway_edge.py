@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 
 import httpx
@@ -184,3 +185,21 @@ async def test_unsampled_requests_skip_the_instrumentation_and_propagate_not_sam
     assert r.headers["traceparent"].split("-")[1] == TRACE_ID and r.headers["traceparent"].endswith("-01")
     assert any(s.kind == SpanKind.SERVER and format(s.context.trace_id, "032x") == TRACE_ID
                for s in spans.get_finished_spans())
+
+
+async def test_the_access_log_is_one_line_per_request_with_the_route_only_when_asked(upstream, member_auth, caplog):
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    for wanted in (True, False):
+        caplog.clear()
+        async with running_gateway(gateway_settings(upstream.addr, access_log=wanted)) as gw:
+            ok = await gw.get("/v1/members/me", headers={**member_auth, "X-Request-Id": "req-log-1"})
+            missing = await gw.get("/v1/members/404?secret=hunter2", headers=member_auth)
+        lines = [r for r in caplog.records if r.name == "gateway.access"]
+        if not wanted:
+            assert lines == []
+            continue
+        assert (ok.status_code, missing.status_code) == (200, 400)  # an unknown query parameter
+        assert [(r.route, r.status, r.request_id) for r in lines] == [
+            ("/v1/{name=members/*}", 200, "req-log-1"), ("/v1/{name=members/*}", 400, missing.headers["x-request-id"])]
+        assert all(r.duration_ms > 0 for r in lines)
+        assert "hunter2" not in caplog.text and "members/404" not in caplog.text  # the template, not the path
