@@ -181,8 +181,10 @@ def parse_json(body: bytes) -> object:
     try:
         value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
         # "\ud800" parses into a str that is not valid Unicode: refuse it here,
-        # before it reaches the protobuf runtime.
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        # before it reaches the protobuf runtime. Only a \u escape can make one
+        # (strict UTF-8 decoding refuses encoded surrogates), so only then look.
+        if b"\\u" in body:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeDecodeError:
         raise InvalidJsonError("must be UTF-8 encoded JSON") from None
     except UnicodeEncodeError:
@@ -290,7 +292,34 @@ def enum_numbers(desc: Descriptor, value: object, path: str = "", depth: int = 0
     return out
 
 
+@functools.cache
+def _plain_string_fields(desc: Descriptor) -> dict[str, FieldDescriptor]:
+    """Singular string fields outside any oneof, by JSON and by proto name."""
+    out: dict[str, FieldDescriptor] = {}
+    for f in desc.fields:
+        if f.type == _FD.TYPE_STRING and not is_repeated(f) and f.containing_oneof is None:
+            out[f.name] = out[f.json_name] = f
+    return out
+
+
+def _set_plain_strings(data: dict, msg: Message) -> bool:
+    """A body of plain string fields only (ids, tokens, names: most bodies of the hot writes) is set
+    as json_format would set it, without its parser; False (nothing set) for any other body."""
+    fields = _plain_string_fields(msg.DESCRIPTOR)
+    names = []
+    for key, v in data.items():
+        f = fields.get(key)
+        if f is None or type(v) is not str or f.name in names:  # noqa: E721 - exactly str
+            return False
+        names.append(f.name)
+    for name, v in zip(names, data.values(), strict=True):
+        setattr(msg, name, v)
+    return True
+
+
 def _parse_into(data: dict, msg: Message) -> None:
+    if _set_plain_strings(data, msg):
+        return
     numbers = enum_numbers(msg.DESCRIPTOR, data)
     if numbers:
         raise InvalidFieldError(numbers)

@@ -324,3 +324,37 @@ def test_response_json_prints_exactly_what_json_format_prints():
                 want, ensure_ascii=False, separators=(",", ":")), desc.full_name
             checked += 1
     assert checked > 500
+
+
+def test_bodies_of_plain_strings_bind_as_json_format_binds_them():
+    """The parser-free path for bodies of plain string fields agrees with json_format, and every
+    other body (a number, null, a oneof or optional field, a key twice, an unknown key) still goes
+    through json_format and its field errors."""
+    from google.protobuf import json_format
+
+    from gateway.binding import _parse_into, _set_plain_strings
+    from mall.community.v1 import community_service_pb2 as cpb
+
+    plain = [{"visitorId": "v" * 20, "shareToken": "t0k"}, {"visitor_id": "v" * 20, "client_event_id": "e" * 16},
+             {"name": "groups/1/posts/2"}, {}]
+    for body in plain:
+        ours, theirs = cpb.ViewPostRequest(), cpb.ViewPostRequest()
+        assert _set_plain_strings(body, ours)
+        json_format.ParseDict(body, theirs)
+        assert ours == theirs and ours.SerializeToString() == theirs.SerializeToString()
+    for body in ({"visitorId": 7}, {"visitorId": None}, {"visitorId": "a", "visitor_id": "b"}, {"nope": "x"}):
+        assert not _set_plain_strings(body, cpb.ViewPostRequest())
+    with pytest.raises(InvalidFieldError) as err:
+        _parse_into({"visitorId": 7}, cpb.ViewPostRequest())
+    assert err.value.metadata["field"] == "visitor_id"
+    with pytest.raises(InvalidFieldError):
+        _parse_into({"nope": "x"}, cpb.ViewPostRequest())
+    from gateway.binding import _plain_string_fields
+
+    in_oneofs = 0
+    for file in (pb.DESCRIPTOR, cpb.DESCRIPTOR):  # optional (proto3) and oneof fields: never the plain path
+        for desc in file.message_types_by_name.values():
+            chosen = set(_plain_string_fields(desc).values())
+            in_oneofs += sum(1 for f in desc.fields if f.containing_oneof is not None and f.type == f.TYPE_STRING)
+            assert all(f.containing_oneof is None and f.type == f.TYPE_STRING for f in chosen)
+    assert in_oneofs  # the rule was put to the test
