@@ -109,6 +109,7 @@ def build(settings: CommunitySettings, engine: AsyncEngine | None = None, *, clo
                                   max_delay=settings.view_batch_delay_seconds, max_queue=settings.view_queue_size)
     app.servicer = CommunityServicer(**parts, sessions=platform.sessions, idempotency=platform.idempotency,
                                      views=views, view_ack_commit=settings.view_ack == "commit",
+                                     view_cache_seconds=settings.view_cache_seconds,
                                      directory=MembersDirectory(platform.members),
                                      activity_window_days=settings.activity_window_days, clock=clock)
     platform.serve(app, domain=DOMAIN, handlers=events.HANDLERS, jobs=_jobs.schedule(app) if jobs else (),
