@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 from datetime import datetime
@@ -41,6 +42,13 @@ from .base import RpcBase
 #: every view, direct_views: views through a share); a share's line counts the views up its chain.
 POST_REPORT_COLUMNS = ["post", "share", "sharer", "depth", "views", "unique_viewers", "shares", "members_gained",
                        "direct_views", "chain_views", "chain_depth"]
+
+
+@functools.lru_cache(maxsize=4096)
+def _viewed_ids(name: str) -> tuple[int, ...]:
+    """``parse_ids`` of a viewed post's name, remembered (a shared post is viewed again and again;
+    a malformed name raises and is not remembered)."""
+    return parse_ids(name, "groups/{}/posts/{}", "name")
 
 
 class ContentRpc(RpcBase):
@@ -135,7 +143,7 @@ class ContentRpc(RpcBase):
     async def ViewPost(self, request, context):
         """Reads outside any write transaction (a shared post comes from memory), then the view
         goes to the batch writer: one multi-row INSERT per batch (``Sharing.write_views``)."""
-        group_id, post_id = parse_ids(request.name, "groups/{}/posts/{}", "name")
+        group_id, post_id = _viewed_ids(request.name)
         v = Validator()
         v.pattern("visitor_id", request.visitor_id, VISITOR, "16 to 64 letters, digits, '-' or '_'")
         v.pattern("share_token", request.share_token, SHARE_TOKEN, "must be a share token")
