@@ -4,7 +4,7 @@
 
 For each path (``members_me``: GET /v1/members/me; ``flash_sale``: POST flashSales/*:buy via
 the gateway; ``points_grant``: gRPC CompleteTask; ``content_view``: POST posts/*:view via the
-gateway) it starts the processes the path needs on a fresh MariaDB database, warms
+gateway, then the same views as gRPC ViewPost calls) it starts the processes the path needs on a fresh MariaDB database, warms
 the path up, then runs ``--requests`` requests with ``--concurrency`` workers and reports:
 
 * the commands the service sent to MariaDB per request, counted **on the wire**: the
@@ -382,7 +382,31 @@ async def content_view(args) -> dict:
                                       {"visitorId": "v" + uuid.uuid4().hex, "shareToken": share["token"]})
 
             await http.run_raw(views(200))
-            return await run.measure("POST posts/*:view (gateway)", lambda: http.run_raw(list(views(args.requests))))
+            print(f"   (pids: community {run.procs['community'].pid}, gateway {run.procs['gateway'].pid})", flush=True)
+            row = await run.measure("POST posts/*:view (gateway)", lambda: http.run_raw(list(views(args.requests))))
+
+        import grpc
+
+        from mall.community.v1 import community_service_pb2 as pb
+
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{run.grpc_port}")
+        view = channel.unary_unary("/mall.community.v1.CommunityService/ViewPost",
+                                   request_serializer=pb.ViewPostRequest.SerializeToString,
+                                   response_deserializer=pb.ViewPostResponse.FromString)
+
+        def grpc_views(n: int):
+            for _ in range(n):
+                req = pb.ViewPostRequest(name=post["name"], visitor_id="v" + uuid.uuid4().hex,
+                                         share_token=share["token"])
+                yield lambda req=req: view(req, timeout=30)
+
+        try:
+            await drive_calls(grpc_views(200), 0, args.concurrency)
+            row["grpc"] = await run.measure("gRPC ViewPost", lambda: drive_calls(grpc_views(args.requests), 0,
+                                                                                 args.concurrency))
+        finally:
+            await channel.close()
+        return row
 
 
 PATHS = {"members_me": members_me, "flash_sale": flash_sale, "points_grant": points_grant, "content_view": content_view}

@@ -154,7 +154,22 @@ def bearer(metadata: dict[str, str] | None) -> str | None:
     """The token of an ``authorization: Bearer ...`` value, if any."""
     if not metadata:
         return None
-    value = metadata.get("authorization", "")
+    return _bearer_token(metadata.get("authorization", ""))
+
+
+def bearer_of(metadata) -> str | None:
+    """:func:`bearer` of a call's metadata as gRPC hands it over (key/value pairs; the last
+    ``authorization`` counts, as in a dict of them), without building the dict."""
+    value = ""
+    for key, v in metadata or ():
+        if key == "authorization":
+            value = v
+    return _bearer_token(value) if value else None
+
+
+def _bearer_token(value) -> str | None:
+    if not isinstance(value, str):
+        return None
     scheme, _, token = value.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None

@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from mallkit.auth import TokenCodec, access_policy, authorize, bearer, current_principal
+from mallkit.auth import TokenCodec, access_policy, authorize, bearer_of, current_principal
 from mallkit.constraints import RequestRules
 from mallkit.db import is_unavailable
 from mallkit.errors import MallError, Unavailable, internal_status
@@ -52,14 +52,26 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):
         self.policies = {
             f"/{sd.full_name}/{m.name}": access_policy(m) for sd in descriptors for m in sd.methods
         }
+        self._wrapped: dict[str, tuple[Any, Any]] = {}  # method -> (the servicer's handler, ours)
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None and wrapped[0] is handler:
+            return wrapped[1]  # built once per method: the server hands out the same handler every call
         if handler is None or method not in self.policies or not handler.unary_unary:
             return handler  # health, reflection: no auth
+        ours = self._wrap(method, handler)
+        self._wrapped[method] = (handler, ours)
+        return ours
+
+    def _wrap(self, method: str, handler):
         policy = self.policies[method]
         inner = handler.unary_unary
+        name = method.rsplit("/", 1)[-1]
+        durations: dict[Any, Any] = {}  # status code -> the labelled histogram (labels() takes a lock)
+        errors: dict[Any, Any] = {}
 
         async def behaviour(request, context: grpc.aio.ServicerContext):
             start = time.perf_counter()
@@ -67,7 +79,7 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):
             t1 = current_principal.set(None)
             t2 = current_method.set(method)
             try:
-                token = bearer(dict(context.invocation_metadata() or ()))
+                token = bearer_of(context.invocation_metadata())
                 principal = self.codec.verify(token) if token else None
                 current_principal.set(principal)
                 authorize(policy, principal)
@@ -100,10 +112,15 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 current_principal.reset(t1)
                 current_method.reset(t2)
-                name = method.rsplit("/", 1)[-1]
-                RPC_DURATION.labels(self.service, name, code.name).observe(time.perf_counter() - start)
+                duration = durations.get(code)
+                if duration is None:
+                    duration = durations[code] = RPC_DURATION.labels(self.service, name, code.name)
+                duration.observe(time.perf_counter() - start)
                 if code != grpc.StatusCode.OK:
-                    RPC_ERRORS.labels(self.service, name, code.name).inc()
+                    failed = errors.get(code)
+                    if failed is None:
+                        failed = errors[code] = RPC_ERRORS.labels(self.service, name, code.name)
+                    failed.inc()
 
         return grpc.unary_unary_rpc_method_handler(
             behaviour,

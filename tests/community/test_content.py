@@ -69,6 +69,31 @@ async def _granted(community, member, quiz_name):
     return (await community.points.total(member, f"quiz:{quiz_name}"))[0] >= 1
 
 
+async def test_a_viewed_quiz_shows_its_answer_to_each_caller_as_their_own(community):
+    """The post of a view comes from memory, and so does its message: staff and a member who
+    answered see the correct option, a member who has not never does, in any order of views."""
+    group = await make_group(community)
+    quiz = await post(community, group, kind=pb.POST_KIND_QUIZ, title="答题", quiz=pb.Quiz(
+        question="Q", options=["a", "b", "c"], correct_option=2, reward_points=5))
+    knows, guesses = new_member_id(), new_member_id()
+    for m in (knows, guesses):
+        await join(community, group, m)
+    staff = community.staff_md("guide", 3)
+
+    async def shown(md) -> pb.Post:
+        return (await community.stub.ViewPost(pb.ViewPostRequest(name=quiz.name), metadata=md)).post
+
+    assert (await shown(staff)).quiz.correct_option == 2
+    first = await shown(community.member_md(guesses))
+    assert not first.quiz.HasField("correct_option") and first.title == "答题" and list(first.quiz.options) == ["a", "b", "c"]
+    await community.stub.AnswerQuiz(pb.AnswerQuizRequest(name=quiz.name, option=2, request_id=rid()),
+                                    metadata=community.member_md(knows))
+    for _ in range(2):
+        assert (await shown(community.member_md(knows))).quiz.correct_option == 2
+        assert not (await shown(community.member_md(guesses))).quiz.HasField("correct_option")
+        assert (await shown(staff)).quiz.correct_option == 2
+
+
 async def test_only_group_members_answer_and_a_replayed_request_id_replays(community):
     group = await make_group(community)
     quiz = await post(community, group, kind=pb.POST_KIND_QUIZ, quiz=pb.Quiz(

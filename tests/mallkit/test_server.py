@@ -134,6 +134,36 @@ async def test_calls_need_a_valid_token_of_an_allowed_kind(host):
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
+async def test_every_call_is_judged_on_its_own_token_and_counted_under_its_own_code(host):
+    """The interceptor builds its wrapper of a method once: calls of that method in any order still
+    get their own caller, answer and metrics (duration per code, errors per code)."""
+    from prometheus_client import REGISTRY
+
+    from mallkit.auth import MEMBER
+
+    h, ready, sink, channel, service_md = host
+    stub = pb_grpc.MembersServiceStub(channel)
+    member_md = (("authorization", f"Bearer {TokenCodec(SECRET).issue(Principal(MEMBER, 'members/1'))[0]}"),)
+
+    def seen(code: str) -> tuple[float, float]:
+        labels = {"service": "test", "method": "AddGrowth", "code": code}
+        return (REGISTRY.get_sample_value("mall_rpc_server_duration_seconds_count", labels) or 0.0,
+                REGISTRY.get_sample_value("mall_rpc_server_errors_total", labels) or 0.0)
+
+    before = {code: seen(code) for code in ("OK", "PERMISSION_DENIED", "UNAUTHENTICATED")}
+    for md, expected in [(service_md, None), (member_md, grpc.StatusCode.PERMISSION_DENIED), ((), grpc.StatusCode.UNAUTHENTICATED),
+                         (service_md, None), (member_md, grpc.StatusCode.PERMISSION_DENIED), (service_md, None)]:
+        if expected is None:
+            await stub.AddGrowth(pb.AddGrowthRequest(), metadata=md)
+            continue
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await stub.AddGrowth(pb.AddGrowthRequest(), metadata=md)
+        assert e.value.code() == expected
+    assert len(sink.peers) == 3
+    delta = {code: tuple(a - b for a, b in zip(seen(code), before[code], strict=True)) for code in before}
+    assert delta == {"OK": (3, 0), "PERMISSION_DENIED": (2, 2), "UNAUTHENTICATED": (1, 1)}
+
+
 def test_json_logs_carry_trace_and_span_ids():
     from opentelemetry import trace
 

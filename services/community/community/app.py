@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mall.community.v1 import community_service_pb2 as pb
 from mall.community.v1 import community_service_pb2_grpc as pb_grpc
-from mallkit.db import run_transaction, utcnow
+from mallkit.db import utcnow
 from mallkit.events import Outbox
 from mallkit.pagination import PageTokens
 from mallkit.platform import Platform, ServiceApp, Servicer, Tables
@@ -35,7 +35,7 @@ from .models import IdempotencyKeys, InboxEvents, OutboxEvents
 from .quick_replies import QuickReplies
 from .quizzes import Quizzes
 from .servicer import CommunityServicer
-from .sharing import PendingView, Sharing
+from .sharing import Sharing, ViewLog
 from .targeting import Targeting
 
 SERVICE_DIR = Path(__file__).resolve().parent.parent  # holds alembic.ini and migrations/
@@ -57,10 +57,15 @@ class CommunityApp(ServiceApp):
     clock: Callable[[], datetime] = utcnow
     servicer: CommunityServicer | None = None
     targeting: Targeting | None = None
+    view_log: ViewLog | None = None
 
     @property
     def outbox(self) -> Outbox:
         return self.platform.outbox
+
+    async def close(self) -> None:
+        if self.view_log is not None:  # after the batch writers drained (ServiceApp.stop)
+            await self.view_log.close()
 
     def set_clock(self, clock: Callable[[], datetime]) -> None:
         """Move "now" (tests): what the RPCs and the jobs believe the time is."""
@@ -99,15 +104,12 @@ def build(settings: CommunitySettings, engine: AsyncEngine | None = None, *, clo
                               page_size=settings.broadcast_page_size,
                               lease=timedelta(seconds=settings.broadcast_lease_seconds),
                               reach_concurrency=settings.broadcast_reach_concurrency)
-    sharing: Sharing = parts["sharing"]
-
-    async def write_views(rows: list[PendingView]) -> None:
-        await run_transaction(platform.sessions, lambda s: sharing.write_views(s, rows))
-
-    views = platform.batch_writer("views", write_views, max_rows=settings.view_batch_rows,
+    app.view_log = ViewLog(platform.engine, platform.sessions, parts["sharing"])
+    views = platform.batch_writer("views", app.view_log, max_rows=settings.view_batch_rows,
                                   max_delay=settings.view_batch_delay_seconds, max_queue=settings.view_queue_size)
     app.servicer = CommunityServicer(**parts, sessions=platform.sessions, idempotency=platform.idempotency,
                                      views=views, view_ack_commit=settings.view_ack == "commit",
+                                     view_cache_seconds=settings.view_cache_seconds,
                                      directory=MembersDirectory(platform.members),
                                      activity_window_days=settings.activity_window_days, clock=clock)
     platform.serve(app, domain=DOMAIN, handlers=events.HANDLERS, jobs=_jobs.schedule(app) if jobs else (),

@@ -21,6 +21,7 @@ from mallkit.idempotency import Idempotency
 
 from .activity import Activities
 from .broadcasts import Broadcasts
+from .common import Recent
 from .content import Content
 from .coupon_drops import CouponDrops
 from .directory import MembersDirectory
@@ -52,6 +53,7 @@ class CommunityServicer(GroupsRpc, ContentRpc, BroadcastsRpc, pb_grpc.CommunityS
         directory: MembersDirectory,
         views: BatchWriter,
         view_ack_commit: bool = True,
+        view_cache_seconds: float = 0.0,
         activity_window_days: int = 30,
         clock: Callable[[], datetime] = utcnow,
     ):
@@ -69,6 +71,7 @@ class CommunityServicer(GroupsRpc, ContentRpc, BroadcastsRpc, pb_grpc.CommunityS
         self.directory = directory
         self.views = views
         self.view_ack_commit = view_ack_commit
+        self.post_messages = Recent(view_cache_seconds)  # as long as the posts they show stay in memory
         self.activity_window_days = activity_window_days
         self.clock = clock
         # Admission control is the platform's (mallkit.db): write transactions queue there, as

@@ -15,6 +15,7 @@ from mallkit.idempotency import Idempotency
 
 from ..activity import Activities
 from ..broadcasts import Broadcasts
+from ..common import Recent
 from ..content import Content
 from ..coupon_drops import CouponDrops
 from ..directory import MembersDirectory
@@ -42,6 +43,7 @@ class RpcBase:
     clock: Callable[[], datetime]
     views: BatchWriter
     view_ack_commit: bool
+    post_messages: Recent  # (id(post), reveal) -> (post, its message): ContentRpc._viewed_post_pb
 
     async def _run(self, request, response_type, use_case, **kw):
         return await self.idem.run(request, response_type, use_case, **kw)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import uuid
+import os
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,6 +19,7 @@ from mallkit.pagination import page_size
 from mallkit.validation import Validator
 
 from .. import errors as reasons
+from ..common import unchanging
 from ..messages import (
     COUPON_TEMPLATE,
     MAX_AHEAD,
@@ -40,6 +42,13 @@ from .base import RpcBase
 #: every view, direct_views: views through a share); a share's line counts the views up its chain.
 POST_REPORT_COLUMNS = ["post", "share", "sharer", "depth", "views", "unique_viewers", "shares", "members_gained",
                        "direct_views", "chain_views", "chain_depth"]
+
+
+@functools.lru_cache(maxsize=4096)
+def _viewed_ids(name: str) -> tuple[int, ...]:
+    """``parse_ids`` of a viewed post's name, remembered (a shared post is viewed again and again;
+    a malformed name raises and is not remembered)."""
+    return parse_ids(name, "groups/{}/posts/{}", "name")
 
 
 class ContentRpc(RpcBase):
@@ -134,7 +143,7 @@ class ContentRpc(RpcBase):
     async def ViewPost(self, request, context):
         """Reads outside any write transaction (a shared post comes from memory), then the view
         goes to the batch writer: one multi-row INSERT per batch (``Sharing.write_views``)."""
-        group_id, post_id = parse_ids(request.name, "groups/{}/posts/{}", "name")
+        group_id, post_id = _viewed_ids(request.name)
         v = Validator()
         v.pattern("visitor_id", request.visitor_id, VISITOR, "16 to 64 letters, digits, '-' or '_'")
         v.pattern("share_token", request.share_token, SHARE_TOKEN, "must be a share token")
@@ -157,9 +166,9 @@ class ContentRpc(RpcBase):
                     raise not_member()
                 p = await self.content.viewed_post(s, group_id, post_id)
         if caller is not None and caller.is_staff:  # staff preview: not a view
-            return pb.ViewPostResponse(post=post_pb(p, reveal_answer=True))
+            return pb.ViewPostResponse(post=self._viewed_post_pb(p, True))
         self.content.require_published(p)
-        event_id = request.client_event_id or uuid.uuid4().hex
+        event_id = request.client_event_id or os.urandom(16).hex()
         written = await self.views.submit(PendingView(p.id, member_id, request.visitor_id or None,
                                                       share.id if share else None, event_id, now))
         reveal = False
@@ -168,7 +177,23 @@ class ContentRpc(RpcBase):
                 reveal = p.id in await self.quizzes.answered(s, member_id, [p.id])
         if self.view_ack_commit:
             await asyncio.shield(written)
-        return pb.ViewPostResponse(post=post_pb(p, reveal), view=f"groups/{group_id}/posts/{post_id}/views/{event_id}")
+        return pb.ViewPostResponse(post=self._viewed_post_pb(p, reveal),
+                                   view=f"groups/{group_id}/posts/{post_id}/views/{event_id}")
+
+    def _viewed_post_pb(self, p: Post, reveal: bool) -> pb.Post:
+        """``post_pb(p, reveal)``, built once per post object that no longer changes: the post of a
+        view comes from memory (``Sharing``/``Content`` caches, :func:`unchanging`), and so does its
+        message, for as long (same seconds; an entry is keyed by the object and holds it, so a post
+        loaded again gets a message of its own)."""
+        if not unchanging(p):
+            return post_pb(p, reveal)
+        key = (id(p), reveal)
+        hit = self.post_messages.get(key)
+        if hit is not None and hit[0] is p:
+            return hit[1]
+        msg = post_pb(p, reveal)
+        self.post_messages.put(key, (p, msg))
+        return msg
 
     async def SharePost(self, request, context):
         group_id, post_id = parse_ids(request.name, "groups/{}/posts/{}", "name")
