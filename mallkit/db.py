@@ -277,6 +277,18 @@ def is_transient(exc: BaseException) -> bool:
     return "database is locked" in str(orig)
 
 
+_CONNECTION = "mall_connection"
+
+
+async def transaction_connection(s: AsyncSession) -> AsyncConnection:
+    """The connection of the transaction :func:`run_transaction` runs ``s`` in (kept by it: no
+    greenlet round per ``s.connection()`` call), or ``s.connection()``."""
+    conn = s.info.get(_CONNECTION)
+    if conn is not None and conn.in_transaction():
+        return conn
+    return await s.connection()
+
+
 _inside_transaction: ContextVar[bool] = ContextVar("mall_inside_transaction", default=False)
 
 
@@ -340,7 +352,7 @@ async def _attempts(sessions, fn, attempts: int):
     for attempt in range(attempts):
         try:
             async with sessions() as s, s.begin():
-                await s.connection(execution_options={WRITE: True})
+                s.info[_CONNECTION] = await s.connection(execution_options={WRITE: True})
                 return await fn(s)
         except DBAPIError as exc:
             if not is_transient(exc):

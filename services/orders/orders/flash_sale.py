@@ -21,11 +21,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mallkit.db import DriverStatement, insert_ignore_statement, utcnow
+from mallkit.db import DriverStatement, insert_ignore_statement, transaction_connection, utcnow
 from mallkit.errors import FailedPrecondition, NotFound
 
 from . import errors as reasons
@@ -78,6 +79,11 @@ COUNT_AGAIN = DriverStatement(
     .values(quantity=_purchases.c.quantity + bindparam("qty")))
 TAKE_STOCK = DriverStatement(update(_sales).where(_sales.c.id == bindparam("sale"), _sales.c.remaining >= bindparam("qty"))
                              .values(remaining=_sales.c.remaining - bindparam("qty")))
+
+
+def limit_reached(info: FlashInfo) -> FailedPrecondition:
+    return FailedPrecondition("per-member limit of this flash sale reached", reason=reasons.FLASH_SALE_LIMIT_REACHED,
+                              metadata={"limit": info.per_member_limit}, zh="已达到限购数量")
 
 
 def sold_out_error() -> FailedPrecondition:
@@ -162,24 +168,22 @@ class FlashSales:
     # --- the purchase --------------------------------------------------------------------------
 
     async def buy(self, s: AsyncSession, sale_id: int, member_id: int, quantity: int,
-                  address_id: int | None) -> tuple[Order, list[OrderItem]]:
-        """Per-member counter, then the order and its line (Core inserts; the rows are returned as
-        built, never re-read). The caller runs :meth:`take_stock` last."""
+                  address_id: int | None) -> tuple[SimpleNamespace, list[SimpleNamespace]]:
+        """Per-member counter, then the order and its line (driver statements; the rows are returned
+        as built, never re-read: plain objects with the attributes of Order and OrderItem, no ORM
+        instance state). The caller runs :meth:`take_stock` last."""
         info = await self.info(s, sale_id)
         self._check_window(info)
         address = await self.addresses.optional(s, member_id, address_id)
-        limit_reached = FailedPrecondition("per-member limit of this flash sale reached",
-                                           reason=reasons.FLASH_SALE_LIMIT_REACHED,
-                                           metadata={"limit": info.per_member_limit}, zh="已达到限购数量")
         if quantity > info.per_member_limit:
-            raise limit_reached
-        conn = await s.connection()
+            raise limit_reached(info)
+        conn = await transaction_connection(s)
         first, _ = await FIRST_PURCHASE.run(conn, {"flash_sale_id": info.id, "member_id": member_id, "quantity": quantity})
         if first != 1:  # bought in this sale before: within the limit, or refused
             mine, _ = await COUNT_AGAIN.run(conn, {"sale": info.id, "member": member_id, "qty": quantity,
                                                    "limit": info.per_member_limit})
             if mine != 1:
-                raise limit_reached
+                raise limit_reached(info)
         now = utcnow()
         amount = info.price_fen * quantity
         order = dict(member_id=member_id, state=PENDING_PAYMENT, total_fen=amount, tier_discount_fen=0,
@@ -193,11 +197,11 @@ class FlashSales:
                     unit_price_fen=info.price_fen, quantity=quantity, paid_fen=amount,
                     repurchase_cycle_days=info.repurchase_cycle_days)
         await INSERT_ITEM.run(conn, item)
-        return Order(id=order_id, **order), [OrderItem(**item)]
+        return SimpleNamespace(id=order_id, **order), [SimpleNamespace(**item)]  # read like Order, OrderItem
 
     async def take_stock(self, s: AsyncSession, sale_id: int, quantity: int) -> None:
         """The hot-row conditional UPDATE, the last statement of the purchase; zero rows: sold out."""
-        got, _ = await TAKE_STOCK.run(await s.connection(), {"sale": sale_id, "qty": quantity})
+        got, _ = await TAKE_STOCK.run(await transaction_connection(s), {"sale": sale_id, "qty": quantity})
         if got != 1:
             raise self._saw_sold_out(sale_id, quantity)
         self._soldout.pop(sale_id, None)  # units were left: whatever this process remembered is stale
