@@ -373,7 +373,7 @@ class DriverStatement:
     goes out as one ``COM_QUERY`` on the driver connection: no execution context, cursor, result
     object or greenlet per statement (SQLAlchemy's per-statement machinery was most of a
     short transaction's CPU). ``before_cursor_execute`` listeners of the engine still see every
-    statement (with ``cursor`` and ``context`` None); a driver error goes through SQLAlchemy's
+    statement (with ``cursor`` and ``context`` None, the parameters as the escaped literals sent); a driver error goes through SQLAlchemy's
     own handling (wrapped as ``IntegrityError``/``OperationalError``..., a lost connection
     invalidated), so callers see the same exceptions as with ``conn.execute``.
 
