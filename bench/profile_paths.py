@@ -291,9 +291,15 @@ async def members_me(args) -> dict:
 
 
 async def flash_sale(args) -> dict:
+    """Half-win attempts (the mixed figure), then apart: a sale of as many units as attempts (every
+    one a sale) and as many attempts again once it is sold out (every one a refusal). With
+    ``$MALL_BENCH_PYSPY`` set to a folder, py-spy records orders over the two apart phases
+    (``flash-sale.txt``, ``flash-refusal.txt``)."""
+    from probe import Spy
+
     async with Run("flash_sale", "orders") as run:
         first = 10_000_000
-        run.start_members(range(first, first + 2 * args.requests + 400))
+        run.start_members(range(first, first + 4 * args.requests + 400))
         await run.start()
         staff = {"Authorization": f"Bearer {run.token(STAFF, 'staff/1', frozenset({'admin'}))}"}
         async with HttpLoad("127.0.0.1", run.http_port, args.concurrency) as http:
@@ -303,14 +309,15 @@ async def flash_sale(args) -> dict:
                 "skus": [{"displayName": "默认", "priceFen": 9900, "stock": 10}]}))[1])
             now = datetime.now(UTC)
             sales = []
-            for stock in (200, args.requests // 2):  # warm-up sale; measured sale: half win, half sold out
+            # warm-up sale; measured sale: half win, half sold out; then a sale of every attempt
+            for stock in (200, args.requests // 2, args.requests):
                 status, body = await http.request("POST", "/v1/flashSales", staff, {
                     "sku": product["skus"][0]["name"], "priceFen": 990, "totalStock": stock, "perMemberLimit": 1,
                     "startTime": (now - timedelta(minutes=1)).isoformat(),
                     "endTime": (now + timedelta(hours=1)).isoformat()})
                 assert status == 200, body
                 sales.append(json.loads(body)["name"])
-            buyers = iter(range(first, first + 2 * args.requests + 400))
+            buyers = iter(range(first, first + 4 * args.requests + 400))
 
             def attempts(sale: str, n: int):
                 for _ in range(n):
@@ -319,8 +326,18 @@ async def flash_sale(args) -> dict:
                         "Idempotency-Key": uuid.uuid4().hex}, {"quantity": 1})
 
             await http.run_raw(attempts(sales[0], 300), expect=(200, 400))
-            return await run.measure(f"POST flashSales/*:buy (gateway; {args.requests // 2} sales, rest sold out)",
-                                     lambda: http.run_raw(list(attempts(sales[1], args.requests)), expect=(200, 400)))
+            mixed = await run.measure(f"POST flashSales/*:buy (gateway; {args.requests // 2} sales, rest sold out)",
+                                      lambda: http.run_raw(list(attempts(sales[1], args.requests)), expect=(200, 400)))
+            wins, losses = list(attempts(sales[2], args.requests)), list(attempts(sales[2], args.requests))
+            with Spy(run.procs["orders"], "flash-sale"):
+                mixed["sale"] = await run.measure(f"POST flashSales/*:buy (gateway; {args.requests} sales)",
+                                                  lambda: http.run_raw(wins, expect=(200,)))
+            with Spy(run.procs["orders"], "flash-refusal"):
+                mixed["refusal"] = await run.measure(f"POST flashSales/*:buy (gateway; {args.requests} sold out)",
+                                                     lambda: http.run_raw(losses, expect=(400,)))
+            ratio = mixed["sale"]["cpu_ms"]["orders"] / max(mixed["refusal"]["cpu_ms"]["orders"], 1e-9)
+            print(f"   orders: a refusal is x{ratio:.1f} cheaper than a sale", flush=True)
+            return mixed
 
 
 async def points_grant(args) -> dict:

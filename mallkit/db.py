@@ -15,12 +15,15 @@ from __future__ import annotations
 import asyncio
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import Any
 
+from opentelemetry import trace
 from sqlalchemy import DateTime, MetaData, event, text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
+from sqlalchemy.util import greenlet_spawn
 
 from mallkit.telemetry import instrument_engine
 
@@ -274,6 +277,18 @@ def is_transient(exc: BaseException) -> bool:
     return "database is locked" in str(orig)
 
 
+_CONNECTION = "mall_connection"
+
+
+async def transaction_connection(s: AsyncSession) -> AsyncConnection:
+    """The connection of the transaction :func:`run_transaction` runs ``s`` in (kept by it: no
+    greenlet round per ``s.connection()`` call), or ``s.connection()``."""
+    conn = s.info.get(_CONNECTION)
+    if conn is not None and conn.in_transaction():
+        return conn
+    return await s.connection()
+
+
 _inside_transaction: ContextVar[bool] = ContextVar("mall_inside_transaction", default=False)
 
 
@@ -337,7 +352,7 @@ async def _attempts(sessions, fn, attempts: int):
     for attempt in range(attempts):
         try:
             async with sessions() as s, s.begin():
-                await s.connection(execution_options={WRITE: True})
+                s.info[_CONNECTION] = await s.connection(execution_options={WRITE: True})
                 return await fn(s)
         except DBAPIError as exc:
             if not is_transient(exc):
@@ -346,3 +361,83 @@ async def _attempts(sessions, fn, attempts: int):
                 raise Aborted("transaction conflicted repeatedly, retry", reason="TRANSACTION_CONFLICT")
             await asyncio.sleep(random.uniform(0.005, 0.05 * (attempt + 1)))
     raise AssertionError("unreachable")
+
+
+class DriverStatement:
+    """A Core ``INSERT``/``UPDATE``/``DELETE`` built once, run on the driver's connection.
+
+    ``await stmt.run(conn, params)`` (``conn``: the transaction's ``AsyncConnection``) returns
+    ``(rowcount, lastrowid)``. On MySQL/MariaDB (aiomysql), outside a recording span, the
+    statement's SQL is compiled once per dialect, its parameters go through the columns' bind
+    processors and the driver's own escaping (exactly what the driver's cursor would send), and it
+    goes out as one ``COM_QUERY`` on the driver connection: no execution context, cursor, result
+    object or greenlet per statement (SQLAlchemy's per-statement machinery was most of a
+    short transaction's CPU). ``before_cursor_execute`` listeners of the engine still see every
+    statement (with ``cursor`` and ``context`` None, the parameters as the escaped literals sent); a driver error goes through SQLAlchemy's
+    own handling (wrapped as ``IntegrityError``/``OperationalError``..., a lost connection
+    invalidated), so callers see the same exceptions as with ``conn.execute``.
+
+    Everywhere else (SQLite, a sampled request whose statements get spans of their own, or a table
+    a read cache tracks: :func:`mallkit.readcache.track_writes` must see its writes) it is
+    ``conn.execute(statement, params)``. ``statement`` may be a function of the dialect name
+    (``insert_ignore_statement``); ``keys``: the parameters every call passes (an INSERT's
+    columns), compiled in; columns left out take their scalar Python default.
+    """
+
+    def __init__(self, statement, keys: list[str] | tuple[str, ...] | None = None):
+        self._build = statement if callable(statement) else (lambda _dialect_name: statement)
+        self.keys = list(keys) if keys is not None else None
+        self._by_dialect: dict = {}
+
+    def _compiled(self, dialect):
+        found = self._by_dialect.get(dialect)
+        if found is None:
+            statement = self._build(dialect.name)
+            table = getattr(getattr(statement, "table", None), "name", None)
+            fast = dialect.name in ("mysql", "mariadb") and dialect.driver == "aiomysql"
+            sql, order, defaults = "", [], {}
+            if fast:
+                compiled = statement.compile(dialect=dialect, column_keys=self.keys)
+                if compiled.literal_execute_params or compiled.post_compile_params or compiled.returning:
+                    raise TypeError("DriverStatement: expanding parameters and RETURNING are not supported")
+                for col in compiled.insert_prefetch:
+                    if col.default is None or not col.default.is_scalar:
+                        raise TypeError(f"DriverStatement: pass {col.key!r} (its default is not a constant)")
+                    defaults[col.key] = col.default.arg
+                procs = compiled._bind_processors
+                sql = compiled.string
+                order = [(name, procs.get(name)) for name in compiled.positiontup or ()]
+            found = self._by_dialect[dialect] = (statement, fast, table, sql, order, defaults)
+        return found
+
+    async def run(self, conn: AsyncConnection, params: dict) -> tuple[int, int]:
+        sync = conn.sync_connection
+        assert sync is not None
+        statement, fast, table, sql, order, defaults = self._compiled(sync.dialect)
+        if not fast or table in getattr(sync.engine, TRACKED_TABLES, ()) or _recording():
+            result = await conn.execute(statement, params)
+            return result.rowcount, result.lastrowid  # type: ignore[attr-defined]
+        if defaults:
+            params = {**defaults, **params}
+        driver: Any = sync.connection.driver_connection  # the transaction's connection: no I/O
+        escape = driver.escape
+        args = tuple(escape(params[name] if proc is None else proc(params[name])) for name, proc in order)
+        if sync._has_events or sync.engine._has_events:
+            for listener in sync.dispatch.before_cursor_execute:
+                listener(sync, None, sql, args, None, False)
+        try:
+            rowcount = await driver.query(sql % args)
+        except BaseException as e:
+            # SQLAlchemy's own path: wrap a driver error, invalidate a lost connection (or one left
+            # mid-statement by a cancellation), run the handle_error listeners; it raises.
+            await greenlet_spawn(sync._handle_dbapi_exception, e, sql, args, None, None)
+            raise
+        return rowcount, driver.insert_id()
+
+
+#: Attribute of a sync engine: names of the tables whose writes a read cache tracks.
+TRACKED_TABLES = "_mall_tracked_tables"
+
+
+def _recording() -> bool:
+    return trace.get_current_span().is_recording()

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mallkit.auth import current_principal
-from mallkit.db import UTCDateTime, is_duplicate_key, run_transaction, utcnow
+from mallkit.db import DriverStatement, UTCDateTime, is_duplicate_key, run_transaction, transaction_connection, utcnow
 from mallkit.errors import FieldViolation, InvalidArgument, MallError
 
 M = TypeVar("M", bound=Message)
@@ -67,7 +67,8 @@ class Idempotency:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], table: Table):
         self.sessions = sessions
         self.table = table
-        self._insert = insert(table)  # built once: its compiled form is cached, not rebuilt per call
+        # built once, run on the driver's connection (MySQL) with its SQL compiled once
+        self._insert = DriverStatement(insert(table), ("scope", "request_id", "request_hash", "create_time", "response"))
 
     def scope(self) -> str:
         p = current_principal.get()
@@ -125,7 +126,7 @@ class Idempotency:
             # insert (MySQL: after waiting for the first one's commit), rolls its effect back
             # and replays the stored response below.
             response = await use_case(s)
-            await (await s.connection()).execute(self._insert, {
+            await self._insert.run(await transaction_connection(s), {
                 "scope": scope, "request_id": rid, "request_hash": digest, "create_time": utcnow(),
                 "response": response.SerializeToString(deterministic=True)})
             if last is not None:

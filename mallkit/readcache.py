@@ -38,6 +38,8 @@ from sqlalchemy import Column, Table, event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import dml, elements, operators
 
+from mallkit.db import TRACKED_TABLES
+
 log = logging.getLogger("mallkit.readcache")
 
 CACHE_LOOKUPS = Counter("mall_cache_lookups", "Read cache lookups by cache and result (hit, miss, off)",
@@ -206,6 +208,8 @@ def track_writes(engine: AsyncEngine, tables: Iterable[Column | tuple[Column, st
     by_table = {c.table.name: c for c, _tag in columns}
     tags = {c.table.name: tag for c, tag in columns if tag}
     sync = engine.sync_engine
+    # mallkit.db.DriverStatement runs statements on these tables through SQLAlchemy (seen here)
+    setattr(sync, TRACKED_TABLES, frozenset(getattr(sync, TRACKED_TABLES, ())) | set(by_table))
     pending, committed = "mallkit.readcache.pending", "mallkit.readcache.committed"
 
     def merge(info: dict, slot: str, keys: set | str) -> None:

@@ -173,3 +173,53 @@ async def test_stock_returned_elsewhere_is_sold_again_after_the_ttl(orders, flas
     assert await _reason_of_buy(orders, sale, directory().new_member()) == "FLASH_SALE_SOLD_OUT"
     async with orders.engine.connect() as conn:
         assert (await conn.execute(select(FlashSale.remaining).where(FlashSale.id == fid))).scalar() == 0
+
+
+async def test_a_repeated_request_id_replays_one_order_on_the_driver_path(orders, monkeypatch):
+    """The sale's statements and its idempotency key go out on the driver connection (mallkit.db.DriverStatement,
+    MariaDB): listeners still see each one, a reused key fails on the unique key as an IntegrityError and the
+    stored response is replayed; concurrent repeats too. One order, one unit, one counter. (The tests trace
+    every request, and a traced statement goes through SQLAlchemy for its span: here every span is taken as
+    unsampled, as nine in ten are in production.)"""
+    from opentelemetry import trace
+
+    monkeypatch.setattr(trace, "get_current_span", lambda context=None: trace.INVALID_SPAN)
+    product = await orders.product(price_fen=9_900)
+    sale = await orders.flash_sale(product.skus[0].name, stock=5, price_fen=700, limit=2)
+    fid = int(sale.name.split("/")[1])
+    member = directory().new_member()
+    md, key = orders.member_md(member), rid()
+    assert await _reason_of_buy(orders, sale, directory().new_member()) == "ok"  # the sale's data is read once
+    req = pb.BuyFlashSaleRequest(flash_sale=sale.name, quantity=1, request_id=key)
+    cursors = []
+    engine = orders.app.platform.engine.sync_engine
+
+    def on_statement(conn, cursor, statement, *args):
+        if "outbox_events" not in statement:  # the relay polls on its own
+            cursors.append((cursor, statement.split()[:3]))
+    event.listen(engine, "before_cursor_execute", on_statement)
+    try:
+        with StatementCount(orders.app.platform.engine) as sale_statements:
+            first = await orders.stub.BuyFlashSale(req, metadata=md)
+    finally:
+        event.remove(engine, "before_cursor_execute", on_statement)
+    assert len(cursors) == 5 and all(c is None for c, _ in cursors), cursors  # the driver path (no SQLAlchemy cursor)
+    verbs = [" ".join(s[:3]).upper() for s in sale_statements.seen]
+    assert [v.split()[0] for v in verbs] == ["INSERT", "INSERT", "INSERT", "INSERT", "UPDATE"], verbs
+    assert "INSERT IGNORE INTO" in verbs[0] and "idempotency_keys" in " ".join(sale_statements.seen[3]), verbs
+    again = await asyncio.gather(*[orders.stub.BuyFlashSale(req, metadata=md) for _ in range(5)])
+    assert {a.name for a in again} == {first.name} and all(a == first for a in again)
+    assert first.payable_fen == 700 and first.items[0].quantity == 1 and first.flash_sale == sale.name
+    with pytest.raises(grpc.aio.AioRpcError) as e:  # the same key with another request
+        await orders.stub.BuyFlashSale(pb.BuyFlashSaleRequest(flash_sale=sale.name, quantity=2, request_id=key),
+                                       metadata=md)
+    assert error_info(await status_of(e.value)).reason == "REQUEST_ID_REUSED"
+    async with orders.engine.connect() as conn:
+        sold = (await conn.execute(select(func.count()).select_from(Order).where(Order.flash_sale_id == fid))).scalar()
+        remaining = (await conn.execute(select(FlashSale.remaining).where(FlashSale.id == fid))).scalar()
+        bought = (await conn.execute(select(FlashPurchase.quantity).where(
+            FlashPurchase.flash_sale_id == fid, FlashPurchase.member_id == member))).scalar()
+    assert (sold, remaining, bought) == (2, 3, 1)  # with the warm-up's
+    stored = await orders.stub.GetOrder(pb.GetOrderRequest(name=first.name), metadata=md)
+    assert stored.payable_fen == first.payable_fen and stored.items[0].sku == first.items[0].sku
+    assert stored.create_time == first.create_time and stored.out_trade_no == first.out_trade_no

@@ -21,11 +21,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mallkit.db import insert_ignore, utcnow
+from mallkit.db import DriverStatement, insert_ignore_statement, transaction_connection, utcnow
 from mallkit.errors import FailedPrecondition, NotFound
 
 from . import errors as reasons
@@ -59,16 +60,30 @@ class SoldOut:
     since: float
 
 
-# The purchase's statements, built once (Core on the tables: no ORM unit of work, cached compilation).
+# The purchase's statements, built once and run on the driver's connection (mallkit.db.DriverStatement:
+# SQL compiled once, no per-statement SQLAlchemy execution machinery; Core on SQLite and in sampled traces).
 _purchases, _sales = FlashPurchase.__table__, FlashSale.__table__
-INSERT_ORDER = insert(Order.__table__)
-INSERT_ITEM = insert(OrderItem.__table__)
-COUNT_AGAIN = (update(_purchases)
-               .where(_purchases.c.flash_sale_id == bindparam("sale"), _purchases.c.member_id == bindparam("member"),
-                      _purchases.c.quantity + bindparam("qty") <= bindparam("limit"))
-               .values(quantity=_purchases.c.quantity + bindparam("qty")))
-TAKE_STOCK = (update(_sales).where(_sales.c.id == bindparam("sale"), _sales.c.remaining >= bindparam("qty"))
-              .values(remaining=_sales.c.remaining - bindparam("qty")))
+ORDER_KEYS = ("member_id", "state", "total_fen", "tier_discount_fen", "coupon_discount_fen", "payable_fen", "coupon_id",
+              "address", "flash_sale_id", "group_deal_id", "group_id", "bargain_activity_id", "bargain_id", "out_trade_no",
+              "cancel_reason", "refunded_fen", "create_time", "pay_deadline_time", "pay_time", "ship_time", "close_time")
+ITEM_KEYS = ("order_id", "sku_id", "product_id", "category_id", "product_display_name", "sku_display_name",
+             "unit_price_fen", "quantity", "paid_fen", "repurchase_cycle_days")
+INSERT_ORDER = DriverStatement(insert(Order.__table__), ORDER_KEYS)
+INSERT_ITEM = DriverStatement(insert(OrderItem.__table__), ITEM_KEYS)
+FIRST_PURCHASE = DriverStatement(lambda dialect: insert_ignore_statement(dialect, _purchases),
+                                 ("flash_sale_id", "member_id", "quantity"))
+COUNT_AGAIN = DriverStatement(
+    update(_purchases)
+    .where(_purchases.c.flash_sale_id == bindparam("sale"), _purchases.c.member_id == bindparam("member"),
+           _purchases.c.quantity + bindparam("qty") <= bindparam("limit"))
+    .values(quantity=_purchases.c.quantity + bindparam("qty")))
+TAKE_STOCK = DriverStatement(update(_sales).where(_sales.c.id == bindparam("sale"), _sales.c.remaining >= bindparam("qty"))
+                             .values(remaining=_sales.c.remaining - bindparam("qty")))
+
+
+def limit_reached(info: FlashInfo) -> FailedPrecondition:
+    return FailedPrecondition("per-member limit of this flash sale reached", reason=reasons.FLASH_SALE_LIMIT_REACHED,
+                              metadata={"limit": info.per_member_limit}, zh="已达到限购数量")
 
 
 def sold_out_error() -> FailedPrecondition:
@@ -153,25 +168,22 @@ class FlashSales:
     # --- the purchase --------------------------------------------------------------------------
 
     async def buy(self, s: AsyncSession, sale_id: int, member_id: int, quantity: int,
-                  address_id: int | None) -> tuple[Order, list[OrderItem]]:
-        """Per-member counter, then the order and its line (Core inserts; the rows are returned as
-        built, never re-read). The caller runs :meth:`take_stock` last."""
+                  address_id: int | None) -> tuple[SimpleNamespace, list[SimpleNamespace]]:
+        """Per-member counter, then the order and its line (driver statements; the rows are returned
+        as built, never re-read: plain objects with the attributes of Order and OrderItem, no ORM
+        instance state). The caller runs :meth:`take_stock` last."""
         info = await self.info(s, sale_id)
         self._check_window(info)
         address = await self.addresses.optional(s, member_id, address_id)
-        limit_reached = FailedPrecondition("per-member limit of this flash sale reached",
-                                           reason=reasons.FLASH_SALE_LIMIT_REACHED,
-                                           metadata={"limit": info.per_member_limit}, zh="已达到限购数量")
         if quantity > info.per_member_limit:
-            raise limit_reached
-        first = await insert_ignore(s, FlashPurchase.__table__, [{"flash_sale_id": info.id, "member_id": member_id,
-                                                                  "quantity": quantity}])
-        conn = await s.connection()
+            raise limit_reached(info)
+        conn = await transaction_connection(s)
+        first, _ = await FIRST_PURCHASE.run(conn, {"flash_sale_id": info.id, "member_id": member_id, "quantity": quantity})
         if first != 1:  # bought in this sale before: within the limit, or refused
-            mine = await conn.execute(COUNT_AGAIN, {"sale": info.id, "member": member_id, "qty": quantity,
-                                                    "limit": info.per_member_limit})
-            if mine.rowcount != 1:
-                raise limit_reached
+            mine, _ = await COUNT_AGAIN.run(conn, {"sale": info.id, "member": member_id, "qty": quantity,
+                                                   "limit": info.per_member_limit})
+            if mine != 1:
+                raise limit_reached(info)
         now = utcnow()
         amount = info.price_fen * quantity
         order = dict(member_id=member_id, state=PENDING_PAYMENT, total_fen=amount, tier_discount_fen=0,
@@ -179,18 +191,18 @@ class FlashSales:
                      flash_sale_id=info.id, group_deal_id=None, group_id=None, bargain_activity_id=None, bargain_id=None,
                      out_trade_no=uuid.uuid4().hex, cancel_reason="", refunded_fen=0, create_time=now,
                      pay_deadline_time=now + self.pay_timeout, pay_time=None, ship_time=None, close_time=None)
-        order_id = (await conn.execute(INSERT_ORDER, order)).inserted_primary_key[0]
+        _, order_id = await INSERT_ORDER.run(conn, order)
         item = dict(order_id=order_id, sku_id=info.sku_id, product_id=info.product_id, category_id=info.category_id,
                     product_display_name=info.product_display_name, sku_display_name=info.sku_display_name,
                     unit_price_fen=info.price_fen, quantity=quantity, paid_fen=amount,
                     repurchase_cycle_days=info.repurchase_cycle_days)
-        await conn.execute(INSERT_ITEM, item)
-        return Order(id=order_id, **order), [OrderItem(**item)]
+        await INSERT_ITEM.run(conn, item)
+        return SimpleNamespace(id=order_id, **order), [SimpleNamespace(**item)]  # read like Order, OrderItem
 
     async def take_stock(self, s: AsyncSession, sale_id: int, quantity: int) -> None:
         """The hot-row conditional UPDATE, the last statement of the purchase; zero rows: sold out."""
-        got = await (await s.connection()).execute(TAKE_STOCK, {"sale": sale_id, "qty": quantity})
-        if got.rowcount != 1:
+        got, _ = await TAKE_STOCK.run(await transaction_connection(s), {"sale": sale_id, "qty": quantity})
+        if got != 1:
             raise self._saw_sold_out(sale_id, quantity)
         self._soldout.pop(sale_id, None)  # units were left: whatever this process remembered is stale
 
