@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import statistics
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
 
 import httpx
 
@@ -127,3 +130,39 @@ def start_members(env: dict, folder, member_ids: Iterable[int] = (), staff_ids: 
             conn.execute(sa.insert(Member.__table__), rows[start:start + 5000])
     engine.dispose()
     return subprocess.Popen([sys.executable, "-m", "members"], env=env, cwd=root, stdout=subprocess.DEVNULL)
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(prefix: str, sqlite_file: Path) -> AsyncIterator[tuple[str, str]]:
+    """A database of its own for one run: ``(url, backend)``; a fresh MariaDB database (dropped
+    after) when MariaDB answers on 127.0.0.1:3306, else SQLite at ``sqlite_file``."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from mallkit.testing import MYSQL_ADMIN_URL, mysql_available
+
+    if not await mysql_available():
+        yield f"sqlite+aiosqlite:///{sqlite_file}", "SQLite"
+        return
+    name = f"{prefix}_{uuid.uuid4().hex[:6]}"
+    admin = create_async_engine(MYSQL_ADMIN_URL)
+    async with admin.begin() as conn:
+        await conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    try:
+        yield MYSQL_ADMIN_URL.rstrip("/") + f"/{name}", "MariaDB"
+    finally:
+        async with admin.begin() as conn:
+            await conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        await admin.dispose()
+
+
+def stop_processes(procs: Iterable[subprocess.Popen], grace: float = 10) -> None:
+    """SIGTERM every process, wait for each (``grace`` seconds), then kill what is left."""
+    procs = list(procs)
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            p.kill()

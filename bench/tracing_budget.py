@@ -25,18 +25,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
 import grpc
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from mall.members.v1 import members_service_pb2 as pb
-from mallkit.testing import MYSQL_ADMIN_URL, NatsServer, mysql_available
+from mallkit.testing import NatsServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import free_port, tracing_env, wait_http  # noqa: E402
+from harness import free_port, scratch_database, stop_processes, tracing_env, wait_http  # noqa: E402
 from loadgen import HttpLoad, drive_calls, grpc_unary  # noqa: E402
 from profile_paths import cpu_seconds  # noqa: E402
 
@@ -64,14 +61,11 @@ async def main() -> None:
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mall-bench-"))
-    db_name = f"mall_bench_tracing_{uuid.uuid4().hex[:6]}"
-    if await mysql_available():
-        admin = create_async_engine(MYSQL_ADMIN_URL)
-        async with admin.begin() as conn:
-            await conn.execute(text(f"CREATE DATABASE `{db_name}` CHARACTER SET utf8mb4"))
-        url, backend = MYSQL_ADMIN_URL.rstrip("/") + f"/{db_name}", "MariaDB"
-    else:
-        admin, url, backend = None, f"sqlite+aiosqlite:///{tmp / 'members.db'}", "SQLite"
+    async with scratch_database("mall_bench_tracing", tmp / "members.db") as (url, backend):
+        await run(args, tmp, url, backend)
+
+
+async def run(args: argparse.Namespace, tmp: Path, url: str, backend: str) -> None:
     nats = NatsServer(tmp / "nats")
     await nats.start()
     wechat_port = free_port()
@@ -146,18 +140,8 @@ async def main() -> None:
                 await stack["load"].__aexit__(None, None, None)
         for channel in channels:
             await channel.close()
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         await nats.stop()
-        if admin is not None:
-            async with admin.begin() as conn:
-                await conn.execute(text(f"DROP DATABASE IF EXISTS `{db_name}`"))
-            await admin.dispose()
 
 
 if __name__ == "__main__":
