@@ -46,6 +46,8 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):
                  principals: PrincipalCheck | None = None):
         self.service = service
         self.principals = principals  # the account behind member/staff tokens must exist (mallkit.principals)
+        #: method -> a refusal answered from memory before the account check (ServiceHost.precheck)
+        self.prechecks: dict[str, Callable[[Any], None]] = {}
         self.domain = domain
         self.codec = codec
         self.rules = RequestRules(descriptors)
@@ -69,6 +71,7 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, method: str, handler):
         policy = self.policies[method]
         inner = handler.unary_unary
+        precheck = self.prechecks.get(method)
         name = method.rsplit("/", 1)[-1]
         durations: dict[Any, Any] = {}  # status code -> the labelled histogram (labels() takes a lock)
         errors: dict[Any, Any] = {}
@@ -83,6 +86,8 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):
                 principal = self.codec.verify(token) if token else None
                 current_principal.set(principal)
                 authorize(policy, principal)
+                if precheck is not None:
+                    precheck(request)  # a refusal from memory: no effect, no I/O, so before the account check
                 if principal is not None and self.principals is not None and not policy.public:
                     await self.principals.require(principal)
                 self.rules.check(method, request)  # the field rules declared in the proto (mallkit.constraints)
@@ -155,9 +160,11 @@ class ServiceHost:
         self.readiness_interval = readiness_interval
         self.drain_seconds = drain_seconds
         self.background = list(background)
+        self.platform_interceptor = PlatformInterceptor(service, domain, codec, descriptors, principals)
         self.server = grpc.aio.server(
-            interceptors=[grpc_server_interceptor(), PlatformInterceptor(service, domain, codec, descriptors, principals)],
-            options=[("grpc.so_reuseport", 1 if reuse_port else 0),  # several worker processes share the port ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            interceptors=[grpc_server_interceptor(), self.platform_interceptor],
+            options=[("grpc.so_reuseport", 1 if reuse_port else 0),  # several worker processes share the port
+                     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
                      # Callers balance round-robin over the addresses they resolved; closing each
                      # connection after this age (GOAWAY, calls in flight finish) makes them resolve
                      # again, so pods added by a scale-up get their share.
@@ -177,6 +184,18 @@ class ServiceHost:
     def add(self, register: Callable[[object, grpc.aio.Server], None], servicer: object) -> None:
         """Mount a servicer: ``host.add(add_XServicer_to_server, servicer)``."""
         register(servicer, self.server)
+
+    def precheck(self, method: str, check: Callable[[Any], None]) -> None:
+        """Let ``method`` (``/package.Service/Method``) refuse a request from memory before the
+        account behind its token is checked (:mod:`mallkit.principals`: a call to members on a
+        replica's first request of that member). ``check(request)`` raises a :class:`MallError`
+        to refuse, returns to go on; it runs after the token is verified and the method's
+        access policy applied, before the field rules, so it must accept any request (leave a
+        malformed one to the handler) and must not do I/O or have any effect. Register before
+        the server starts."""
+        if method not in self.platform_interceptor.policies:
+            raise ValueError(f"{method} is not a method of this host")
+        self.platform_interceptor.prechecks[method] = check
 
     async def _set_all(self, status) -> None:
         for sd in self.descriptors:

@@ -133,10 +133,17 @@ async def test_sold_out_is_answered_from_memory_and_a_cancellation_here_clears_i
     with StatementCount(orders.app.platform.engine) as first_refusal:
         assert await _reason_of_buy(orders, sale, b) == "FLASH_SALE_SOLD_OUT"  # its UPDATE hit zero rows
     assert first_refusal.count > 0
+    principals = orders.app.host.platform_interceptor.principals
+    asked = principals.lookups
     with StatementCount(orders.app.platform.engine) as later:
         for m in directory().new_members(20):
             assert await _reason_of_buy(orders, sale, m) == "FLASH_SALE_SOLD_OUT"
     assert later.count == 0, later.seen  # 20 refusals, not one statement
+    assert principals.lookups == asked  # nor one call to members: refused before the account check
+    # The account check still guards every effect: no account behind the token, no sale.
+    assert await _reason_of_buy(orders, sale, 999_999_001) == "FLASH_SALE_SOLD_OUT"  # refused anyway, nothing done
+    other = await orders.flash_sale(product.skus[0].name, stock=5, price_fen=500, limit=1)
+    assert await _reason_of_buy(orders, other, 999_999_001) == "PRINCIPAL_INACTIVE"
     # The unit comes back (a cancellation in this process): the next buyer gets it at once.
     mine = (await orders.stub.ListOrders(pb.ListOrdersRequest(parent="members/me"), metadata=orders.member_md(a))).orders
     await orders.stub.CancelOrder(pb.CancelOrderRequest(name=mine[0].name), metadata=orders.member_md(a))

@@ -116,7 +116,9 @@ def build(settings: OrdersSettings, engine: AsyncEngine | None = None) -> Orders
                               bargains=bargains, reviews=reviews, members=members)
     app = OrdersApp(platform, pay, members, catalog, cart, addresses, coupons, campaigns, checkout, lifecycle, payment,
                     flash_sales, group_buying, journey, bargains, reviews, servicer)
-    platform.serve(app, domain=DOMAIN, handlers=events.HANDLERS, jobs=jobs.schedule(app),
-                   servicers=[Servicer(pb.DESCRIPTOR.services_by_name["OrdersService"],
-                                       pb_grpc.add_OrdersServiceServicer_to_server, servicer)])
+    host = platform.serve(app, domain=DOMAIN, handlers=events.HANDLERS, jobs=jobs.schedule(app),
+                          servicers=[Servicer(pb.DESCRIPTOR.services_by_name["OrdersService"],
+                                              pb_grpc.add_OrdersServiceServicer_to_server, servicer)])
+    # A sold-out flash sale refuses from memory before the buyer's account is checked (no effect either way).
+    host.precheck("/mall.orders.v1.OrdersService/BuyFlashSale", flash_sales.precheck)
     return app

@@ -138,6 +138,25 @@ class FlashSales:
         self._probing.add(sale_id)
         return True
 
+    def refuse_from_memory(self, sale_id: int, quantity: int) -> None:
+        """What :meth:`admit` refuses, without taking the look-again slot: raises for a closed
+        window (of a sale this process knows) or a fresh sold-out flag (or one being looked at
+        again), else returns. The platform runs it before the account check of the buyer
+        (``ServiceHost.precheck``): a refusal then costs a new member no call to members."""
+        info = self._info.get(sale_id)
+        if info is not None:
+            self._check_window(info)
+        flag = self._soldout.get(sale_id)
+        if flag is not None and quantity >= flag.quantity and (
+                sale_id in self._probing or time.monotonic() - flag.since < self.soldout_ttl):
+            raise sold_out_error()
+
+    def precheck(self, request) -> None:
+        """:meth:`refuse_from_memory` for a BuyFlashSale request (a malformed one is left to the handler)."""
+        prefix, _, raw = request.flash_sale.partition("/")
+        if prefix == "flashSales" and raw.isascii() and raw.isdigit() and 1 <= request.quantity <= 99:
+            self.refuse_from_memory(int(raw), request.quantity)
+
     def probed(self, sale_id: int) -> None:
         self._probing.discard(sale_id)
 
