@@ -194,3 +194,12 @@ async def test_connections_are_aged_out_without_failing_calls():
     finally:
         await channel.close()
         await h.stop(0)
+
+
+async def test_a_precheck_is_only_taken_for_a_method_of_the_host():
+    h = ServiceHost(service="test", domain="test.mall", codec=TokenCodec(SECRET),
+                    descriptors=[pb.DESCRIPTOR.services_by_name["MembersService"]])
+    h.precheck("/mall.members.v1.MembersService/GetMember", lambda request: None)
+    assert "/mall.members.v1.MembersService/GetMember" in h.platform_interceptor.prechecks
+    with pytest.raises(ValueError, match="not a method of this host"):
+        h.precheck("/mall.orders.v1.OrdersService/BuyFlashSale", lambda request: None)
